@@ -1,0 +1,85 @@
+"""Argument checks shared by the library: every error names the argument and what was expected."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.float64)
+
+
+def check_tensor(
+    name: str,
+    x: object,
+    *,
+    shape: Sequence[int | None] | None = None,
+    float_dtype: bool = True,
+    finite: bool = True,
+) -> torch.Tensor:
+    """Check that ``x`` is a tensor of the given shape (``None`` = any size).
+
+    Raises
+    ------
+    TypeError
+        If ``x`` is not a tensor, or ``float_dtype`` and its dtype is not float32/float64.
+    ValueError
+        If the shape differs, or ``finite`` and ``x`` holds NaN or inf.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+    if float_dtype and x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name}: expected dtype float32 or float64, got {x.dtype}")
+    if shape is not None:
+        ok = x.dim() == len(shape) and all(s is None or s == t for s, t in zip(shape, x.shape))
+        if not ok:
+            want = "[" + ", ".join("*" if s is None else str(s) for s in shape) + "]"
+            raise ValueError(f"{name}: expected shape {want}, got {list(x.shape)}")
+    if finite and not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(f"{name}: expected finite values, found {bad} NaN or infinite entries")
+    return x
+
+
+def check_int(name: str, x: object, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    """Check that ``x`` is an int (not a bool) within ``[minimum, maximum]``."""
+    if isinstance(x, bool) or not isinstance(x, int):
+        raise TypeError(f"{name}: expected an int, got {type(x).__name__}")
+    if minimum is not None and x < minimum:
+        raise ValueError(f"{name}: expected an int >= {minimum}, got {x}")
+    if maximum is not None and x > maximum:
+        raise ValueError(f"{name}: expected an int <= {maximum}, got {x}")
+    return x
+
+
+def check_float(
+    name: str,
+    x: object,
+    *,
+    positive: bool = False,
+    nonnegative: bool = False,
+    maximum: float | None = None,
+) -> float:
+    """Check that ``x`` is a finite real number (int or float, not bool) and return it as float."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        raise TypeError(f"{name}: expected a real number, got {type(x).__name__}")
+    x = float(x)
+    if not math.isfinite(x):
+        raise ValueError(f"{name}: expected a finite number, got {x}")
+    if positive and x <= 0:
+        raise ValueError(f"{name}: expected a number > 0, got {x}")
+    if nonnegative and x < 0:
+        raise ValueError(f"{name}: expected a number >= 0, got {x}")
+    if maximum is not None and x > maximum:
+        raise ValueError(f"{name}: expected a number <= {maximum}, got {x}")
+    return x
+
+
+def attrs_validator(check, **kwargs):
+    """Turn one of the checks above into an attrs field validator (the field name is the argument name)."""
+
+    def validate(instance, attribute, value):
+        check(attribute.name, value, **kwargs)
+
+    return validate

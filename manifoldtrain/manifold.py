@@ -1,0 +1,262 @@
+"""The abstract :class:`Manifold` and the ``torch.func`` jets every manifold gets by default."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+
+import torch
+from torch.func import jvp, vmap
+
+from manifoldtrain._validation import check_int, check_tensor
+from manifoldtrain.jet import Jet, triu_pairs
+
+__all__ = ["Manifold", "chart_jet"]
+
+
+def chart_jet(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    theta: torch.Tensor,
+    order: int = 2,
+    *,
+    chunk_size: int | None = None,
+) -> Jet:
+    """Jet of a batched chart ``fn`` at ``theta`` by forward-mode ``torch.func``.
+
+    ``fn`` maps ``theta`` ``[n, d]`` to ``[n, *shape]``, sample by sample (sample ``k`` of the
+    output depends on sample ``k`` of ``theta`` only). First derivatives are ``jvp`` along the
+    ``d`` coordinate directions, second derivatives nested ``jvp`` along the ``d(d+1)/2`` pairs;
+    both are vectorised over directions with ``vmap``, so ``fn`` must be ``vmap``-compatible
+    (no data-dependent Python control flow on ``theta``, no in-place writes into ``theta``).
+    The network-sized Jacobian is never formed.
+
+    .. math::
+        f_i = \\frac{\\partial f}{\\partial \\theta_i}, \\qquad
+        f_{ij} = \\frac{\\partial^2 f}{\\partial \\theta_i \\partial \\theta_j}, \\quad i \\le j
+
+    Parameters
+    ----------
+    fn : callable
+        ``[n, d] -> [n, *shape]``.
+    theta : Tensor
+        ``[n, d]``, where to take the jet (usually zeros).
+    order : int
+        0, 1 or 2.
+    chunk_size : int, optional
+        Directions evaluated at once by ``vmap`` (``None``: all); lower it to save memory.
+
+    Returns
+    -------
+    Jet
+        ``value [n, *shape]``, ``d1 [n, d, *shape]``, ``d2 [n, d(d+1)/2, *shape]``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> theta = torch.zeros(2, 2, dtype=torch.float64)
+    >>> jet = chart_jet(lambda t: (t[:, :1] + 1.0) * t[:, 1:] + t[:, :1] ** 2, theta)
+    >>> jet.d1[0, :, 0].tolist(), jet.d2[0, :, 0].tolist()
+    ([0.0, 1.0], [2.0, 1.0, 0.0])
+    """
+    check_int("order", order, minimum=0, maximum=2)
+    check_tensor("theta", theta, shape=(None, None), finite=False)
+    value = fn(theta)
+    if order == 0:
+        return Jet(value)
+    n, d = theta.shape
+    eye = torch.eye(d, dtype=theta.dtype, device=theta.device)
+
+    def along(v: torch.Tensor) -> torch.Tensor:
+        return jvp(fn, (theta,), (v.expand(n, d),))[1]
+
+    d1 = vmap(along, chunk_size=chunk_size)(eye).movedim(0, 1)
+    if order == 1:
+        return Jet(value, d1)
+
+    def along_pair(vi: torch.Tensor, vj: torch.Tensor) -> torch.Tensor:
+        def first(t: torch.Tensor) -> torch.Tensor:
+            return jvp(fn, (t,), (vi.expand(n, d),))[1]
+
+        return jvp(first, (theta,), (vj.expand(n, d),))[1]
+
+    i, j = triu_pairs(d, device=theta.device)
+    d2 = vmap(along_pair, chunk_size=chunk_size)(eye[i], eye[j]).movedim(0, 1)
+    return Jet(value, d1, d2)
+
+
+class Manifold(abc.ABC):
+    """A smooth, computable data manifold: a chart of inputs and targets around each point.
+
+    At a point ``p`` and local coordinates ``theta`` in :math:`\\mathbb{R}^d` around it
+    (``theta = 0`` is ``p`` itself) the manifold gives an input :math:`x(p, \\theta)` and a target
+    :math:`y(p, \\theta)`. Its jets are their derivatives with respect to ``theta`` at
+    ``theta = 0``. Shapes follow the convention of :mod:`manifoldtrain.jet`: points
+    ``[n, *point_shape]``, inputs ``[n, *input_shape]``, targets ``[n, *target_shape]``,
+    jets ``[n, d, ...]`` and ``[n, d(d+1)/2, ...]``. Results take the dtype and device of
+    ``points``.
+
+    Implementing a new manifold
+    ---------------------------
+    **Must** be provided by a subclass (a class attribute is enough for the first four):
+
+    * :attr:`param_dim` -- ``d``, the number of local coordinates;
+    * :attr:`point_shape`, :attr:`input_shape`, :attr:`target_shape`;
+    * :meth:`sample` -- points drawn from the data distribution;
+    * :meth:`input` and :meth:`target` -- the chart, batched over ``n`` and written with
+      differentiable ``torch`` operations that ``torch.func.jvp`` and ``vmap`` can transform
+      (so the default :meth:`jets` works).
+
+    **May** be overridden:
+
+    * :meth:`jets` -- the default takes nested forward-mode derivatives of :meth:`input` and
+      :meth:`target` with :func:`chart_jet`; override it with analytic derivatives for speed
+      (and check them with :func:`manifoldtrain.testing.check_manifold`, which compares them
+      with the default and with finite differences);
+    * :meth:`check_domain` -- reject points outside the manifold's valid range (the default
+      accepts every finite point);
+    * :attr:`coordinate_names` -- labels of the local coordinates for plots.
+
+    In :meth:`input` and :meth:`target`, call :meth:`check_points` and :meth:`check_theta`
+    first so that bad arguments get a clear error.
+
+    Examples
+    --------
+    A circle of radius 2 whose input is a point in the plane and whose target is the angle:
+
+    >>> import math, torch
+    >>> class Circle(Manifold):
+    ...     param_dim, point_shape, input_shape, target_shape = 1, (1,), (2,), (1,)
+    ...     def sample(self, n, generator=None, *, dtype=None, device=None):
+    ...         u = torch.rand(n, 1, generator=generator, dtype=dtype or torch.float64)
+    ...         return (2 * math.pi * u).to(device)
+    ...     def input(self, points, theta):
+    ...         self.check_points(points); self.check_theta(points, theta)
+    ...         a = points + theta
+    ...         return 2 * torch.cat([torch.cos(a), torch.sin(a)], dim=1)
+    ...     def target(self, points, theta):
+    ...         self.check_points(points); self.check_theta(points, theta)
+    ...         return points + theta
+    >>> x, y = Circle().jets(torch.zeros(1, 1, dtype=torch.float64))
+    >>> [(t + 0.0).tolist() for t in (x.value, x.d1, x.d2, y.d1)]  # + 0.0 turns -0.0 into 0.0
+    [[[2.0, 0.0]], [[[0.0, 2.0]]], [[[-2.0, 0.0]]], [[[1.0]]]]
+    """
+
+    @property
+    @abc.abstractmethod
+    def param_dim(self) -> int:
+        """``d``, the number of local coordinates of the chart."""
+
+    @property
+    @abc.abstractmethod
+    def point_shape(self) -> tuple[int, ...]:
+        """Shape of one point, without the batch dimension."""
+
+    @property
+    @abc.abstractmethod
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one input (what the network sees), without the batch dimension."""
+
+    @property
+    @abc.abstractmethod
+    def target_shape(self) -> tuple[int, ...]:
+        """Shape of one target (what the network predicts), without the batch dimension."""
+
+    @abc.abstractmethod
+    def sample(
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        *,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> torch.Tensor:
+        """Draw ``n`` points ``[n, *point_shape]`` from the manifold's data distribution.
+
+        ``generator`` makes the draw reproducible; ``dtype`` defaults to
+        ``torch.get_default_dtype()``.
+        """
+
+    @abc.abstractmethod
+    def input(self, points: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        """The input chart :math:`x(p, \\theta)`: ``[n, *point_shape], [n, d] -> [n, *input_shape]``."""
+
+    @abc.abstractmethod
+    def target(self, points: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        """The target chart :math:`y(p, \\theta)`: ``[n, *point_shape], [n, d] -> [n, *target_shape]``."""
+
+    @property
+    def coordinate_names(self) -> tuple[str, ...]:
+        """Names of the ``d`` local coordinates, for labels (default ``theta0, theta1, ...``)."""
+        return tuple(f"theta{i}" for i in range(self.param_dim))
+
+    def check_domain(self, points: torch.Tensor) -> None:
+        """Raise ``ValueError`` naming ``points`` if any point lies outside the valid range.
+
+        Called by :meth:`check_points` after the shape, dtype and finiteness checks. The
+        default accepts every finite point.
+        """
+
+    def check_points(self, points: object) -> torch.Tensor:
+        """Check ``points``: a float32/float64 tensor ``[n, *point_shape]``, finite, in the domain.
+
+        Raises
+        ------
+        TypeError
+            Not a tensor, or not float32/float64.
+        ValueError
+            Wrong shape, NaN or inf, or outside the valid range (:meth:`check_domain`).
+        """
+        check_tensor("points", points, shape=(None, *self.point_shape))
+        self.check_domain(points)
+        return points
+
+    def check_theta(self, points: torch.Tensor, theta: object) -> torch.Tensor:
+        """Check ``theta``: ``[n, d]`` with the dtype and device of ``points``.
+
+        Finiteness is not checked here, so that the check also runs inside ``torch.func``
+        transforms.
+        """
+        check_tensor("theta", theta, shape=(points.shape[0], self.param_dim), finite=False)
+        if theta.dtype != points.dtype or theta.device != points.device:
+            raise TypeError(
+                f"theta: expected dtype {points.dtype} on {points.device} like points, "
+                f"got {theta.dtype} on {theta.device}"
+            )
+        return theta
+
+    def jets(self, points: torch.Tensor, order: int = 2) -> tuple[Jet, Jet]:
+        """Jets of the input and of the target at ``theta = 0``.
+
+        Parameters
+        ----------
+        points : Tensor
+            ``[n, *point_shape]``, float32 or float64.
+        order : int
+            0, 1 or 2.
+
+        Returns
+        -------
+        input_jet, target_jet : Jet
+            ``value [n, *shape]``, ``d1 [n, d, *shape]``, ``d2 [n, d(d+1)/2, *shape]`` with
+            ``shape`` the input or target shape; dtype and device of ``points``.
+
+        Notes
+        -----
+        This default differentiates :meth:`input` and :meth:`target` with nested
+        ``torch.func.jvp`` (:func:`chart_jet`); subclasses may override it with analytic
+        derivatives. :meth:`default_jets` always runs the default.
+        """
+        return Manifold.default_jets(self, points, order)
+
+    def default_jets(self, points: torch.Tensor, order: int = 2, *, chunk_size: int | None = None) -> tuple[Jet, Jet]:
+        """The ``torch.func`` jets of :meth:`input` and :meth:`target`, whatever :meth:`jets` does.
+
+        ``chunk_size`` bounds how many directions are evaluated at once (see :func:`chart_jet`).
+        """
+        self.check_points(points)
+        check_int("order", order, minimum=0, maximum=2)
+        theta = points.new_zeros(points.shape[0], self.param_dim)
+        return (
+            chart_jet(lambda t: self.input(points, t), theta, order, chunk_size=chunk_size),
+            chart_jet(lambda t: self.target(points, t), theta, order, chunk_size=chunk_size),
+        )

@@ -1,0 +1,5 @@
+"""Bundled manifolds."""
+
+from manifoldtrain.manifolds.cube import Cube
+
+__all__ = ["Cube"]

@@ -1,0 +1,526 @@
+"""The cube manifold of Avrutskiy (arXiv 2310.14045): a blurred, flat-shaded cube and its pose."""
+
+from __future__ import annotations
+
+import math
+
+import attrs
+import numpy as np
+import torch
+
+from manifoldtrain._validation import attrs_validator, check_float, check_int, check_tensor
+from manifoldtrain.jet import Jet, triu_pairs
+from manifoldtrain.manifold import Manifold
+from manifoldtrain.manifolds import _gaussian as G
+from manifoldtrain.manifolds._rotation import axis_rotation, generators, rotation_matrix
+
+__all__ = ["Cube"]
+
+# Faces of the unit cube (corner coordinates in units of the half size), each listed in the
+# order of CUBE_SPEC.md; face i (0-based) has colour (i + 1) / 6 by default.
+_FACES = (
+    ((1, -1, -1), (1, 1, -1), (1, 1, 1), (1, -1, 1)),
+    ((-1, -1, 1), (-1, 1, 1), (-1, 1, -1), (-1, -1, -1)),
+    ((-1, -1, -1), (-1, 1, -1), (1, 1, -1), (1, -1, -1)),
+    ((1, -1, 1), (1, 1, 1), (-1, 1, 1), (-1, -1, 1)),
+    ((1, -1, 1), (-1, -1, 1), (-1, -1, -1), (1, -1, -1)),
+    ((-1, 1, 1), (1, 1, 1), (1, 1, -1), (-1, 1, -1)),
+)
+_CORNERS = tuple(dict.fromkeys(c for face in _FACES for c in face))  # 8 corners, first-seen order
+_FACE_INDEX = tuple(tuple(_CORNERS.index(c) for c in face) for face in _FACES)
+_TARGET_INDEX = _FACE_INDEX[3][:3]  # first three corners of face 4
+
+
+def _edges_and_incidence() -> tuple[tuple[tuple[int, int], ...], np.ndarray]:
+    """The 12 undirected edges (as first traversed) and their signed face incidence ``[12, 6]``."""
+    edges: list[tuple[int, int]] = []
+    for face in _FACE_INDEX:
+        for k in range(4):
+            a, b = face[k], face[(k + 1) % 4]
+            if (a, b) not in edges and (b, a) not in edges:
+                edges.append((a, b))
+    inc = np.zeros((len(edges), len(_FACE_INDEX)))
+    for f, face in enumerate(_FACE_INDEX):
+        for k in range(4):
+            a, b = face[k], face[(k + 1) % 4]
+            if (a, b) in edges:
+                inc[edges.index((a, b)), f] += 1
+            else:
+                inc[edges.index((b, a)), f] -= 1
+    return tuple(edges), inc
+
+
+_EDGES, _INCIDENCE = _edges_and_incidence()
+
+
+def _tuple_of_floats(length: int):
+    def convert(value):
+        try:
+            items = tuple(value)
+        except TypeError:
+            raise TypeError(f"expected a sequence of {length} numbers, got {type(value).__name__}") from None
+        return items
+
+    def validate(instance, attribute, value):
+        if len(value) != length:
+            raise ValueError(f"{attribute.name}: expected {length} numbers, got {len(value)}")
+        for i, v in enumerate(value):
+            check_float(f"{attribute.name}[{i}]", v)
+
+    return convert, validate
+
+
+_colors_convert, _colors_validate = _tuple_of_floats(6)
+_angles_convert, _angles_validate = _tuple_of_floats(3)
+
+
+@attrs.frozen(eq=True)
+class Cube(Manifold):
+    """The paper's cube: a Gaussian-blurred image of a flat-shaded cube, and its corners.
+
+    ``Cube()`` is exactly the manifold of CUBE_SPEC.md (the "CubeDiff" data set). A point is
+    a pose ``[6]`` = (rotation vector ``w`` in radians, translation ``t``); the local
+    coordinates ``theta = (x, y, z, a, b, c)`` move the posed corners as
+
+    .. math::
+        V(\\theta) = (V_\\text{base} R(w))\\, R_x(a) R_y(b) R_z(c) + t + (x, y, z)
+
+    (row vectors; :math:`R_\\cdot` act on column vectors). The input is the image
+    ``[image_size, image_size]``: every visible face's colour times the integral of a 2-D
+    Gaussian of standard deviation ``sigma`` centred on the pixel over the projected face,
+    computed in closed form (Owen's T, see :mod:`manifoldtrain.manifolds._gaussian`), never
+    by supersampling. The target ``[9]`` is the 3-D position of the first three corners of
+    face 4 under :math:`V(\\theta)`.
+
+    :meth:`jets` is analytic: the derivatives of the image are the Gaussian's moments along
+    the moving edges (closed forms in ``erf`` and ``exp``), exact derivatives of the same
+    function that :meth:`input` evaluates, in float32 or float64, on any device.
+
+    Parameters
+    ----------
+    image_size : int
+        Pixels per side (default 41). Pixel ``(r, c)`` sits at
+        ``x = -extent + c h``, ``y = extent - r h``, ``h = 2 extent / (image_size - 1)``.
+    extent : float
+        Half-width of the image in image-plane units (default 1.0).
+    sigma : float
+        Standard deviation of the blur in image-plane units (default 0.03).
+    focal_length, camera_distance : float
+        Projection ``(u, v) = f (X, Y) / (Z - D)`` with ``f = focal_length`` (default 5) and
+        ``D = camera_distance`` (default 5); the picture is mirrored, by definition.
+    half_size : float
+        Half the edge length of the cube (default 0.2: corners at ``+-1/5``).
+    face_colors : 6 floats
+        Colour of faces 1..6 (default ``i/6``).
+    base_angles : 3 floats
+        The base orientation: corners are multiplied (row vectors) by ``Rz(base_angles[0])``,
+        then ``Rx(base_angles[1])``, then ``Ry(base_angles[2])`` (default
+        ``(pi/2, pi/4, 0.6154797)``, the cube corner-on).
+    max_angle : float
+        Sampling: rotation angle uniform in ``[-max_angle, max_angle]`` about an axis uniform
+        on the sphere (default ``pi/8``), radians, in ``[0, pi]``.
+    translation_radius : float
+        Sampling: translation uniform in the ball of this radius (default 0.52).
+    near_clip : float
+        Valid points keep every corner at least this far in front of the camera,
+        ``D - Z >= near_clip`` (default 0.5).
+
+    Examples
+    --------
+    >>> import torch
+    >>> cube = Cube()
+    >>> points = cube.sample(2, torch.Generator().manual_seed(0), dtype=torch.float64)
+    >>> image, target = cube.jets(points)
+    >>> image.value.shape, image.d1.shape, image.d2.shape, target.d2.shape
+    (torch.Size([2, 41, 41]), torch.Size([2, 6, 41, 41]), torch.Size([2, 21, 41, 41]), torch.Size([2, 21, 9]))
+    """
+
+    image_size: int = attrs.field(default=41, validator=attrs_validator(check_int, minimum=2, maximum=4096))
+    extent: float = attrs.field(default=1.0, validator=attrs_validator(check_float, positive=True))
+    sigma: float = attrs.field(default=0.03, validator=attrs_validator(check_float, positive=True))
+    focal_length: float = attrs.field(default=5.0, validator=attrs_validator(check_float, positive=True))
+    camera_distance: float = attrs.field(default=5.0, validator=attrs_validator(check_float, positive=True))
+    half_size: float = attrs.field(default=0.2, validator=attrs_validator(check_float, positive=True))
+    face_colors: tuple[float, ...] = attrs.field(
+        default=tuple((i + 1) / 6 for i in range(6)), converter=_colors_convert, validator=_colors_validate
+    )
+    base_angles: tuple[float, float, float] = attrs.field(
+        default=(math.pi / 2, math.pi / 4, 0.6154797), converter=_angles_convert, validator=_angles_validate
+    )
+    max_angle: float = attrs.field(
+        default=math.pi / 8, validator=attrs_validator(check_float, nonnegative=True, maximum=math.pi)
+    )
+    translation_radius: float = attrs.field(default=0.52, validator=attrs_validator(check_float, nonnegative=True))
+    near_clip: float = attrs.field(default=0.5, validator=attrs_validator(check_float, positive=True))
+
+    param_dim = 6
+    point_shape = (6,)
+    target_shape = (9,)
+    coordinate_names = ("x", "y", "z", "a", "b", "c")
+
+    @property
+    def input_shape(self) -> tuple[int, int]:
+        return (self.image_size, self.image_size)
+
+    @property
+    def pixel_size(self) -> float:
+        """Distance between neighbouring pixel centres, ``2 extent / (image_size - 1)``."""
+        return 2.0 * self.extent / (self.image_size - 1)
+
+    # ------------------------------------------------------------------ constants
+
+    def base_corners(self, dtype: torch.dtype = torch.float64, device=None) -> torch.Tensor:
+        """``[8, 3]``: the corners in the base orientation (before the pose), row vectors."""
+        corners = torch.tensor(_CORNERS, dtype=torch.float64) * self.half_size
+        for axis, angle in zip((2, 0, 1), self.base_angles):
+            corners = corners @ axis_rotation(axis, torch.tensor(angle, dtype=torch.float64))
+        return corners.to(dtype=dtype, device=device)
+
+    def pixel_grid(self, dtype: torch.dtype = torch.float64, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pixel centres ``(x, y)``, each ``[image_size, image_size]`` (row 0 at the top)."""
+        idx = torch.arange(self.image_size, dtype=torch.float64)
+        x = -self.extent + idx * self.pixel_size
+        y = self.extent - idx * self.pixel_size
+        return (
+            x.expand(self.image_size, -1).to(dtype=dtype, device=device),
+            y[:, None].expand(-1, self.image_size).to(dtype=dtype, device=device),
+        )
+
+    # ------------------------------------------------------------------ sampling, checks
+
+    def sample(
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        *,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> torch.Tensor:
+        """Draw ``n`` poses ``[n, 6]`` from the data distribution of CUBE_SPEC.md.
+
+        Rotation: axis uniform on the unit sphere, angle uniform in
+        ``[-max_angle, max_angle]``. Translation: ``translation_radius`` times a point uniform
+        in the unit ball. Drawn in float64 on the generator's device, then cast.
+        """
+        check_int("n", n, minimum=0)
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator: expected a torch.Generator or None, got {type(generator).__name__}")
+        dtype = torch.get_default_dtype() if dtype is None else dtype
+        if dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"dtype: expected torch.float32 or torch.float64, got {dtype}")
+        gdev = generator.device if generator is not None else torch.device("cpu")
+        kw = dict(generator=generator, dtype=torch.float64, device=gdev)
+        axis = torch.randn(n, 3, **kw)
+        axis = axis / axis.norm(dim=1, keepdim=True).clamp_min(1e-300)
+        angle = (2.0 * torch.rand(n, 1, **kw) - 1.0) * self.max_angle
+        direction = torch.randn(n, 3, **kw)
+        direction = direction / direction.norm(dim=1, keepdim=True).clamp_min(1e-300)
+        radius = self.translation_radius * torch.rand(n, 1, **kw) ** (1.0 / 3.0)
+        points = torch.cat([axis * angle, direction * radius], dim=1)
+        return points.to(dtype=dtype, device=device if device is not None else gdev)
+
+    def check_domain(self, points: torch.Tensor) -> None:
+        """Every corner of the posed cube must lie ``near_clip`` in front of the camera."""
+        corners = self._posed_corners(points)
+        depth = self.camera_distance - corners[..., 2].amax(dim=-1)
+        bad = depth < self.near_clip
+        if bool(bad.any()):
+            rows = torch.nonzero(bad).flatten()[:5].tolist()
+            raise ValueError(
+                f"points: expected poses with every corner at least near_clip={self.near_clip} in front of "
+                f"the camera (Z <= {self.camera_distance - self.near_clip}); rows {rows} are not"
+            )
+
+    def _posed_corners(self, points: torch.Tensor) -> torch.Tensor:
+        """``[n, 8, 3]``: corners under the pose, ``V_base R(w) + t``."""
+        base = self.base_corners(points.dtype, points.device)
+        return base @ rotation_matrix(points[:, :3]) + points[:, None, 3:]
+
+    # ------------------------------------------------------------------ the chart (straightforward)
+
+    def _corners(self, points: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        """``[n, 8, 3]``: corners at local coordinates ``theta``, differentiable in ``theta``."""
+        base = self.base_corners(points.dtype, points.device)
+        local = axis_rotation(0, theta[:, 3]) @ axis_rotation(1, theta[:, 4]) @ axis_rotation(2, theta[:, 5])
+        return (base @ rotation_matrix(points[:, :3])) @ local + (points[:, 3:] + theta[:, :3])[:, None, :]
+
+    def _project(self, corners: torch.Tensor) -> torch.Tensor:
+        """``[..., 3] -> [..., 2]``: ``f (X, Y) / (Z - D)``."""
+        return self.focal_length * corners[..., :2] / (corners[..., 2:] - self.camera_distance)
+
+    def input(self, points: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        """The image ``[n, image_size, image_size]`` at local coordinates ``theta`` ``[n, 6]``.
+
+        Exact (closed form; Owen's T by quadrature at float64 round-off, evaluated only where
+        it exceeds 2e-17). Written with ``torch`` operations that ``torch.func`` transforms, so
+        it can be differentiated any number of times; :meth:`jets` gives the same derivatives
+        analytically and faster, :meth:`reference_input` the same values the slow, obvious way.
+        """
+        self.check_points(points)
+        self.check_theta(points, theta)
+        uv = self._project(self._corners(points, theta))
+        edges = torch.tensor(_EDGES, device=points.device)
+        a, b = uv[:, edges[:, 0]] / self.sigma, uv[:, edges[:, 1]] / self.sigma
+        return self._render_value(a, b, self._edge_weights(uv.detach()), self._edge_frame(a, b))
+
+    def reference_input(self, points: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        """:meth:`input` evaluated the straightforward way, for tests: slow, obviously right.
+
+        Every edge of every visible face against every pixel, the triangle integral with its
+        quadrature everywhere, the faces summed one by one.
+        """
+        self.check_points(points)
+        self.check_theta(points, theta)
+        uv = self._project(self._corners(points, theta))  # [n, 8, 2]
+        poly = uv[:, torch.tensor(_FACE_INDEX, device=points.device)]  # [n, 6, 4, 2]
+        nxt = poly.roll(-1, dims=2)
+        weight = self._face_weights(uv.detach())  # [n, 6]
+        gx, gy = self.pixel_grid(points.dtype, points.device)
+        q = torch.stack([gx.flatten(), gy.flatten()], dim=-1)  # [P, 2]
+        a = (poly[:, :, :, None, :] - q) / self.sigma  # [n, 6, 4, P, 2]
+        b = (nxt[:, :, :, None, :] - q) / self.sigma
+        tri = G.triangle_integral(a, b)  # [n, 6, 4, P]
+        image = (weight[:, :, None] * tri.sum(2)).sum(1)
+        return image.reshape(image.shape[0], self.image_size, self.image_size)
+
+    def _face_weights(self, uv: torch.Tensor) -> torch.Tensor:
+        """``[n, 6]``: each face's colour if it is visible (counter-clockwise on screen), else 0."""
+        poly = uv[:, torch.tensor(_FACE_INDEX, device=uv.device)]
+        nxt = poly.roll(-1, dims=2)
+        shoelace = ((nxt[..., 0] - poly[..., 0]) * (nxt[..., 1] + poly[..., 1])).sum(-1)
+        colors = torch.tensor(self.face_colors, dtype=uv.dtype, device=uv.device)
+        return torch.where(shoelace < 0, colors, torch.zeros_like(colors))
+
+    def _edge_weights(self, uv: torch.Tensor) -> torch.Tensor:
+        """``[n, 12]``: weight of each edge ``a -> b`` = sum of +-colour of the visible faces along it."""
+        inc = torch.tensor(_INCIDENCE, dtype=uv.dtype, device=uv.device)
+        return self._face_weights(uv) @ inc.T
+
+    def _edge_frame(self, a: torch.Tensor, b: torch.Tensor):
+        """Per edge: unit direction and length; per (edge, pixel): ``h, k_a, k_b``."""
+        gx, gy = self.pixel_grid(a.dtype, a.device)
+        qx, qy = gx.flatten() / self.sigma, gy.flatten() / self.sigma  # [P]
+        dvec = b - a
+        length = torch.sqrt((dvec * dvec).sum(-1))
+        length = torch.where(length > 0, length, torch.ones_like(length))
+        tx, ty = dvec[..., 0] / length, dvec[..., 1] / length  # [n, E]
+        ax_, ay_ = a[..., 0:1] - qx, a[..., 1:2] - qy  # [n, E, P]
+        h = ax_ * ty[..., None] - ay_ * tx[..., None]
+        ka = ax_ * tx[..., None] + ay_ * ty[..., None]
+        return qx, qy, dvec, length, tx, ty, h, ka, ka + length[..., None]
+
+    def _render_value(self, a, b, w, frame) -> torch.Tensor:
+        """Image ``[n, S, S]`` of the directed edges ``a -> b`` (``[n, E, 2]``, sigma units) with
+        weights ``w`` ``[n, E]``: the closed-form far part on every pixel plus the Owen's T part
+        near the corners."""
+        S = self.image_size
+        _, _, _, _, tx, ty, h, ka, kb = frame
+        far = ((G.right_triangle_far(h, kb) - G.right_triangle_far(h, ka)) * w[..., None]).sum(1)  # [n, P]
+        flat = torch.cat([far, far.new_zeros(far.shape[0], 1)], dim=1)
+        flat = self._add_near_terms(flat, a, b, tx, ty, w)
+        return flat[:, : S * S].reshape(flat.shape[0], S, S)
+
+    def target(self, points: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        """Corners 1-3 of face 4 at local coordinates ``theta``: ``[n, 9]`` (x, y, z per corner)."""
+        self.check_points(points)
+        self.check_theta(points, theta)
+        return self._corners(points, theta)[:, list(_TARGET_INDEX)].reshape(-1, 9)
+
+    # ------------------------------------------------------------------ analytic jets (fast path)
+
+    def jets(self, points: torch.Tensor, order: int = 2, *, chunk_size: int = 32) -> tuple[Jet, Jet]:
+        """Exact jets of the image and the target at ``theta = 0`` (analytic, fast).
+
+        Parameters
+        ----------
+        points : Tensor
+            ``[n, 6]`` poses, float32 or float64, any device.
+        order : int
+            0, 1 or 2.
+        chunk_size : int
+            Samples rendered at once (bounds the temporaries; default 32).
+
+        Returns
+        -------
+        image_jet : Jet
+            ``value [n, S, S]``, ``d1 [n, 6, S, S]``, ``d2 [n, 21, S, S]``, ``S = image_size``.
+        target_jet : Jet
+            ``value [n, 9]``, ``d1 [n, 6, 9]``, ``d2 [n, 21, 9]``.
+        """
+        self.check_points(points)
+        check_int("order", order, minimum=0, maximum=2)
+        check_int("chunk_size", chunk_size, minimum=1)
+        parts = [self._fast_jets(chunk, order) for chunk in points.split(chunk_size)] if len(points) else []
+        if not parts:
+            parts = [self._fast_jets(points, order)]
+        images = [p[0] for p in parts]
+        targets = [p[1] for p in parts]
+        cat = lambda comps: [torch.cat(c) for c in zip(*comps)]  # noqa: E731
+        return Jet(*cat(images)), Jet(*cat(targets))
+
+    def _corner_jets(self, points: torch.Tensor, order: int) -> list[torch.Tensor]:
+        """Jets of the 3-D corners: ``[n, 8, 3]``, ``[n, 6, 8, 3]``, ``[n, 21, 8, 3]``."""
+        n = points.shape[0]
+        posed = self.base_corners(points.dtype, points.device) @ rotation_matrix(points[:, :3])  # [n, 8, 3]
+        out = [posed + points[:, None, 3:]]
+        if order >= 1:
+            gen = generators(points.dtype, points.device)
+            eye = torch.eye(3, dtype=points.dtype, device=points.device)
+            shift = eye[:, None, :].expand(n, 3, 8, 3)
+            turn = torch.einsum("nvk,gkl->ngvl", posed, gen)
+            out.append(torch.cat([shift, turn], dim=1))
+        if order >= 2:
+            i, j = triu_pairs(6)
+            d2 = points.new_zeros(n, len(i), 8, 3)
+            rot = (i >= 3) & (j >= 3)
+            pair_gen = gen[i[rot] - 3] @ gen[j[rot] - 3]  # the product order Rx Ry Rz
+            d2[:, rot] = torch.einsum("nvk,gkl->ngvl", posed, pair_gen)
+            out.append(d2)
+        return out
+
+    def _projection_jets(self, corners: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Jets of ``f (X, Y) / (Z - D)`` from the jets of the corners (quotient rule)."""
+        f = self.focal_length
+        p = corners[0]
+        inv_w = 1.0 / (p[..., 2:] - self.camera_distance)  # [n, 8, 1]
+        xy = p[..., :2]
+        out = [f * xy * inv_w]
+        if len(corners) >= 2:
+            d1 = corners[1]
+            xy_i, w_i = d1[..., :2], d1[..., 2:]
+            iw = inv_w[:, None]
+            out.append(f * (xy_i * iw - xy[:, None] * w_i * iw * iw))
+        if len(corners) >= 3:
+            i, j = triu_pairs(d1.shape[1], device=p.device)
+            d2 = corners[2]
+            xy_ij, w_ij = d2[..., :2], d2[..., 2:]
+            xyc = xy[:, None]
+            out.append(
+                f
+                * (
+                    xy_ij * iw
+                    - (xy_i[:, i] * w_i[:, j] + xy_i[:, j] * w_i[:, i]) * iw * iw
+                    - xyc * w_ij * iw * iw
+                    + 2.0 * xyc * w_i[:, i] * w_i[:, j] * iw * iw * iw
+                )
+            )
+        return out
+
+    def _fast_jets(self, points: torch.Tensor, order: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        dtype, device = points.dtype, points.device
+        n, S, sigma = points.shape[0], self.image_size, self.sigma
+        corners = self._corner_jets(points, order)
+        targets = [c[..., list(_TARGET_INDEX), :].flatten(-2) for c in corners]
+        uv = self._projection_jets(corners)
+
+        # Keep only edges with a nonzero weight (at most 9 on a cube); pad with weight-0 edges.
+        weight = self._edge_weights(uv[0])  # [n, 12]
+        keep = max(int((weight != 0).sum(1).max()) if n else 0, 1)
+        sel = torch.argsort((weight == 0).to(torch.int8), dim=1, stable=True)[:, :keep]  # [n, E]
+        w = weight.gather(1, sel)
+        edges = torch.tensor(_EDGES, device=device)
+        ia, ib = edges[sel, 0], edges[sel, 1]  # [n, E]
+
+        def ends(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+            # t [n, ..., 8, 2] -> [n, E, ..., 2], in units of sigma
+            if t.dim() == 3:
+                return t.gather(1, idx[..., None].expand(-1, -1, 2)) / sigma
+            m = t.shape[1]
+            g = t.gather(2, idx[:, None, :, None].expand(-1, m, -1, 2))
+            return g.transpose(1, 2) / sigma
+
+        a, b = ends(uv[0], ia), ends(uv[0], ib)  # [n, E, 2]
+        frame = self._edge_frame(a, b)
+        qx, qy, dvec, length, _, _, h, ka, kb = frame
+        images = [self._render_value(a, b, w, frame)]
+        if order == 0:
+            return images, targets[:1]
+
+        k0, k1, k2, k3 = G.edge_moments(h, ka, kb, length[..., None])
+        nvec = torch.stack([dvec[..., 1], -dvec[..., 0]], dim=-1)  # [n, E, 2] outward normal R(b - a)
+        al = ends(uv[1], ia)  # [n, E, d, 2]
+        de = ends(uv[1], ib) - al
+        u0 = (al * nvec[:, :, None]).sum(-1)  # [n, E, d]
+        u1 = (de * nvec[:, :, None]).sum(-1)
+        wk0, wk1 = w[..., None] * u0, w[..., None] * u1
+        d1 = torch.einsum("nei,nep->nip", wk0, k0) + torch.einsum("nei,nep->nip", wk1, k1)
+        images.append(d1.reshape(n, d1.shape[1], S, S))
+        if order == 1:
+            return images, targets[:2]
+
+        # Second derivatives: d/dtheta_j of int phi(p(s)) nu_i(s).N ds, a cubic in s times phi:
+        # sum_m K_m (s_m + A.v_m), A = a - q; assembled as one matmul over a basis of
+        # K_m, q_x K_m, q_y K_m per edge.
+        i, j = triu_pairs(al.shape[2], device=device)
+        al2 = ends(uv[2], ia)
+        de2 = ends(uv[2], ib) - al2  # [n, E, p, 2]
+
+        def dot(x, y):
+            return (x * y).sum(-1)
+
+        def cross(x, y):
+            return x[..., 0] * y[..., 1] - x[..., 1] * y[..., 0]
+
+        al_i, al_j, de_i, de_j = al[:, :, i], al[:, :, j], de[:, :, i], de[:, :, j]
+        u0i, u1i = u0[:, :, i, None], u1[:, :, i, None]
+        dv = dvec[:, :, None]
+        s0 = dot(al2, nvec[:, :, None]) + cross(al_i, de_j)
+        s1 = dot(de2, nvec[:, :, None]) + cross(de_i, de_j) - u0i[..., 0] * dot(dv, al_j)
+        s2 = -u0i[..., 0] * dot(dv, de_j) - u1i[..., 0] * dot(dv, al_j)
+        s3 = -u1i[..., 0] * dot(dv, de_j)
+        v0 = -u0i * al_j
+        v1 = -u0i * de_j - u1i * al_j
+        v2 = -u1i * de_j
+        a_e = a[:, :, None]
+        coef = torch.stack(
+            [
+                s0 + dot(a_e, v0),
+                s1 + dot(a_e, v1),
+                s2 + dot(a_e, v2),
+                s3,
+                -v0[..., 0],
+                -v1[..., 0],
+                -v2[..., 0],
+                -v0[..., 1],
+                -v1[..., 1],
+                -v2[..., 1],
+            ],
+            dim=-1,
+        ) * w[:, :, None, None]  # [n, E, p, 10]
+        basis = torch.stack([k0, k1, k2, k3, qx * k0, qx * k1, qx * k2, qy * k0, qy * k1, qy * k2], dim=2)
+        ne = coef.shape[1]
+        d2 = torch.bmm(
+            coef.permute(0, 2, 1, 3).reshape(n, len(i), ne * 10), basis.reshape(n, ne * 10, S * S)
+        )
+        images.append(d2.reshape(n, len(i), S, S))
+        return images, targets
+
+    def _add_near_terms(self, flat, a, b, tx, ty, w) -> torch.Tensor:
+        """Add the Owen's T terms of every edge end on a window of pixels around it.
+
+        ``flat`` is ``[n, S*S + 1]`` (the last entry collects window pixels off the image).
+        Window positions come from detached values, so ``torch.func`` transforms pass through.
+        """
+        S, sigma, hpx = self.image_size, self.sigma, self.pixel_size
+        radius = math.ceil(G.T_CUTOFF * math.sqrt(2.0) * sigma / hpx + 0.5)
+        off = torch.arange(-radius, radius + 1, device=flat.device)
+        n = flat.shape[0]
+        ends = torch.cat([a, b], dim=1)  # [n, 2E, 2] in sigma units
+        sign = torch.cat([-w, w], dim=1)  # [n, 2E]
+        tx2, ty2 = torch.cat([tx, tx], dim=1)[..., None], torch.cat([ty, ty], dim=1)[..., None]
+        # Nearest pixel (clamped so that windows of far-away corners stay representable).
+        pos = ends.detach()
+        col0 = ((pos[..., 0] * sigma + self.extent) / hpx).round().clamp(-radius - 1, S + radius).long()
+        row0 = ((self.extent - pos[..., 1] * sigma) / hpx).round().clamp(-radius - 1, S + radius).long()
+        win = off.numel()
+        rows = (row0[..., None, None] + off[:, None]).expand(-1, -1, win, win).flatten(-2)  # [n, 2E, W*W]
+        cols = (col0[..., None, None] + off[None, :]).expand(-1, -1, win, win).flatten(-2)
+        inside = (rows >= 0) & (rows < S) & (cols >= 0) & (cols < S)
+        qx = (-self.extent + cols.to(flat.dtype) * hpx) / sigma
+        qy = (self.extent - rows.to(flat.dtype) * hpx) / sigma
+        ax_, ay_ = ends[..., 0:1] - qx, ends[..., 1:2] - qy
+        h = ax_ * ty2 - ay_ * tx2
+        k = ax_ * tx2 + ay_ * ty2
+        near = G.right_triangle_near(h, k) * sign[..., None]
+        index = torch.where(inside, rows * S + cols, torch.full_like(rows, S * S))
+        return flat.scatter_add(1, index.flatten(1), near.flatten(1))

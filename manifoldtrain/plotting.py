@@ -1,0 +1,140 @@
+"""Figures of jets (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+
+from manifoldtrain._io import atomic_path
+from manifoldtrain._validation import check_int
+from manifoldtrain.jet import Jet, triu_pairs
+
+__all__ = ["plot_image_jet", "save_figure", "show"]
+
+
+def plot_image_jet(
+    jet: Jet,
+    sample: int = 0,
+    *,
+    second_order: bool = False,
+    coordinate_names: tuple[str, ...] | None = None,
+    title: str | None = None,
+):
+    """Draw one sample's image with its first- (and optionally second-) derivative images.
+
+    Parameters
+    ----------
+    jet : Jet
+        An image jet: ``value [n, H, W]``, ``d1 [n, d, H, W]``, ``d2 [n, d(d+1)/2, H, W]``.
+    sample : int
+        Which of the ``n`` samples to draw.
+    second_order : bool
+        Also draw the ``d(d+1)/2`` second-derivative images (needs a jet of order 2).
+    coordinate_names : tuple of str, optional
+        Names of the ``d`` coordinates for the panel titles (default ``0, 1, ...``).
+    title : str, optional
+        Figure title.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One row with the image and the ``d`` first derivatives, then the second derivatives,
+        each panel with its own colour bar (derivatives on a symmetric diverging scale).
+    """
+    from matplotlib.figure import Figure
+
+    if not isinstance(jet, Jet) or len(jet.shape) != 2:
+        raise ValueError("jet: expected an image Jet with value of shape [n, H, W]")
+    check_int("sample", sample, minimum=0, maximum=len(jet) - 1)
+    if jet.order < 1:
+        raise ValueError("jet: expected a jet of order >= 1 (first derivatives to draw)")
+    if second_order and jet.order < 2:
+        raise ValueError("second_order: the jet has no second derivatives (order < 2)")
+    d = jet.param_dim
+    names = coordinate_names or tuple(str(i) for i in range(d))
+    if len(names) != d:
+        raise ValueError(f"coordinate_names: expected {d} names, got {len(names)}")
+    panels = [("value", jet.value[sample], False)]
+    panels += [(f"d/d{names[i]}", jet.d1[sample, i], True) for i in range(d)]
+    if second_order:
+        i, j = triu_pairs(d)
+        panels += [(f"d2/d{names[a]}d{names[b]}", jet.d2[sample, k], True) for k, (a, b) in enumerate(zip(i.tolist(), j.tolist()))]
+    cols = d + 1
+    rows = math.ceil(len(panels) / cols)
+    fig = Figure(figsize=(2.3 * cols, 2.2 * rows + (0.4 if title else 0.0)), layout="constrained")
+    for k, (label, img, diverging) in enumerate(panels):
+        ax = fig.add_subplot(rows, cols, k + 1)
+        data = img.detach().to(torch.float64).cpu().numpy()
+        if diverging:
+            lim = float(abs(data).max()) or 1.0
+            im = ax.imshow(data, cmap="RdBu_r", vmin=-lim, vmax=lim)
+        else:
+            im = ax.imshow(data, cmap="gray")
+        ax.set_title(label, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        fig.colorbar(im, ax=ax, shrink=0.8)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def save_figure(fig, path: str | os.PathLike, *, dpi: int = 110) -> None:
+    """Save a matplotlib figure atomically (format from the file's suffix)."""
+    fmt = os.path.splitext(os.fspath(path))[1].lstrip(".") or "png"
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format=fmt)
+
+
+def show(
+    manifold,
+    out: str | os.PathLike | None = None,
+    *,
+    seed: int = 0,
+    second_order: bool = False,
+    points: torch.Tensor | None = None,
+    dtype: torch.dtype = torch.float64,
+):
+    """Draw a sample of an image manifold with its derivative images (and save it to ``out``).
+
+    Parameters
+    ----------
+    manifold : Manifold
+        A manifold whose input is an image (``input_shape`` of length 2), e.g.
+        :class:`~manifoldtrain.manifolds.Cube`.
+    out : path, optional
+        Where to save the figure (atomically); format from the suffix.
+    seed : int
+        Seed of the sample drawn when ``points`` is not given.
+    second_order : bool
+        Also draw the second-derivative images.
+    points : Tensor, optional
+        ``[1, *point_shape]``: the point to draw instead of a random sample.
+    dtype : torch.dtype
+        Precision of the jets.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    if len(manifold.input_shape) != 2:
+        raise ValueError(f"manifold: expected an image manifold (input_shape of length 2), got {manifold.input_shape}")
+    if points is None:
+        check_int("seed", seed, minimum=0)
+        points = manifold.sample(1, torch.Generator().manual_seed(seed), dtype=dtype)
+    points = manifold.check_points(points)
+    if len(points) != 1:
+        raise ValueError(f"points: expected a single point [1, {', '.join(map(str, manifold.point_shape))}], got {list(points.shape)}")
+    image, _ = manifold.jets(points, order=2 if second_order else 1)
+    pose = ", ".join(f"{v:.3f}" for v in points[0].flatten().tolist())
+    fig = plot_image_jet(
+        image,
+        second_order=second_order,
+        coordinate_names=manifold.coordinate_names,
+        title=f"{type(manifold).__name__} at ({pose})",
+    )
+    if out is not None:
+        save_figure(fig, out)
+    return fig

@@ -1,0 +1,22 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import settings
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+settings.register_profile("default", deadline=None, max_examples=10, derandomize=False, print_blob=True)
+settings.register_profile("ci", deadline=None, max_examples=10, derandomize=True, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(__file__).resolve().parent / "data"
+
+
+def cuda_devices():
+    return ["cuda"] if torch.cuda.is_available() else []
+
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -1,0 +1,268 @@
+"""The cube of CUBE_SPEC.md: independent reference vectors, spec facts, options and bad input."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from manifoldtrain import chart_jet
+from manifoldtrain.manifolds import Cube
+
+from conftest import DATA
+
+REF = np.load(DATA / "cube_vectors.npz")
+
+
+def rel(a, b):
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return np.abs(a - b).max() / np.abs(b).max()
+
+
+@pytest.fixture(scope="module")
+def cube():
+    return Cube()
+
+
+@pytest.fixture(scope="module")
+def ref_jets(cube):
+    return cube.jets(torch.tensor(REF["points"]))
+
+
+def test_reference_values(cube, ref_jets):
+    points = torch.tensor(REF["points"])
+    zero = torch.zeros(3, 6, dtype=torch.float64)
+    image, target = ref_jets
+    assert np.abs(image.value.numpy() - REF["image_value"]).max() < 1e-13
+    assert np.abs(cube.input(points, zero).numpy() - REF["image_value"]).max() < 1e-13
+    assert np.abs(cube.reference_input(points, zero).numpy() - REF["image_value"]).max() < 1e-13
+    assert np.abs(target.value.numpy() - REF["target_value"]).max() < 1e-15
+    assert np.abs(cube.target(points, zero).numpy() - REF["target_value"]).max() < 1e-15
+
+
+def test_reference_derivatives(ref_jets):
+    # The reference derivatives are central differences: ~3e-7 (d1) and ~5e-5 (d2) relative.
+    image, target = ref_jets
+    assert rel(image.d1, REF["image_d1"]) < 1e-6
+    assert rel(image.d2, REF["image_d2"]) < 1e-4
+    assert rel(target.d1, REF["target_d1"]) < 1e-9
+    assert rel(target.d2, REF["target_d2"]) < 1e-6
+
+
+def test_reference_in_float32(cube):
+    image, target = cube.jets(torch.tensor(REF["points"], dtype=torch.float32))
+    assert image.dtype == torch.float32
+    assert np.abs(image.value.numpy() - REF["image_value"]).max() < 1e-5
+    assert rel(image.d1, REF["image_d1"]) < 1e-5
+    assert rel(image.d2, REF["image_d2"]) < 1e-4
+
+
+def test_reference_input_derivatives_by_torch_func(cube, ref_jets):
+    """The slow, obvious image differentiated by torch.func equals the analytic jets."""
+    points = torch.tensor(REF["points"][:1])
+    jet = chart_jet(lambda t: cube.reference_input(points, t), torch.zeros(1, 6, dtype=torch.float64), 2, chunk_size=7)
+    image = ref_jets[0][:1]
+    assert rel(jet.d1, image.d1) < 1e-12
+    assert rel(jet.d2, image.d2) < 1e-12
+
+
+@settings(max_examples=5, deadline=None)
+@given(st.integers(0, 2**32), st.floats(0.0, 0.15))
+def test_input_equals_reference_input_off_the_point(seed, scale):
+    cube = Cube()
+    gen = torch.Generator().manual_seed(seed)
+    points = cube.sample(2, gen, dtype=torch.float64)
+    theta = scale * torch.randn(2, 6, generator=gen, dtype=torch.float64)
+    fast, slow = cube.input(points, theta), cube.reference_input(points, theta)
+    assert (fast - slow).abs().max() < 1e-14
+
+
+def test_pixel_grid_orientation():
+    cube = Cube()
+    x, y = cube.pixel_grid()
+    assert x[0, 0] == -1 and y[0, 0] == 1  # row 0 is the top, column 0 the left
+    assert x[0, 40] == 1 and y[40, 0] == -1
+    assert math.isclose(cube.pixel_size, 0.05)
+
+
+def test_corner_on_view_at_the_identity_pose(cube):
+    """At pose 0 the cube is seen corner-on: faces 1, 4, 6 meet at the centre pixel, a third each."""
+    p = torch.zeros(1, 6, dtype=torch.float64)
+    image, target = cube.jets(p, order=0)
+    assert abs(image.value[0, 20, 20].item() - (1 + 4 + 6) / 18) < 1e-6
+    visible = cube._face_weights(cube._project(cube._posed_corners(p)))[0]
+    assert (visible > 0).tolist() == [True, False, False, True, False, True]
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.integers(0, 2**32))
+def test_image_range_and_background(seed):
+    cube = Cube()
+    points = cube.sample(8, torch.Generator().manual_seed(seed), dtype=torch.float64)
+    image, _ = cube.jets(points, order=0)
+    assert image.value.min() > -1e-14 and image.value.max() < 1 + 1e-14
+    # Pixels beyond the projected corners' bounding circle by 10 sigma are background (0).
+    uv = cube._project(cube._posed_corners(points))  # [n, 8, 2]
+    centre = uv.mean(1, keepdim=True)
+    reach = (uv - centre).norm(dim=-1).max(1).values + 10 * cube.sigma
+    x, y = cube.pixel_grid()
+    dist = torch.hypot(x - centre[:, :, 0, None], y - centre[:, :, 1, None])  # [n, 41, 41]
+    far = dist > reach[:, None, None]
+    assert far.any()
+    assert image.value[far].abs().max() < 1e-15
+
+
+def test_target_derivatives_along_translations_are_unit(cube, ref_jets):
+    target = ref_jets[1]
+    for axis in range(3):
+        expected = torch.zeros(3, 9, dtype=torch.float64)
+        expected[:, axis::3] = 1.0
+        torch.testing.assert_close(target.d1[:, axis], expected, rtol=0, atol=1e-15)
+    assert target.d2[:, :15].abs().max() == 0  # no second derivative involves a translation
+
+
+def test_colors_enter_linearly():
+    points = Cube().sample(2, torch.Generator().manual_seed(3), dtype=torch.float64)
+    base, _ = Cube().jets(points)
+    doubled, _ = Cube(face_colors=tuple(2 * (i + 1) / 6 for i in range(6))).jets(points)
+    for a, b in zip(base.components(), doubled.components()):
+        torch.testing.assert_close(b, 2 * a, rtol=1e-12, atol=1e-13)
+
+
+def test_chunking_and_orders_agree(cube):
+    points = cube.sample(5, torch.Generator().manual_seed(7), dtype=torch.float64)
+    full = cube.jets(points, chunk_size=32)
+    for chunk in (1, 2):
+        for a, b in zip(cube.jets(points, chunk_size=chunk), full):
+            for x, y in zip(a.components(), b.components()):
+                torch.testing.assert_close(x, y, rtol=1e-13, atol=1e-13)
+    for order in (0, 1):
+        for a, b in zip(cube.jets(points, order), full):
+            assert a.order == order
+            for x, y in zip(a.components(), b.components()):
+                torch.testing.assert_close(x, y, rtol=0, atol=1e-14)
+
+
+def test_empty_batch(cube):
+    image, target = cube.jets(torch.zeros(0, 6, dtype=torch.float64))
+    assert image.d2.shape == (0, 21, 41, 41) and target.d2.shape == (0, 21, 9)
+
+
+def test_image_size_option():
+    cube = Cube(image_size=21, extent=1.2)
+    image, _ = cube.jets(cube.sample(2, torch.Generator().manual_seed(0)))
+    assert image.value.shape == (2, 21, 21) and image.d2.shape == (2, 21, 21, 21)
+
+
+# ----------------------------------------------------------------- sampling
+
+
+def test_sampling_distribution():
+    cube = Cube()
+    p = cube.sample(20000, torch.Generator().manual_seed(0), dtype=torch.float64)
+    angle, radius = p[:, :3].norm(dim=1), p[:, 3:].norm(dim=1)
+    assert angle.max() <= math.pi / 8 + 1e-12 and radius.max() <= 0.52 + 1e-12
+    # |angle| uniform on [0, pi/8]; (radius / 0.52)^3 uniform on [0, 1]; directions isotropic.
+    assert abs(angle.mean().item() - math.pi / 16) < 0.01
+    assert abs(((radius / 0.52) ** 3).mean().item() - 0.5) < 0.01
+    assert (p[:, :3] / angle[:, None]).mean(0).abs().max() < 0.03
+    assert (p[:, 3:] / radius[:, None]).mean(0).abs().max() < 0.03
+
+
+def test_sampling_is_reproducible_and_follows_dtype():
+    cube = Cube()
+    a = cube.sample(5, torch.Generator().manual_seed(1), dtype=torch.float64)
+    b = cube.sample(5, torch.Generator().manual_seed(1), dtype=torch.float64)
+    c = cube.sample(5, torch.Generator().manual_seed(2), dtype=torch.float64)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert cube.sample(3, dtype=torch.float32).dtype == torch.float32
+    assert cube.sample(0).shape == (0, 6)
+
+
+def test_sampling_options():
+    cube = Cube(max_angle=0.1, translation_radius=0.2)
+    p = cube.sample(500, torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert p[:, :3].norm(dim=1).max() <= 0.1 + 1e-12 and p[:, 3:].norm(dim=1).max() <= 0.2 + 1e-12
+
+
+# ----------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, name",
+    [
+        ({"image_size": 1}, ValueError, "image_size"),
+        ({"image_size": 41.0}, TypeError, "image_size"),
+        ({"sigma": 0.0}, ValueError, "sigma"),
+        ({"sigma": float("nan")}, ValueError, "sigma"),
+        ({"extent": -1.0}, ValueError, "extent"),
+        ({"focal_length": "5"}, TypeError, "focal_length"),
+        ({"camera_distance": 0}, ValueError, "camera_distance"),
+        ({"half_size": -0.2}, ValueError, "half_size"),
+        ({"face_colors": (1, 2, 3)}, ValueError, "face_colors"),
+        ({"face_colors": (1, 2, 3, 4, 5, float("inf"))}, ValueError, "face_colors"),
+        ({"base_angles": 3.0}, TypeError, "sequence"),
+        ({"max_angle": 4.0}, ValueError, "max_angle"),
+        ({"translation_radius": -0.1}, ValueError, "translation_radius"),
+        ({"near_clip": 0.0}, ValueError, "near_clip"),
+        ({"blur": 0.03}, TypeError, "blur"),
+    ],
+)
+def test_bad_options(kwargs, error, name):
+    with pytest.raises(error, match=name):
+        Cube(**kwargs)
+
+
+def test_options_are_frozen():
+    import attrs
+
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        Cube().sigma = 0.1
+
+
+@pytest.mark.parametrize(
+    "points, error, match",
+    [
+        (torch.zeros(2, 5, dtype=torch.float64), ValueError, r"points: expected shape \[\*, 6\]"),
+        (torch.zeros(6, dtype=torch.float64), ValueError, r"points: expected shape"),
+        (torch.zeros(2, 6, dtype=torch.int64), TypeError, "points: expected dtype float32 or float64"),
+        (torch.zeros(2, 6, dtype=torch.float16), TypeError, "points: expected dtype"),
+        (torch.tensor([[0.0, 0, 0, 0, 0, float("nan")]]), ValueError, "points: expected finite"),
+        (torch.tensor([[0.0, 0, float("inf"), 0, 0, 0]]), ValueError, "points: expected finite"),
+        (torch.tensor([[0.0, 0, 0, 0, 0, 4.7]]), ValueError, r"points: .*in front of the camera.*\[0\]"),
+        ([[0.0] * 6], TypeError, "points: expected a torch.Tensor"),
+    ],
+)
+def test_bad_points(points, error, match):
+    cube = Cube()
+    with pytest.raises(error, match=match):
+        cube.jets(points)
+    if isinstance(points, torch.Tensor) and points.dim() == 2 and points.shape[1] == 6:
+        theta = torch.zeros(points.shape[0], 6, dtype=points.dtype)
+        with pytest.raises(error, match=match):
+            cube.input(points, theta)
+        with pytest.raises(error, match=match):
+            cube.target(points, theta)
+
+
+def test_bad_theta_and_order():
+    cube = Cube()
+    p = torch.zeros(2, 6, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"theta: expected shape \[2, 6\]"):
+        cube.input(p, torch.zeros(2, 5, dtype=torch.float64))
+    with pytest.raises(TypeError, match="theta: expected dtype torch.float64"):
+        cube.input(p, torch.zeros(2, 6, dtype=torch.float32))
+    with pytest.raises(ValueError, match="order"):
+        cube.jets(p, order=3)
+    with pytest.raises(TypeError, match="order"):
+        cube.jets(p, order=1.0)
+    with pytest.raises(ValueError, match="chunk_size"):
+        cube.jets(p, chunk_size=0)
+    with pytest.raises(ValueError, match="n: expected an int >= 0"):
+        cube.sample(-1)
+    with pytest.raises(TypeError, match="generator"):
+        cube.sample(2, generator=3)
+    with pytest.raises(TypeError, match="dtype"):
+        cube.sample(2, dtype=torch.int32)

@@ -1,0 +1,80 @@
+"""Small manifolds written only against the public interface, as a user would."""
+
+import math
+
+import torch
+
+from manifoldtrain import Jet, Manifold
+
+
+class Sphere(Manifold):
+    """Points on the unit sphere (as angles); input is a 5-vector of smooth features, target the 3-D point.
+
+    Uses the default torch.func jets.
+    """
+
+    param_dim = 2
+    point_shape = (2,)
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
+
+    input_shape = (5,)
+    target_shape = (3,)
+
+    def sample(self, n, generator=None, *, dtype=None, device=None):
+        dtype = dtype or torch.get_default_dtype()
+        u = torch.rand(n, 2, generator=generator, dtype=torch.float64)
+        points = torch.stack([0.2 + 2.7 * u[:, 0], 2 * math.pi * u[:, 1]], dim=1)
+        return points.to(dtype=dtype, device=device)
+
+    def check_domain(self, points):
+        if bool(((points[:, 0] <= 0) | (points[:, 0] >= math.pi)).any()):
+            raise ValueError("points: expected polar angle in (0, pi)")
+
+    def _xyz(self, points, theta):
+        pol, az = points[:, 0] + theta[:, 0], points[:, 1] + theta[:, 1]
+        return torch.stack([torch.sin(pol) * torch.cos(az), torch.sin(pol) * torch.sin(az), torch.cos(pol)], dim=1)
+
+    def input(self, points, theta):
+        self.check_points(points)
+        self.check_theta(points, theta)
+        p = self._xyz(points, theta)
+        return torch.cat([p, (p[:, :1] * p[:, 1:2]), torch.tanh(p[:, 2:] * 2.0)], dim=1)
+
+    def target(self, points, theta):
+        self.check_points(points)
+        self.check_theta(points, theta)
+        return self._xyz(points, theta)
+
+
+class WrongSphere(Sphere):
+    """Sphere with an analytic override whose second derivative is off by a little: the checks must catch it."""
+
+    def jets(self, points, order=2):
+        x, y = Manifold.default_jets(self, points, order)
+        if order < 2:
+            return x, y
+        return Jet(x.value, x.d1, x.d2 * 1.001), y
+
+
+class AnalyticSphere(Sphere):
+    """Sphere with a correct analytic target jet (input jets from the default)."""
+
+    def jets(self, points, order=2):
+        x, _ = Manifold.default_jets(self, points, order)
+        self.check_points(points)
+        pol, az = points[:, 0], points[:, 1]
+        sp, cp, sa, ca = torch.sin(pol), torch.cos(pol), torch.sin(az), torch.cos(az)
+        value = torch.stack([sp * ca, sp * sa, cp], dim=1)
+        if order == 0:
+            return x, Jet(value)
+        d_pol = torch.stack([cp * ca, cp * sa, -sp], dim=1)
+        d_az = torch.stack([-sp * sa, sp * ca, torch.zeros_like(sp)], dim=1)
+        d1 = torch.stack([d_pol, d_az], dim=1)
+        if order == 1:
+            return x, Jet(value, d1)
+        d_pp = torch.stack([-sp * ca, -sp * sa, -cp], dim=1)
+        d_pa = torch.stack([-cp * sa, cp * ca, torch.zeros_like(sp)], dim=1)
+        d_aa = torch.stack([-sp * ca, -sp * sa, torch.zeros_like(sp)], dim=1)
+        return x, Jet(value, d1, torch.stack([d_pp, d_pa, d_aa], dim=1))
