@@ -1,0 +1,124 @@
+"""The closed forms behind the cube renderer, against independent numerics (scipy, mpmath)."""
+
+import math
+
+import mpmath as mp
+import numpy as np
+import pytest
+import scipy.integrate as si
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.special import owens_t as scipy_owens_t
+
+from manifoldtrain.manifolds import _gaussian as G
+
+f64 = torch.float64
+
+
+@settings(max_examples=200)
+@given(st.floats(0, 12), st.floats(0, 1))
+def test_owens_t_matches_scipy(h, a):
+    got = G.owens_t(torch.tensor(h, dtype=f64), torch.tensor(a, dtype=f64)).item()
+    assert abs(got - scipy_owens_t(h, a)) < 1e-16
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.floats(0, 9), st.floats(0.01, 1))
+def test_owens_t_derivatives_match_mpmath(h, a):
+    mp.mp.dps = 30
+
+    def t(hh):
+        return mp.quad(lambda x: mp.e ** (-hh * hh * (1 + x * x) / 2) / (1 + x * x), [0, a]) / (2 * mp.pi)
+
+    ht = torch.tensor(h, dtype=f64, requires_grad=True)
+    val = G.owens_t(ht, torch.tensor(a, dtype=f64))
+    (g1,) = torch.autograd.grad(val, ht, create_graph=True)
+    (g2,) = torch.autograd.grad(g1, ht)
+    assert abs(g1.item() - float(mp.diff(t, h, 1))) < 1e-15
+    assert abs(g2.item() - float(mp.diff(t, h, 2))) < 1e-15
+
+
+def _brute_triangle(a, b):
+    """Signed standard-normal probability of the triangle (0, a, b) by adaptive 2-D quadrature."""
+    a, b = np.asarray(a), np.asarray(b)
+    cross = a[0] * b[1] - a[1] * b[0]
+
+    def f(t, s):  # x = s (a + t (b - a)), Jacobian s |a x b|
+        x = s * (a + t * (b - a))
+        return s * abs(cross) * np.exp(-0.5 * x @ x) / (2 * np.pi)
+
+    value, _ = si.dblquad(f, 0, 1, 0, 1, epsabs=1e-15, epsrel=1e-13)
+    return np.sign(cross) * value
+
+
+# Pixel-to-corner offsets in units of sigma: 0 or well above the underflow range of products.
+coords = st.floats(-6, 6).filter(lambda x: x == 0 or abs(x) > 1e-100)
+
+
+@settings(max_examples=15, deadline=None)
+@given(coords, coords, coords, coords)
+def test_triangle_integral_matches_2d_quadrature(ax, ay, bx, by):
+    a, b = torch.tensor([ax, ay], dtype=f64), torch.tensor([bx, by], dtype=f64)
+    assert abs(G.triangle_integral(a, b).item() - _brute_triangle([ax, ay], [bx, by])) < 1e-13
+
+
+@settings(max_examples=200)
+@given(coords, coords, coords, coords)
+def test_far_plus_near_is_the_triangle_integral(ax, ay, bx, by):
+    a, b = torch.tensor([ax, ay], dtype=f64), torch.tensor([bx, by], dtype=f64)
+    h, ka, kb, length = G.edge_frame(a, b)
+    if length.item() == 0:
+        return
+    s2 = math.sqrt(2)
+    far = G.edge_far(h, ka, kb, length, torch.erf(h / s2), torch.erf(ka / s2), torch.erf(kb / s2))
+    near = G.right_triangle_near(h, kb) - G.right_triangle_near(h, ka)
+    assert abs((far + near).item() - G.triangle_integral(a, b).item()) < 1e-15
+
+
+@settings(max_examples=100)
+@given(st.floats(-30, 30), st.floats(-30, 30))
+def test_near_term_is_negligible_beyond_the_cutoff(h, k):
+    if max(abs(h), abs(k)) <= G.T_CUTOFF:
+        return
+    assert abs(G.right_triangle_near(torch.tensor(h, dtype=f64), torch.tensor(k, dtype=f64)).item()) < 2e-17
+
+
+def test_right_triangle_limits():
+    z = torch.zeros((), dtype=f64)
+    # Degenerate triangles are 0; a huge triangle with a right angle at (h, 0) tends to the quadrant.
+    assert G.right_triangle(z, torch.tensor(3.0, dtype=f64)).item() == 0
+    assert G.right_triangle(torch.tensor(2.0, dtype=f64), z).item() == 0
+    big = G.right_triangle(torch.tensor(40.0, dtype=f64), torch.tensor(40.0, dtype=f64)).item()
+    assert abs(big - 0.125) < 1e-15
+    # Sign follows h k.
+    h, k = torch.tensor(0.7, dtype=f64), torch.tensor(1.3, dtype=f64)
+    p = G.right_triangle(h, k)
+    assert p > 0 and G.right_triangle(-h, k) == -p and G.right_triangle(h, -k) == -p
+
+
+@settings(max_examples=20, deadline=None)
+@given(coords, coords, coords, coords)
+def test_edge_moments_match_1d_quadrature(ax, ay, bx, by):
+    a, b = np.array([ax, ay]), np.array([bx, by])
+    length = np.linalg.norm(b - a)
+    if length < 1e-3:
+        return
+    ta, tb = torch.tensor(a, dtype=f64), torch.tensor(b, dtype=f64)
+    h, ka, kb, lt = G.edge_frame(ta, tb)
+    s2 = math.sqrt(2)
+    phi = lambda p: np.exp(-0.5 * p @ p) / (2 * np.pi)  # noqa: E731
+    got = G.edge_moments(
+        ka, lt, torch.exp(-0.5 * h * h), torch.erf(ka / s2), torch.erf(kb / s2),
+        torch.tensor(phi(a), dtype=f64), torch.tensor(phi(b), dtype=f64),
+    )
+    for m, k in enumerate(got):
+        want, _ = si.quad(lambda s: s**m * phi(a + s * (b - a)), 0, 1, epsabs=1e-16, epsrel=1e-13, limit=200)
+        assert abs(k.item() - want) < 2e-15
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gauss_legendre_cache_follows_dtype(dtype):
+    t, w = G.gauss_legendre_01(8, dtype, torch.device("cpu"))
+    assert t.dtype == w.dtype == dtype
+    assert abs(w.sum().item() - 1.0) < 1e-6
