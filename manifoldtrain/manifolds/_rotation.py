@@ -58,3 +58,32 @@ def generators(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     g[1, 0, 2], g[1, 2, 0] = 1.0, -1.0
     g[2, 1, 0], g[2, 0, 1] = 1.0, -1.0
     return g
+
+
+def rotation_vector(r: torch.Tensor) -> torch.Tensor:
+    """Rotation vector ``[..., 3]`` (axis times angle in ``[0, pi]``) of rotation matrices ``[..., 3, 3]``.
+
+    The inverse of :func:`rotation_matrix`, through the unit quaternion (Shepperd's method:
+    the largest of the four candidate components is computed first, for accuracy at any
+    angle).
+    """
+    m00, m11, m22 = r[..., 0, 0], r[..., 1, 1], r[..., 2, 2]
+    trace = m00 + m11 + m22
+    cand = torch.stack([trace, m00, m11, m22], dim=-1)
+    pick = cand.argmax(dim=-1)
+    # The four formulas for (w, x, y, z), each divided by its own pivot; keep the picked one.
+    s0 = torch.sqrt((1 + trace).clamp_min(1e-300)) * 2
+    q0 = torch.stack([s0 / 4, (r[..., 2, 1] - r[..., 1, 2]) / s0, (r[..., 0, 2] - r[..., 2, 0]) / s0, (r[..., 1, 0] - r[..., 0, 1]) / s0], -1)
+    s1 = torch.sqrt((1 + m00 - m11 - m22).clamp_min(1e-300)) * 2
+    q1 = torch.stack([(r[..., 2, 1] - r[..., 1, 2]) / s1, s1 / 4, (r[..., 0, 1] + r[..., 1, 0]) / s1, (r[..., 0, 2] + r[..., 2, 0]) / s1], -1)
+    s2 = torch.sqrt((1 + m11 - m00 - m22).clamp_min(1e-300)) * 2
+    q2 = torch.stack([(r[..., 0, 2] - r[..., 2, 0]) / s2, (r[..., 0, 1] + r[..., 1, 0]) / s2, s2 / 4, (r[..., 1, 2] + r[..., 2, 1]) / s2], -1)
+    s3 = torch.sqrt((1 + m22 - m00 - m11).clamp_min(1e-300)) * 2
+    q3 = torch.stack([(r[..., 1, 0] - r[..., 0, 1]) / s3, (r[..., 0, 2] + r[..., 2, 0]) / s3, (r[..., 1, 2] + r[..., 2, 1]) / s3, s3 / 4], -1)
+    q = torch.stack([q0, q1, q2, q3], dim=-2).gather(-2, pick[..., None, None].expand(*pick.shape, 1, 4))[..., 0, :]
+    q = q * torch.where(q[..., :1] < 0, -1.0, 1.0).to(q)  # angle in [0, pi]
+    w, v = q[..., 0], q[..., 1:]
+    n = v.norm(dim=-1)
+    small = n < 1e-8
+    ratio = torch.where(small, 2.0 / w.clamp_min(1e-300), 2.0 * torch.atan2(n, w) / torch.where(small, torch.ones_like(n), n))
+    return v * ratio[..., None]

@@ -12,7 +12,7 @@ from manifoldtrain._validation import attrs_validator, check_float, check_int, c
 from manifoldtrain.jet import Jet, num_pairs, triu_pairs
 from manifoldtrain.manifold import Manifold
 from manifoldtrain.manifolds import _gaussian as G
-from manifoldtrain.manifolds._rotation import axis_rotation, generators, rotation_matrix
+from manifoldtrain.manifolds._rotation import axis_rotation, generators, rotation_matrix, rotation_vector
 
 __all__ = ["Cube"]
 
@@ -64,8 +64,6 @@ class _EdgeField:
     b: torch.Tensor
     dvec: torch.Tensor
     length: torch.Tensor
-    tx: torch.Tensor
-    ty: torch.Tensor
     h: torch.Tensor
     ka: torch.Tensor
     kb: torch.Tensor
@@ -252,6 +250,19 @@ class Cube(Manifold):
                 f"the camera (Z <= {self.camera_distance - self.near_clip}); rows {rows} are not"
             )
 
+    def move(self, points: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        """The poses ``[n, 6]`` that local coordinates ``theta`` ``[n, 6]`` reach from ``points``.
+
+        ``input(move(p, theta), 0) == input(p, theta)`` (and the same for the target): the
+        chart re-centred. The new rotation is :math:`R(w) R_x(a) R_y(b) R_z(c)` written as a
+        rotation vector, the new translation :math:`t + (x, y, z)`.
+        """
+        self.check_points(points)
+        self.check_theta(points, theta)
+        local = axis_rotation(0, theta[:, 3]) @ axis_rotation(1, theta[:, 4]) @ axis_rotation(2, theta[:, 5])
+        w = rotation_vector(rotation_matrix(points[:, :3]) @ local)
+        return torch.cat([w, points[:, 3:] + theta[:, :3]], dim=1)
+
     def _posed_corners(self, points: torch.Tensor) -> torch.Tensor:
         """``[n, 8, 3]``: corners under the pose, ``V_base R(w) + t``."""
         base = self.base_corners(points.dtype, points.device)
@@ -334,7 +345,7 @@ class Cube(Manifold):
         h, ka = h.flatten(-2), ka.flatten(-2)  # [n, E, P], row-major pixels
         kb = ka + length[..., None]
         return _EdgeField(
-            a=a, b=b, dvec=dvec, length=length, tx=tx, ty=ty, h=h, ka=ka, kb=kb,
+            a=a, b=b, dvec=dvec, length=length, h=h, ka=ka, kb=kb,
             erf_h=torch.erf(h * _INV_SQRT2), erf_a=torch.erf(ka * _INV_SQRT2), erf_b=torch.erf(kb * _INV_SQRT2),
         )
 
@@ -347,7 +358,7 @@ class Cube(Manifold):
         far = G.edge_far(f.h, f.ka, f.kb, f.length[..., None], f.erf_h, f.erf_a, f.erf_b)
         far = (far * w[..., None]).sum(1)  # [n, P]
         flat = torch.cat([far, far.new_zeros(far.shape[0], 1)], dim=1)
-        flat = self._add_near_terms(flat, f.a, f.b, f.tx, f.ty, w, compact=compact)
+        flat = self._add_near_terms(flat, f, w, compact=compact)
         return flat[:, : S * S].reshape(flat.shape[0], S, S)
 
     def target(self, points: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
@@ -532,10 +543,12 @@ class Cube(Manifold):
             coef.reshape(n, npairs, ne * 10), basis.reshape(n, ne * 10, S * S), out=images[2].view(n, npairs, S * S)
         )
 
-    def _add_near_terms(self, flat, a, b, tx, ty, w, *, compact: bool) -> torch.Tensor:
+    def _add_near_terms(self, flat: torch.Tensor, field: _EdgeField, w: torch.Tensor, *, compact: bool) -> torch.Tensor:
         """Add the Owen's T terms of every edge end on a window of pixels around it.
 
         ``flat`` is ``[n, S*S + 1]`` (the last entry collects window pixels off the image).
+        The terms use the very ``h, k`` of ``field`` that the far part used: the split into far
+        and near parts is continuous only if both take the same branch ``|k| > |h|``.
         Window positions come from detached values, so ``torch.func`` transforms pass through.
         ``compact=False`` evaluates T on the whole window with 16 nodes (derivatives of the
         quadrature at round-off too; transformable). ``compact=True`` evaluates it only where
@@ -545,30 +558,26 @@ class Cube(Manifold):
         S, sigma, hpx = self.image_size, self.sigma, self.pixel_size
         radius = math.ceil(G.T_CUTOFF * math.sqrt(2.0) * sigma / hpx + 0.5)
         off = torch.arange(-radius, radius + 1, device=flat.device)
-        n = flat.shape[0]
-        ends = torch.cat([a, b], dim=1)  # [n, 2E, 2] in sigma units
-        sign = torch.cat([-w, w], dim=1)  # [n, 2E]
-        tx2, ty2 = torch.cat([tx, tx], dim=1)[..., None], torch.cat([ty, ty], dim=1)[..., None]
+        win = off.numel()
+        ne = field.a.shape[1]
+        pos = torch.cat([field.a, field.b], dim=1).detach()  # [n, 2E, 2] in sigma units
         # Nearest pixel (clamped so that windows of far-away corners stay representable).
-        pos = ends.detach()
         col0 = ((pos[..., 0] * sigma + self.extent) / hpx).round().clamp(-radius - 1, S + radius).long()
         row0 = ((self.extent - pos[..., 1] * sigma) / hpx).round().clamp(-radius - 1, S + radius).long()
-        win = off.numel()
         rows = (row0[..., None, None] + off[:, None]).expand(-1, -1, win, win).flatten(-2)  # [n, 2E, W*W]
         cols = (col0[..., None, None] + off[None, :]).expand(-1, -1, win, win).flatten(-2)
         inside = (rows >= 0) & (rows < S) & (cols >= 0) & (cols < S)
-        qx = (-self.extent + cols.to(flat.dtype) * hpx) / sigma
-        qy = (self.extent - rows.to(flat.dtype) * hpx) / sigma
-        ax_, ay_ = ends[..., 0:1] - qx, ends[..., 1:2] - qy
-        h = ax_ * ty2 - ay_ * tx2
-        k = ax_ * tx2 + ay_ * ty2
+        pixel = torch.where(inside, rows * S + cols, torch.zeros_like(rows))
+        h = torch.cat([field.h.gather(2, pixel[:, :ne]), field.h.gather(2, pixel[:, ne:])], dim=1)
+        k = torch.cat([field.ka.gather(2, pixel[:, :ne]), field.kb.gather(2, pixel[:, ne:])], dim=1)
+        sign = torch.cat([-w, w], dim=1)[..., None]  # [n, 2E, 1]: T(b) - T(a)
         if compact:
             todo = inside & (torch.maximum(h.abs(), k.abs()) < G.T_CUTOFF)
             nodes = 12 if flat.dtype == torch.float64 else 8
             near = torch.zeros_like(h)
             near[todo] = G.right_triangle_near(h[todo], k[todo], nodes)
-            near = near * sign[..., None]
+            near = near * sign
         else:
-            near = G.right_triangle_near(h, k) * sign[..., None]
-        index = torch.where(inside, rows * S + cols, torch.full_like(rows, S * S))
+            near = G.right_triangle_near(h, k) * sign
+        index = torch.where(inside, pixel, torch.full_like(pixel, S * S))
         return flat.scatter_add(1, index.flatten(1), near.flatten(1))

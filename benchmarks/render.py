@@ -1,0 +1,138 @@
+"""Speed of order-2 jets of the default cube: exact (analytic) against the obvious slow paths.
+
+Compared in the same run, per dtype and batch size, in samples per second:
+
+* ``exact``: :meth:`Cube.jets` (analytic first and second derivatives);
+* ``finite differences``: central differences of the exact image, 73 images per sample
+  (value, 2 per coordinate, 4 per mixed pair), each rendered at the moved pose
+  (:meth:`Cube.move`) by the same fast exact value path, step 1e-3;
+* ``torch.func``: nested forward-mode autodiff of :meth:`Cube.input` (the library's default
+  jets for a manifold without analytic derivatives), small batches only.
+
+The relative error of the finite-difference jets against the exact ones is reported too.
+
+Usage::
+
+    python benchmarks/render.py                # full table, about 5 minutes on 2 cores
+    python benchmarks/render.py --quick        # smoke run, seconds
+    python benchmarks/render.py --out results/render.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import torch
+
+from manifoldtrain import Jet, num_pairs, triu_pairs
+from manifoldtrain._io import write_text_atomic
+from manifoldtrain.manifolds import Cube
+
+
+def finite_difference_jets(cube: Cube, points: torch.Tensor, step: float) -> Jet:
+    """Central-difference order-2 jets of the exact image (73 renders per sample)."""
+    n, d = points.shape[0], cube.param_dim
+    eye = torch.eye(d, dtype=points.dtype) * step
+    i, j = triu_pairs(d)
+    off = i != j
+    ei, ej = eye[i[off]], eye[j[off]]
+    offsets = torch.cat([torch.zeros(1, d, dtype=points.dtype), eye, -eye, ei + ej, ei - ej, -ei + ej, -ei - ej])
+    m = offsets.shape[0]
+    moved = cube.move(points.repeat_interleave(m, 0), offsets.repeat(n, 1))
+    images = cube.jets(moved, order=0)[0].value.reshape(n, m, *cube.input_shape)
+    f0, fp, fm = images[:, 0], images[:, 1 : d + 1], images[:, d + 1 : 2 * d + 1]
+    q = int(off.sum())
+    pp, pm, mp, mm = (images[:, 2 * d + 1 + k * q : 2 * d + 1 + (k + 1) * q] for k in range(4))
+    d2 = images.new_empty(n, num_pairs(d), *cube.input_shape)
+    d2[:, ~off] = (fp - 2 * f0[:, None] + fm) / step**2
+    d2[:, off] = (pp - pm - mp + mm) / (4 * step**2)
+    return Jet(f0, (fp - fm) / (2 * step), d2)
+
+
+def timed(fn, min_time: float, max_calls: int = 50) -> tuple[float, object]:
+    """Best seconds per call over repeated calls (at least one, until ``min_time`` has passed)."""
+    result = fn()  # warm-up
+    best, spent, calls = float("inf"), 0.0, 0
+    while calls < 1 or (spent < min_time and calls < max_calls):
+        t0 = time.perf_counter()
+        result = fn()
+        dt = time.perf_counter() - t0
+        best, spent, calls = min(best, dt), spent + dt, calls + 1
+    return best, result
+
+
+def run(batch_sizes, dtypes, min_time: float, autodiff_max_batch: int, fd_max_batch: int, seed: int = 0) -> list[dict]:
+    cube = Cube()
+    rows = []
+    for dtype in dtypes:
+        for n in batch_sizes:
+            points = cube.sample(n, torch.Generator().manual_seed(seed), dtype=dtype)
+            t_exact, (exact, _) = timed(lambda: cube.jets(points), min_time)
+            row = {"dtype": str(dtype).removeprefix("torch."), "batch": n, "exact_samples_per_s": n / t_exact}
+            if n <= fd_max_batch:
+                t_fd, fd = timed(lambda: finite_difference_jets(cube, points, 1e-3), min_time, max_calls=3)
+                row["fd_samples_per_s"] = n / t_fd
+                row["fd_rel_error_d1"] = float((fd.d1 - exact.d1).abs().max() / exact.d1.abs().max())
+                row["fd_rel_error_d2"] = float((fd.d2 - exact.d2).abs().max() / exact.d2.abs().max())
+            if n <= autodiff_max_batch:
+                t_ad, _ = timed(lambda: cube.default_jets(points), min_time, max_calls=3)
+                row["torch_func_samples_per_s"] = n / t_ad
+            rows.append(row)
+            print(_format_row(row), flush=True)
+    return rows
+
+
+def _format_row(row: dict) -> str:
+    def cell(key, fmt="{:9.0f}"):
+        return fmt.format(row[key]) if key in row else " " * 9
+
+    ratio = row["exact_samples_per_s"] / row["fd_samples_per_s"] if "fd_samples_per_s" in row else None
+    return (
+        f"| {row['dtype']:<7} | {row['batch']:5d} | {cell('exact_samples_per_s')} | {cell('fd_samples_per_s')} | "
+        f"{(f'{ratio:7.1f}x' if ratio else ' ' * 8)} | {cell('torch_func_samples_per_s', '{:9.1f}')} | "
+        f"{cell('fd_rel_error_d1', '{:9.1e}')} | {cell('fd_rel_error_d2', '{:9.1e}')} |"
+    )
+
+
+HEADER = (
+    "| dtype   | batch | exact/s   | FD/s      | exact/FD | torch.func/s | FD err d1 | FD err d2 |\n"
+    "|---------|-------|-----------|-----------|----------|--------------|-----------|-----------|"
+)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run: tiny batches, short timings")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=None)
+    parser.add_argument("--out", default=None, help="write the results as JSON here (atomically)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)
+    if args.quick:
+        sizes, min_time, ad_max, fd_max = args.batch_sizes or [1, 4], 0.02, 1, 4
+    else:
+        sizes, min_time, ad_max, fd_max = args.batch_sizes or [1, 4, 16, 64, 256, 1024], 1.0, 4, 256
+    print(f"torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}")
+    print(HEADER)
+    rows = run(sizes, [torch.float32, torch.float64], min_time, ad_max, fd_max)
+    if args.out:
+        meta = {
+            "command": "python " + " ".join([os.path.relpath(sys.argv[0])] + (argv if argv is not None else sys.argv[1:])),
+            "torch": torch.__version__,
+            "threads": args.threads,
+            "machine": platform.machine(),
+            "python": platform.python_version(),
+        }
+        write_text_atomic(args.out, json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""The project around the library: README commands, CI script, docs, examples, benchmarks, CLI."""
+
+import json
+import re
+import runpy
+import subprocess
+import sys
+
+import pytest
+
+from manifoldtrain.cli import main
+
+from conftest import ROOT
+
+README = (ROOT / "README.md").read_text()
+
+
+def _quickstart_commands():
+    section = README.split("## Quickstart", 1)[1]
+    return re.findall(r"```bash\n(.*?)\n```", section, flags=re.S)[:2]
+
+
+def test_readme_commands_are_what_ci_runs():
+    install, tests = _quickstart_commands()
+    assert "pip install torch==2.13.0" in install  # the CPU wheel, pinned
+    assert "manifoldtrain" in install.split("&&")[-1]
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert install in ci and tests in ci
+
+
+def test_readme_python_example_runs():
+    code = re.search(r"```python\n(.*?)\n```", README, flags=re.S).group(1)
+    exec(compile(code, "README.md", "exec"), {})
+
+
+def test_docs_build_without_warnings(tmp_path):
+    pytest.importorskip("sphinx")
+    result = subprocess.run(
+        [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html", str(ROOT / "docs"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (tmp_path / "api.html").exists()
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "examples").glob("*.py")))
+def test_examples_run(script, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", [script])
+    runpy.run_path(str(ROOT / "examples" / script), run_name="__main__")
+
+
+def test_render_benchmark_quick(tmp_path):
+    out = tmp_path / "render.json"
+    mod = runpy.run_path(str(ROOT / "benchmarks" / "render.py"))
+    assert mod["main"](["--quick", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert {r["dtype"] for r in rows} == {"float32", "float64"}
+    for r in rows:
+        assert r["exact_samples_per_s"] > 0 and r["fd_samples_per_s"] > 0
+        # The finite-difference jets approximate the exact ones (a check of the benchmark itself).
+        assert r["fd_rel_error_d1"] < 1e-2
+
+
+# ----------------------------------------------------------------- command line
+
+
+def test_show_cube(tmp_path, capsys):
+    out = tmp_path / "sub" / "cube.png"
+    assert main(["show", "cube", "--out", str(out), "--seed", "3", "--second-order", "--sigma", "0.05"]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "wrote" in capsys.readouterr().out
+    assert not list(out.parent.glob(".cube.png*"))  # no temporary left behind
+
+
+def test_console_script_is_installed(tmp_path):
+    out = tmp_path / "c.png"
+    result = subprocess.run(["manifoldtrain", "show", "cube", "--out", str(out)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert out.exists()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["show", "cube", "--out", "x.png", "--sigma", "-1"], "sigma: expected a number > 0"),
+        (["show", "cube", "--out", "x.png", "--image-size", "1"], "image_size: expected an int >= 2"),
+        (["show", "cube", "--out", "x.png", "--seed", "-2"], "seed"),
+        (["show", "cube", "--out", "x.png", "--blur", "2"], "unrecognized arguments: --blur"),
+        (["show", "cube"], "--out"),
+        (["show", "sphere", "--out", "x.png"], "invalid choice: 'sphere'"),
+        (["show", "cube", "--out", "x.unknownformat"], "unknownformat"),
+    ],
+)
+def test_cli_errors(argv, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # nothing half-written
