@@ -1,0 +1,261 @@
+"""Networks for derivative training: smooth activations, normalisation, MLPs and a small conv net.
+
+Every layer here has a *jet rule* (:mod:`manifoldtrain.network_jets`): how value, first and
+second derivative rows pass through it. Linear layers (``nn.Linear``, ``nn.Conv1d``,
+``nn.Conv2d``, :class:`Affine`) act on every row and add their bias to the value row only;
+shape layers (``nn.Flatten``, ``nn.Unflatten``, ``nn.Identity``) act on every row; smooth
+activations (subclasses of :class:`SmoothActivation`) apply
+
+.. math:: \\sigma(v), \\qquad \\sigma'(v)\\, v_i, \\qquad \\sigma''(v)\\, v_i v_j + \\sigma'(v)\\, v_{ij}.
+
+Derivative training needs twice-differentiable activations (the loss of an order-``k``
+objective involves :math:`\\sigma^{(k)}`, its gradient :math:`\\sigma^{(k+1)}`): use
+:class:`Tanh`, :class:`Sigmoid`, :class:`Softplus`, :class:`GELU`, :class:`SiLU` or
+:class:`Sine`, all infinitely differentiable. ``nn.ReLU``, ``nn.ELU``, ``nn.LeakyReLU`` and
+other activations without a jet rule are fine for value training but are rejected for
+derivative training with an error naming them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import attrs
+import torch
+from torch import nn
+
+from manifoldtrain._validation import check_int, check_tensor
+
+__all__ = [
+    "SmoothActivation",
+    "Tanh",
+    "Sigmoid",
+    "Softplus",
+    "GELU",
+    "SiLU",
+    "Sine",
+    "SMOOTH_ACTIVATIONS",
+    "Affine",
+    "MLPConfig",
+    "ConvNetConfig",
+    "build_model",
+]
+
+
+class SmoothActivation(nn.Module):
+    """An elementwise activation with closed-form first and second derivatives.
+
+    Subclasses implement :meth:`derivatives`, returning :math:`(\\sigma, \\sigma', \\sigma'')`
+    at ``v``; ``forward`` is the first of them.
+    """
+
+    def derivatives(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        return self.derivatives(v)[0]
+
+
+class Tanh(SmoothActivation):
+    """:math:`\\tanh v`; :math:`\\sigma' = 1 - \\sigma^2`, :math:`\\sigma'' = -2\\sigma\\sigma'`."""
+
+    def derivatives(self, v):
+        t = torch.tanh(v)
+        d = 1 - t * t
+        return t, d, -2 * t * d
+
+    def forward(self, v):
+        return torch.tanh(v)
+
+
+class Sigmoid(SmoothActivation):
+    """Logistic :math:`\\sigma(v)`; :math:`\\sigma' = \\sigma(1-\\sigma)`, :math:`\\sigma'' = \\sigma'(1 - 2\\sigma)`."""
+
+    def derivatives(self, v):
+        s = torch.sigmoid(v)
+        d = s * (1 - s)
+        return s, d, d * (1 - 2 * s)
+
+    def forward(self, v):
+        return torch.sigmoid(v)
+
+
+class Softplus(SmoothActivation):
+    """:math:`\\log(1 + e^v)`; derivatives the logistic function and its derivative."""
+
+    def derivatives(self, v):
+        s = torch.sigmoid(v)
+        return nn.functional.softplus(v), s, s * (1 - s)
+
+    def forward(self, v):
+        return nn.functional.softplus(v)
+
+
+class GELU(SmoothActivation):
+    """Exact GELU :math:`v \\Phi(v)`; :math:`\\sigma' = \\Phi + v\\varphi`, :math:`\\sigma'' = \\varphi (2 - v^2)`."""
+
+    def derivatives(self, v):
+        phi = torch.exp(-0.5 * v * v) / math.sqrt(2 * math.pi)
+        cdf = 0.5 * (1 + torch.erf(v / math.sqrt(2)))
+        return v * cdf, cdf + v * phi, phi * (2 - v * v)
+
+    def forward(self, v):
+        return nn.functional.gelu(v)
+
+
+class SiLU(SmoothActivation):
+    """SiLU (swish) :math:`v \\sigma(v)`."""
+
+    def derivatives(self, v):
+        s = torch.sigmoid(v)
+        ds = s * (1 - s)
+        return v * s, s + v * ds, ds * (2 + v * (1 - 2 * s))
+
+    def forward(self, v):
+        return nn.functional.silu(v)
+
+
+class Sine(SmoothActivation):
+    """:math:`\\sin v` (SIREN-style)."""
+
+    def derivatives(self, v):
+        s = torch.sin(v)
+        return s, torch.cos(v), -s
+
+    def forward(self, v):
+        return torch.sin(v)
+
+
+#: Activations allowed for derivative training, by name (for configs and the command line).
+SMOOTH_ACTIVATIONS = {"tanh": Tanh, "sigmoid": Sigmoid, "softplus": Softplus, "gelu": GELU, "silu": SiLU, "sine": Sine}
+
+
+class Affine(nn.Module):
+    """Fixed elementwise affine map ``x * scale + shift`` (buffers, not trained).
+
+    Used for input normalisation (``scale = 1/std``, ``shift = -mean/std``) and for putting
+    outputs back in target units. ``scale`` and ``shift`` broadcast against one sample.
+    """
+
+    def __init__(self, scale: torch.Tensor, shift: torch.Tensor):
+        super().__init__()
+        self.register_buffer("scale", torch.as_tensor(scale).clone())
+        self.register_buffer("shift", torch.as_tensor(shift).clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale + self.shift
+
+    @classmethod
+    def normalizing(cls, data: torch.Tensor, *, per_feature: bool = False, eps: float = 1e-8) -> Affine:
+        """The map to zero mean (per feature) and unit standard deviation (global or per feature).
+
+        ``data`` is ``[n, *shape]``.
+        """
+        mean = data.mean(0)
+        std = data.std(0) if per_feature else data.std()
+        std = std.clamp_min(eps)
+        return cls(1.0 / std, -mean / std)
+
+    @classmethod
+    def denormalizing(cls, data: torch.Tensor, *, eps: float = 1e-8) -> Affine:
+        """The inverse of :meth:`normalizing` with per-feature statistics: outputs in data units."""
+        mean, std = data.mean(0), data.std(0).clamp_min(eps)
+        return cls(std, mean)
+
+
+def _activation_class(activation: str) -> type[SmoothActivation]:
+    if activation not in SMOOTH_ACTIVATIONS:
+        raise ValueError(f"activation: expected one of {sorted(SMOOTH_ACTIVATIONS)}, got {activation!r}")
+    return SMOOTH_ACTIVATIONS[activation]
+
+
+def _check_activation(instance, attribute, value):
+    _activation_class(value)
+
+
+def _check_hidden(instance, attribute, value):
+    if not isinstance(value, tuple) or not value or not all(isinstance(h, int) and h > 0 for h in value):
+        raise ValueError(f"{attribute.name}: expected a non-empty tuple of positive ints, got {value!r}")
+
+
+@attrs.frozen
+class MLPConfig:
+    """A multilayer perceptron on the flattened input.
+
+    Attributes
+    ----------
+    hidden : tuple of int
+        Widths of the hidden layers (default ``(512, 512, 512)``).
+    activation : str
+        One of :data:`SMOOTH_ACTIVATIONS` (default ``"tanh"``).
+    """
+
+    hidden: tuple[int, ...] = attrs.field(default=(512, 512, 512), converter=tuple, validator=_check_hidden)
+    activation: str = attrs.field(default="tanh", validator=_check_activation)
+
+
+@attrs.frozen
+class ConvNetConfig:
+    """A small conv net for image inputs ``[H, W]``: two strided convolutions, then an MLP head.
+
+    Attributes
+    ----------
+    channels : tuple of int
+        Output channels of the two 3x3 convolutions, each with stride 2 (default ``(16, 32)``).
+    hidden : tuple of int
+        Widths of the dense hidden layers after flattening (default ``(256,)``).
+    activation : str
+        One of :data:`SMOOTH_ACTIVATIONS`.
+    """
+
+    channels: tuple[int, ...] = attrs.field(default=(16, 32), converter=tuple, validator=_check_hidden)
+    hidden: tuple[int, ...] = attrs.field(default=(256,), converter=tuple, validator=_check_hidden)
+    activation: str = attrs.field(default="tanh", validator=_check_activation)
+
+
+def build_model(
+    config: MLPConfig | ConvNetConfig,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    seed: int = 0,
+) -> nn.Sequential:
+    """Build a network for inputs like ``inputs`` ``[n, *input_shape]`` and targets ``[n, m]``.
+
+    The first layer normalises inputs with statistics of ``inputs`` (per-feature mean, one
+    global standard deviation: background pixels with no variance stay finite); the last
+    puts outputs in the units of ``targets`` (per-output mean and standard deviation).
+    Weights are drawn with ``seed``; the model has the dtype and device of ``inputs``.
+    """
+    if not isinstance(config, (MLPConfig, ConvNetConfig)):
+        raise TypeError(f"config: expected MLPConfig or ConvNetConfig, got {type(config).__name__}")
+    check_tensor("inputs", inputs)
+    check_tensor("targets", targets, shape=(inputs.shape[0], None))
+    check_int("seed", seed, minimum=0)
+    if inputs.shape[0] < 2:
+        raise ValueError(f"inputs: expected at least 2 samples for the normalisation statistics, got {inputs.shape[0]}")
+    in_shape, n_out = tuple(inputs.shape[1:]), targets.shape[1]
+    act = _activation_class(config.activation)
+    fork = torch.random.fork_rng(devices=[])
+    with fork:
+        torch.manual_seed(seed)
+        layers: list[nn.Module] = [Affine.normalizing(inputs)]
+        if isinstance(config, MLPConfig):
+            layers.append(nn.Flatten())
+            width = math.prod(in_shape)
+        else:
+            if len(in_shape) != 2:
+                raise ValueError(f"inputs: a ConvNetConfig needs images [n, H, W], got {list(inputs.shape)}")
+            layers.append(nn.Unflatten(1, (1, in_shape[0])))
+            c_in, h, w = 1, *in_shape
+            for c in config.channels:
+                layers += [nn.Conv2d(c_in, c, 3, stride=2, padding=1), act()]
+                c_in, h, w = c, (h + 1) // 2, (w + 1) // 2
+            layers.append(nn.Flatten())
+            width = c_in * h * w
+        for size in config.hidden:
+            layers += [nn.Linear(width, size), act()]
+            width = size
+        layers += [nn.Linear(width, n_out), Affine.denormalizing(targets)]
+        model = nn.Sequential(*layers)
+    return model.to(dtype=inputs.dtype, device=inputs.device)

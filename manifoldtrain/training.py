@@ -1,0 +1,355 @@
+"""One training loop for every objective: optimiser, schedule, evaluation, checkpoints, resume.
+
+Checkpoints
+-----------
+``checkpoint_dir/checkpoint.pt`` is rewritten atomically (temporary file, then rename) every
+``checkpoint_every`` epochs and at the end. It holds plain data only and loads with
+``torch.load(..., weights_only=True)``: model and optimiser state, the generator that orders
+batches and draws random directions, epoch, step, training seconds, history, the configs and
+the training data's fingerprint. :meth:`Trainer.fit` with ``resume=True`` continues from it:
+a run killed at any moment and resumed finishes with the same weights as an uninterrupted
+run (with an epoch budget; a wall-clock budget depends on the machine's speed).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+
+import attrs
+import torch
+
+from manifoldtrain._io import atomic_path
+from manifoldtrain._validation import attrs_validator, check_float, check_int
+from manifoldtrain.data import JetDataset, check_dataset
+from manifoldtrain.evaluation import evaluate
+from manifoldtrain.objectives import LossScales, Objective
+
+__all__ = ["TrainConfig", "Trainer", "History", "load_checkpoint", "CHECKPOINT_NAME"]
+
+CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_FORMAT = "manifoldtrain-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+def _optional_positive(instance, attribute, value):
+    if value is not None:
+        check_float(attribute.name, value, positive=True)
+
+
+@attrs.frozen
+class TrainConfig:
+    """How to train (model and objective are separate).
+
+    Attributes
+    ----------
+    epochs : int
+        Passes over the training data, at most (default 50).
+    time_budget : float or None
+        Seconds of training steps, at most (evaluation and checkpoints not counted); ``None``:
+        no limit. The learning-rate schedule runs over whichever budget ends first.
+    batch_size : int
+        Samples per step (default 64).
+    learning_rate : float
+        Peak Adam learning rate (default 1e-3).
+    final_lr_fraction : float
+        The learning rate decays by a cosine to this fraction of its peak (default 0.01; 1.0
+        keeps it constant).
+    warmup_fraction : float
+        Fraction of the budget with a linear warm-up (default 0.02).
+    weight_decay : float
+        AdamW weight decay (default 0).
+    grad_clip : float or None
+        Clip the gradient norm to this (default None).
+    eval_every : int
+        Evaluate on the test data every this many epochs (0: only at the end).
+    checkpoint_every : int
+        Write a checkpoint every this many epochs (default 1).
+    seed : int
+        Seeds the batch order and the random directions (default 0).
+    progress : bool
+        Show a progress bar with the live loss (default True).
+    """
+
+    epochs: int = attrs.field(default=50, validator=attrs_validator(check_int, minimum=1))
+    time_budget: float | None = attrs.field(default=None, validator=_optional_positive)
+    batch_size: int = attrs.field(default=64, validator=attrs_validator(check_int, minimum=1))
+    learning_rate: float = attrs.field(default=1e-3, validator=attrs_validator(check_float, positive=True))
+    final_lr_fraction: float = attrs.field(default=0.01, validator=attrs_validator(check_float, positive=True, maximum=1.0))
+    warmup_fraction: float = attrs.field(default=0.02, validator=attrs_validator(check_float, nonnegative=True, maximum=1.0))
+    weight_decay: float = attrs.field(default=0.0, validator=attrs_validator(check_float, nonnegative=True))
+    grad_clip: float | None = attrs.field(default=None, validator=_optional_positive)
+    eval_every: int = attrs.field(default=1, validator=attrs_validator(check_int, minimum=0))
+    checkpoint_every: int = attrs.field(default=1, validator=attrs_validator(check_int, minimum=1))
+    seed: int = attrs.field(default=0, validator=attrs_validator(check_int, minimum=0))
+    progress: bool = True
+
+    def learning_rate_at(self, fraction: float) -> float:
+        """The learning rate after ``fraction`` (0..1) of the budget: warm-up, then cosine decay."""
+        fraction = min(max(fraction, 0.0), 1.0)
+        if self.warmup_fraction > 0 and fraction < self.warmup_fraction:
+            return self.learning_rate * (fraction / self.warmup_fraction)
+        p = (fraction - self.warmup_fraction) / max(1.0 - self.warmup_fraction, 1e-12)
+        low = self.final_lr_fraction
+        return self.learning_rate * (low + (1 - low) * 0.5 * (1 + math.cos(math.pi * p)))
+
+
+@attrs.define
+class History:
+    """What happened, one record per epoch: ``epoch``, ``step``, ``seconds`` (training time),
+    ``lr``, ``loss`` (mean training objective over the epoch), ``losses`` (per term) and, when
+    evaluated, ``test`` (:class:`~manifoldtrain.evaluation.Metrics` as a dict)."""
+
+    records: list = attrs.field(factory=list)
+    finished: bool = False
+
+    @property
+    def last_test(self) -> dict | None:
+        for r in reversed(self.records):
+            if "test" in r:
+                return r["test"]
+        return None
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Load a checkpoint file (``weights_only=True``) and check its format.
+
+    Raises
+    ------
+    FileNotFoundError
+        No file at ``path``.
+    ValueError
+        Not a manifoldtrain checkpoint of a known version.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"path: no checkpoint at {path}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"path: {path} is not a manifoldtrain checkpoint")
+    if state.get("version") != CHECKPOINT_VERSION:
+        raise ValueError(f"path: {path} has checkpoint version {state.get('version')}, expected {CHECKPOINT_VERSION}")
+    return state
+
+
+def _plain(value):
+    """attrs instances and tuples as JSON-able dicts and lists."""
+    if attrs.has(type(value)):
+        return {"kind": type(value).__name__, **{f.name: _plain(getattr(value, f.name)) for f in attrs.fields(type(value))}}
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    if isinstance(value, type):
+        return value.__name__
+    return value
+
+
+class Trainer:
+    """Trains ``model`` on ``train`` with ``objective``: one loop whatever the objective.
+
+    Parameters
+    ----------
+    model : nn.Sequential
+        Built e.g. by :func:`manifoldtrain.nn.build_model`; batches are moved to its device
+        and dtype.
+    objective : Objective
+    train : JetDataset
+        Training jets (of at least the objective's order).
+    test : JetDataset, optional
+        Evaluated every ``config.eval_every`` epochs and at the end.
+    config : TrainConfig
+    checkpoint_dir : path, optional
+        Where checkpoints go (none are written without it).
+    extra : dict, optional
+        JSON-able data stored in checkpoints (e.g. how to rebuild the model).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        objective: Objective,
+        train: JetDataset,
+        test: JetDataset | None = None,
+        config: TrainConfig = TrainConfig(),
+        *,
+        checkpoint_dir: str | os.PathLike | None = None,
+        extra: dict | None = None,
+    ):
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+        if not isinstance(objective, Objective):
+            raise TypeError(f"objective: expected an Objective, got {type(objective).__name__}")
+        if not isinstance(config, TrainConfig):
+            raise TypeError(f"config: expected a TrainConfig, got {type(config).__name__}")
+        self.model = model
+        self.objective = objective
+        self.train = check_dataset("train", train, order=max(objective.max_order, 1))
+        self.test = check_dataset("test", test) if test is not None else None
+        self.config = config
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.extra = dict(extra or {})
+        self.scales = LossScales.from_data(self.train.inputs, self.train.targets)
+        param = next(iter(model.parameters()))
+        self.device, self.dtype = param.device, param.dtype
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.history = History()
+        self.epoch = 0
+        self.step = 0
+        self.seconds = 0.0
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.train) / self.config.batch_size)
+
+    @property
+    def checkpoint_path(self) -> Path | None:
+        return self.checkpoint_dir / CHECKPOINT_NAME if self.checkpoint_dir is not None else None
+
+    def _identity(self) -> dict:
+        return {
+            "train_config": _plain(self.config),
+            "objective": _plain(self.objective),
+            "data_fingerprint": self.train.meta.get("fingerprint"),
+            "n_train": len(self.train),
+        }
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue exactly (plain data, ``weights_only``-loadable)."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "seconds": self.seconds,
+            "history": {"records": self.history.records, "finished": self.history.finished},
+            "scales": _plain(self.scales),
+            "extra": self.extra,
+            **self._identity(),
+        }
+
+    def save_checkpoint(self) -> Path:
+        """Write the checkpoint atomically; returns its path."""
+        if self.checkpoint_path is None:
+            raise ValueError("checkpoint_dir: the trainer was made without a checkpoint directory")
+        with atomic_path(self.checkpoint_path) as tmp:
+            torch.save(self.state_dict(), tmp)
+        return self.checkpoint_path
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from a checkpoint of the same run (same configs, objective and data)."""
+        mine = self._identity()
+        for key, value in mine.items():
+            if key == "train_config":
+                # The progress bar does not change the run.
+                a = {k: v for k, v in state[key].items() if k != "progress"}
+                b = {k: v for k, v in value.items() if k != "progress"}
+                same = a == b
+            else:
+                same = state.get(key) == value
+            if not same:
+                raise ValueError(
+                    f"checkpoint: it belongs to a run with another {key.replace('_', ' ')}; resume in the same "
+                    "settings, or use a new checkpoint directory"
+                )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        self.epoch, self.step, self.seconds = state["epoch"], state["step"], state["seconds"]
+        self.history = History(list(state["history"]["records"]), bool(state["history"]["finished"]))
+
+    def _fraction(self) -> float:
+        cfg = self.config
+        frac = self.step / (cfg.epochs * self.steps_per_epoch)
+        if cfg.time_budget is not None:
+            frac = max(frac, self.seconds / cfg.time_budget)
+        return frac
+
+    def _out_of_budget(self) -> bool:
+        cfg = self.config
+        return self.epoch >= cfg.epochs or (cfg.time_budget is not None and self.seconds >= cfg.time_budget)
+
+    def fit(self, *, resume: bool = True) -> History:
+        """Train until the epoch or time budget is spent; returns the history.
+
+        With ``resume`` and an existing checkpoint in ``checkpoint_dir``, continue from it.
+        Raises ``FloatingPointError`` naming the step and the terms if the loss becomes NaN or
+        infinite.
+        """
+        from tqdm.auto import tqdm
+
+        torch.set_flush_denormal(True)  # denormals slow late steps 3-5x on CPU
+        if resume and self.checkpoint_path is not None and self.checkpoint_path.is_file():
+            self.load_state_dict(load_checkpoint(self.checkpoint_path))
+        cfg = self.config
+        total = cfg.epochs * self.steps_per_epoch
+        bar = tqdm(total=total, initial=min(self.step, total), desc=", ".join(self.objective.names), unit="step",
+                   disable=not cfg.progress, leave=False, dynamic_ncols=True)
+        try:
+            while not self._out_of_budget():
+                self._train_epoch(bar)
+                due_eval = cfg.eval_every and self.epoch % cfg.eval_every == 0
+                if self.test is not None and (due_eval or self._out_of_budget()):
+                    self.history.records[-1]["test"] = evaluate(self.model, self.test).to_dict()
+                    bar.set_postfix(loss=f"{self.history.records[-1]['loss']:.3e}", test_rmse=f"{self.history.last_test['rmse']:.2e}")
+                self.history.finished = self._out_of_budget()
+                if self.checkpoint_path is not None and (self.epoch % cfg.checkpoint_every == 0 or self.history.finished):
+                    self.save_checkpoint()
+        finally:
+            bar.close()
+        self.history.finished = True
+        return self.history
+
+    def _train_epoch(self, bar) -> None:
+        cfg = self.config
+        self.model.train()
+        perm = torch.randperm(len(self.train), generator=self.generator)
+        sums: dict[str, float] = {}
+        count = 0
+        for b in range(self.steps_per_epoch):
+            if cfg.time_budget is not None and self.seconds >= cfg.time_budget:
+                break
+            t0 = time.perf_counter()
+            idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+            lr = cfg.learning_rate_at(self._fraction())
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            x = self.train.inputs[idx].to(device=self.device, dtype=self.dtype)
+            y = self.train.targets[idx].to(device=self.device, dtype=self.dtype)
+            losses = self.objective.losses(self.model, x, y, self.scales, generator=self.generator)
+            loss = sum(losses.values())
+            if not bool(torch.isfinite(loss.detach())):
+                bad = {k: v.item() for k, v in losses.items()}
+                raise FloatingPointError(
+                    f"loss: became {loss.item()} at epoch {self.epoch + 1}, step {self.step + 1} (terms {bad}); "
+                    "lower the learning rate, clip gradients (grad_clip) or check the data for NaN"
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            self.optimizer.step()
+            self.step += 1
+            self.seconds += time.perf_counter() - t0
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(idx)
+            count += len(idx)
+            bar.update(1)
+            if b % 10 == 0:
+                bar.set_postfix(loss=f"{loss.item():.3e}", lr=f"{lr:.1e}")
+        self.epoch += 1
+        losses_mean = {k: v / max(count, 1) for k, v in sums.items()}
+        self.history.records.append(
+            {
+                "epoch": self.epoch,
+                "step": self.step,
+                "seconds": self.seconds,
+                "lr": self.optimizer.param_groups[0]["lr"],
+                "loss": sum(losses_mean.values()),
+                "losses": losses_mean,
+            }
+        )
