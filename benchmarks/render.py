@@ -32,6 +32,7 @@ import torch
 from manifoldtrain import Jet, num_pairs, triu_pairs
 from manifoldtrain._io import write_text_atomic
 from manifoldtrain.manifolds import Cube
+from manifoldtrain.training import flush_denormals
 
 
 def finite_difference_jets(cube: Cube, points: torch.Tensor, step: float) -> Jet:
@@ -113,14 +114,14 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None, help="write the results as JSON here (atomically)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    torch.set_flush_denormal(True)
     if args.quick:
         sizes, min_time, ad_max, fd_max = args.batch_sizes or [1, 4], 0.02, 1, 4
     else:
         sizes, min_time, ad_max, fd_max = args.batch_sizes or [1, 4, 16, 64, 256, 1024], 1.0, 4, 256
     print(f"torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}")
     print(HEADER)
-    rows = run(sizes, [torch.float32, torch.float64], min_time, ad_max, fd_max)
+    with flush_denormals():
+        rows = run(sizes, [torch.float32, torch.float64], min_time, ad_max, fd_max)
     if args.out:
         meta = {
             "command": "python " + " ".join([os.path.relpath(sys.argv[0])] + (argv if argv is not None else sys.argv[1:])),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 
@@ -24,13 +25,15 @@ def add_settings_arguments(parser: argparse.ArgumentParser, cls: type, group_tit
     for field in attrs.fields(cls):
         default = field.default
         if isinstance(default, tuple):
+            # Tuples of floats are fixed-size settings (colours, angles); of ints or str, lists.
+            kind = type(default[0])
             group.add_argument(
-                _option_name(field.name), type=float, nargs=len(default), metavar="X", default=None,
-                help=f"default: {' '.join(f'{v:g}' for v in default)}",
+                _option_name(field.name), type=kind, nargs=len(default) if kind is float else "+",
+                metavar="X", default=None, help=f"default: {' '.join(str(v) for v in default)}",
             )
         elif isinstance(default, bool):
             group.add_argument(_option_name(field.name), action=argparse.BooleanOptionalAction, default=None)
-        elif isinstance(default, (int, float)):
+        elif isinstance(default, (int, float)) or field.type in ("float", "int", "float | None"):
             group.add_argument(_option_name(field.name), type=type(default), default=None, help=f"default: {default:g}")
 
 
@@ -60,7 +63,111 @@ def _build_parser() -> argparse.ArgumentParser:
         p.add_argument("--second-order", action="store_true", help="also draw the second-derivative images")
         add_settings_arguments(p, cls, f"{cls.__name__} settings")
         p.set_defaults(handler=_cmd_show, manifold_class=cls)
+    _add_demo(sub)
+    _add_generate(sub)
+    _add_train(sub)
+    _add_evaluate(sub)
     return parser
+
+
+def _add_demo(sub) -> None:
+    from manifoldtrain.demo import DemoConfig
+
+    p = sub.add_parser("demo", help="train value, first- and second-order networks on the cube and compare")
+    p.add_argument("--out", default="demo", help="output directory (default ./demo)")
+    p.add_argument("--quick", action="store_true", help="a tiny run for smoke tests (seconds, not minutes)")
+    add_settings_arguments(p, DemoConfig, "demo settings")
+    p.set_defaults(handler=_cmd_demo)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from manifoldtrain.demo import DemoConfig, run_demo
+
+    if args.quick:
+        for name, value in (("n_train", 64), ("n_test", 32), ("hidden", [16, 16]), ("seconds_per_run", 2.0)):
+            if getattr(args, name) is None:
+                setattr(args, name, value)
+    config = settings_from_arguments(DemoConfig, args)
+    run_demo(args.out, config)
+    return 0
+
+
+def _add_generate(sub) -> None:
+    p = sub.add_parser("generate", help="generate a cache of jets (see manifoldtrain.data for the format)")
+    gsub = p.add_subparsers(dest="manifold", required=True, metavar="MANIFOLD")
+    for name, cls in MANIFOLDS.items():
+        q = gsub.add_parser(name, help=f"jets of the {cls.__name__} manifold")
+        q.add_argument("--n", type=int, required=True, help="number of samples")
+        q.add_argument("--out", required=True, help="cache directory to write (replaced if it exists)")
+        q.add_argument("--seed", type=int, default=0, help="seed of the points (default 0)")
+        q.add_argument("--order", type=int, default=2, choices=(0, 1, 2), help="jet order (default 2)")
+        q.add_argument("--dtype", default="float32", choices=("float32", "float64"), help="storage dtype (default float32)")
+        q.add_argument("--no-progress", action="store_true", help="no progress bar")
+        add_settings_arguments(q, cls, f"{cls.__name__} settings")
+        q.set_defaults(handler=_cmd_generate, manifold_class=cls)
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from manifoldtrain.data import generate_jets, save_jets
+
+    manifold = settings_from_arguments(args.manifold_class, args)
+    dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
+    data = generate_jets(manifold, args.n, seed=args.seed, order=args.order, dtype=dtype, progress=not args.no_progress)
+    save_jets(data, args.out)
+    print(f"wrote {len(data)} samples of order {args.order} to {args.out} (fingerprint {data.meta['fingerprint'][:12]})")
+    return 0
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train from a TOML config (see manifoldtrain.config)")
+    p.add_argument("--config", required=True, help="TOML file")
+    p.add_argument("--out", required=True, help="run directory: config, checkpoint, results")
+    p.add_argument("--no-resume", action="store_true", help="start over even if OUT holds a checkpoint")
+    p.set_defaults(handler=_cmd_train)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from manifoldtrain.config import load_config
+    from manifoldtrain.experiment import run_experiment
+
+    config = load_config(args.config)
+    if args.no_resume:
+        from pathlib import Path
+
+        (Path(args.out) / "checkpoint.pt").unlink(missing_ok=True)
+    res = run_experiment(config, args.out, resume=not args.no_resume)
+    print(json.dumps({"objective": res["objective"], "test": res["test"], "epochs": res["epochs"], "seconds": res["seconds"]}, indent=2))
+    return 0
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="clean and derivative RMSE of a trained run on a jet cache")
+    p.add_argument("--run", required=True, help="run directory (or checkpoint file) written by 'train' or 'demo'")
+    p.add_argument("--data", required=True, help="jet cache directory written by 'generate'")
+    p.add_argument("--json", default=None, help="also write the metrics to this JSON file")
+    p.set_defaults(handler=_cmd_evaluate)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from manifoldtrain._io import write_text_atomic
+    from manifoldtrain.data import load_jets
+    from manifoldtrain.experiment import evaluate_checkpoint
+
+    try:
+        data = load_jets(args.data)
+    except (FileNotFoundError, ValueError) as err:
+        raise type(err)(f"--data {args.data}: {err}") from None
+    try:
+        metrics = evaluate_checkpoint(args.run, data).to_dict()
+    except (FileNotFoundError, ValueError) as err:
+        raise type(err)(f"--run {args.run}: {err}") from None
+    text = json.dumps(metrics, indent=2)
+    print(text)
+    if args.json:
+        write_text_atomic(args.json, text + "\n")
+    return 0
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
@@ -78,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
-    except (ValueError, TypeError, FileNotFoundError) as err:
+    except (ValueError, TypeError, FileNotFoundError, FloatingPointError) as err:
         parser.exit(2, f"manifoldtrain {args.command}: error: {err}\n")
 
 

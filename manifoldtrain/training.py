@@ -13,6 +13,7 @@ run (with an epoch budget; a wall-clock budget depends on the machine's speed).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -65,6 +66,10 @@ class TrainConfig:
         Clip the gradient norm to this (default None).
     eval_every : int
         Evaluate on the test data every this many epochs (0: only at the end).
+    eval_interval : float or None
+        Also evaluate at the end of an epoch once this many training seconds have passed
+        since the last evaluation (learning curves over time; evaluation does not change the
+        run).
     checkpoint_every : int
         Write a checkpoint every this many epochs (default 1).
     seed : int
@@ -82,6 +87,7 @@ class TrainConfig:
     weight_decay: float = attrs.field(default=0.0, validator=attrs_validator(check_float, nonnegative=True))
     grad_clip: float | None = attrs.field(default=None, validator=_optional_positive)
     eval_every: int = attrs.field(default=1, validator=attrs_validator(check_int, minimum=0))
+    eval_interval: float | None = attrs.field(default=None, validator=_optional_positive)
     checkpoint_every: int = attrs.field(default=1, validator=attrs_validator(check_int, minimum=1))
     seed: int = attrs.field(default=0, validator=attrs_validator(check_int, minimum=0))
     progress: bool = True
@@ -111,6 +117,19 @@ class History:
             if "test" in r:
                 return r["test"]
         return None
+
+
+@contextlib.contextmanager
+def flush_denormals():
+    """Flush denormal floats to zero inside the block (late training steps on CPU run 3-5x
+    faster), then restore the previous mode (probed: torch has no getter)."""
+    tiny = torch.tensor([1e-310], dtype=torch.float64)
+    was_on = bool((tiny * 1.0).item() == 0.0)
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(was_on)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
@@ -280,9 +299,12 @@ class Trainer:
         Raises ``FloatingPointError`` naming the step and the terms if the loss becomes NaN or
         infinite.
         """
+        with flush_denormals():
+            return self._fit(resume)
+
+    def _fit(self, resume: bool) -> History:
         from tqdm.auto import tqdm
 
-        torch.set_flush_denormal(True)  # denormals slow late steps 3-5x on CPU
         if resume and self.checkpoint_path is not None and self.checkpoint_path.is_file():
             self.load_state_dict(load_checkpoint(self.checkpoint_path))
         cfg = self.config
@@ -292,7 +314,10 @@ class Trainer:
         try:
             while not self._out_of_budget():
                 self._train_epoch(bar)
-                due_eval = cfg.eval_every and self.epoch % cfg.eval_every == 0
+                due_eval = bool(cfg.eval_every) and self.epoch % cfg.eval_every == 0
+                if cfg.eval_interval is not None:
+                    last = max((r["seconds"] for r in self.history.records[:-1] if "test" in r), default=0.0)
+                    due_eval = due_eval or self.seconds - last >= cfg.eval_interval
                 if self.test is not None and (due_eval or self._out_of_budget()):
                     self.history.records[-1]["test"] = evaluate(self.model, self.test).to_dict()
                     bar.set_postfix(loss=f"{self.history.records[-1]['loss']:.3e}", test_rmse=f"{self.history.last_test['rmse']:.2e}")

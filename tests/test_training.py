@@ -291,3 +291,14 @@ def test_evaluate_computes_the_rmse(small_data):
     assert evaluate(model, small_data, order=0).rmse_d1 is None
     relu = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(81, 8), torch.nn.ReLU(), torch.nn.Linear(8, 9))
     assert evaluate(relu, small_data).rmse_d2 is not None  # nested jvp for models without jet rules
+
+
+@pytest.mark.parametrize("mode", [False, True])
+def test_fit_leaves_the_denormal_mode_as_it_was(small_data, mode):
+    tiny = torch.tensor([1e-310], dtype=torch.float64)
+    torch.set_flush_denormal(mode)
+    try:
+        _trainer(small_data, Objective.value(), epochs=1).fit()
+        assert ((tiny * 1.0).item() == 0.0) == mode
+    finally:
+        torch.set_flush_denormal(False)

@@ -1,0 +1,183 @@
+"""The main job: the same network trained three ways on the same cube data and budget."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import attrs
+import torch
+
+from manifoldtrain._io import write_text_atomic
+from manifoldtrain._validation import attrs_validator, check_float, check_int
+from manifoldtrain.config import DataConfig, ExperimentConfig
+from manifoldtrain.experiment import machine_info, make_data, run_experiment
+from manifoldtrain.manifolds import Cube
+from manifoldtrain.nn import MLPConfig, _check_hidden
+from manifoldtrain.objectives import Objective
+from manifoldtrain.training import TrainConfig
+
+__all__ = ["DemoConfig", "OBJECTIVES", "run_demo", "plot_report"]
+
+#: The demo's objectives by name: value training, and derivative training of order 1 and 2.
+OBJECTIVES = {"value": Objective.value(), "first": Objective.first_order(), "second": Objective.second_order()}
+
+
+def _check_objectives(instance, attribute, value):
+    if not value or any(v not in OBJECTIVES for v in value):
+        raise ValueError(f"{attribute.name}: expected names among {sorted(OBJECTIVES)}, got {value!r}")
+
+
+@attrs.frozen
+class DemoConfig:
+    """Built-in defaults of ``manifoldtrain demo`` (under 10 minutes on 2 CPU cores).
+
+    Attributes
+    ----------
+    n_train, n_test : int
+        Cube samples to train and test on (the same for every run).
+    hidden : tuple of int
+        Hidden layers of the tanh MLP (the same network and initial weights for every run).
+    seconds_per_run : float
+        Wall-clock training budget of each run (the same for every run).
+    batch_size : int
+    learning_rate : float
+    seed : int
+        Seeds the data, the initial weights and the batch order.
+    objectives : tuple of str
+        Which of ``value``, ``first``, ``second`` to train.
+    """
+
+    n_train: int = attrs.field(default=2000, validator=attrs_validator(check_int, minimum=2))
+    n_test: int = attrs.field(default=1000, validator=attrs_validator(check_int, minimum=1))
+    hidden: tuple[int, ...] = attrs.field(default=(256, 256, 256), converter=tuple, validator=_check_hidden)
+    seconds_per_run: float = attrs.field(default=150.0, validator=attrs_validator(check_float, positive=True))
+    batch_size: int = attrs.field(default=64, validator=attrs_validator(check_int, minimum=1))
+    learning_rate: float = attrs.field(default=1e-3, validator=attrs_validator(check_float, positive=True))
+    seed: int = attrs.field(default=0, validator=attrs_validator(check_int, minimum=0))
+    objectives: tuple[str, ...] = attrs.field(default=("value", "first", "second"), converter=tuple, validator=_check_objectives)
+    progress: bool = True
+
+    def experiment(self, objective: str) -> ExperimentConfig:
+        """The run of one objective."""
+        return ExperimentConfig(
+            manifold=Cube(),
+            data=DataConfig(n_train=self.n_train, n_test=self.n_test, seed=self.seed, split_seed=self.seed),
+            model=MLPConfig(hidden=self.hidden, activation="tanh"),
+            objective=OBJECTIVES[objective],
+            train=TrainConfig(
+                epochs=1_000_000,
+                time_budget=self.seconds_per_run,
+                batch_size=self.batch_size,
+                learning_rate=self.learning_rate,
+                eval_every=0,
+                eval_interval=self.seconds_per_run / 15,
+                seed=self.seed,
+                progress=self.progress,
+            ),
+            model_seed=self.seed,
+        )
+
+
+def run_demo(out_dir: str | os.PathLike = "demo", config: DemoConfig = DemoConfig(), *, echo=print) -> dict:
+    """Train the demo's runs, print a table, write ``results.json`` and ``report.png`` to ``out_dir``.
+
+    ``results.json`` holds ``"runs"``: per run ``objective``, ``test_rmse``, ``test_rmse_d1``,
+    ``test_rmse_d2``, ``seconds``, ``epochs``, ``seed``; and ``"ratio_value_to_second"``, the
+    clean test RMSE of value training over that of second-order training. Each run also keeps
+    its own directory (config, checkpoint, history): a stopped demo resumes where it stopped.
+    """
+    if not isinstance(config, DemoConfig):
+        raise TypeError(f"config: expected a DemoConfig, got {type(config).__name__}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    echo(f"manifoldtrain demo: cube, {config.n_train} training / {config.n_test} test samples, "
+         f"MLP {list(config.hidden)} tanh, {config.seconds_per_run:g} s per objective -> {out}")
+    train, test = make_data(config.experiment(config.objectives[0]), progress=config.progress)
+    runs, histories = [], {}
+    for name in config.objectives:
+        echo(f"  training '{name}' ({', '.join(OBJECTIVES[name].names)}) ...")
+        res = run_experiment(config.experiment(name), out / f"run_{name}", data=(train, test), progress=config.progress)
+        runs.append(
+            {
+                "objective": name,
+                "test_rmse": res["test"]["rmse"],
+                "test_rmse_d1": res["test"]["rmse_d1"],
+                "test_rmse_d2": res["test"]["rmse_d2"],
+                "seconds": res["seconds"],
+                "epochs": res["epochs"],
+                "seed": config.seed,
+            }
+        )
+        histories[name] = res["history"]
+    by = {r["objective"]: r for r in runs}
+    results = {
+        "runs": runs,
+        "config": attrs.asdict(config),
+        "total_seconds": time.perf_counter() - t0,
+        "machine": machine_info(),
+    }
+    if "value" in by and "second" in by:
+        results["ratio_value_to_second"] = by["value"]["test_rmse"] / by["second"]["test_rmse"]
+    write_text_atomic(out / "results.json", json.dumps(results, indent=2) + "\n")
+    plot_report(runs, histories, train, test, out, config)
+    echo(format_table(runs))
+    if "ratio_value_to_second" in results:
+        echo(f"clean test RMSE, value / second order: {results['ratio_value_to_second']:.1f}x")
+    echo(f"wrote {out / 'results.json'} and {out / 'report.png'} ({results['total_seconds']:.0f} s)")
+    return results
+
+
+def format_table(runs: list[dict]) -> str:
+    """The runs as a plain-text table."""
+    lines = [
+        f"{'objective':<10} {'test RMSE':>10} {'RMSE d1':>10} {'RMSE d2':>10} {'epochs':>7} {'seconds':>8}",
+    ]
+    for r in runs:
+        lines.append(
+            f"{r['objective']:<10} {r['test_rmse']:10.3e} {r['test_rmse_d1']:10.3e} {r['test_rmse_d2']:10.3e} "
+            f"{r['epochs']:7d} {r['seconds']:8.1f}"
+        )
+    return "\n".join(lines)
+
+
+def plot_report(runs, histories, train, test, out: Path, config: DemoConfig) -> Path:
+    """``report.png``: learning curves, predicted against true, and error histograms."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    from manifoldtrain.experiment import model_from_checkpoint
+    from manifoldtrain.plotting import save_figure
+    from manifoldtrain.training import load_checkpoint
+
+    colors = {"value": "tab:blue", "first": "tab:orange", "second": "tab:green"}
+    fig = Figure(figsize=(15, 4.4), layout="constrained")
+    ax_curve, ax_pred, ax_hist = (fig.add_subplot(1, 3, k) for k in (1, 2, 3))
+    truth = test.targets.value.double().numpy().ravel()
+    for r in runs:
+        name = r["objective"]
+        pts = [(h["seconds"], h["test"]["rmse"]) for h in histories[name] if "test" in h]
+        if pts:
+            ax_curve.plot(*zip(*pts), "-o", ms=3, color=colors[name], label=name)
+        model = model_from_checkpoint(load_checkpoint(out / f"run_{name}" / "checkpoint.pt"))
+        with torch.no_grad():
+            pred = model(test.inputs.value.to(next(model.parameters()).dtype)).double().numpy().ravel()
+        ax_pred.scatter(truth, pred - truth, s=2, alpha=0.4, color=colors[name], label=name)
+        err = np.abs(pred - truth)
+        bins = np.logspace(np.log10(max(err.min(), 1e-7)), np.log10(err.max() + 1e-12), 50)
+        ax_hist.hist(err, bins=bins, histtype="step", color=colors[name], label=f"{name} (RMSE {r['test_rmse']:.1e})")
+    ax_curve.set(xlabel="training seconds", ylabel="test RMSE (clean)", yscale="log", title="learning curves")
+    ax_pred.set(xlabel="true corner coordinate", ylabel="predicted - true", title="prediction errors (test)")
+    ax_pred.set_yscale("symlog", linthresh=1e-3)
+    ax_hist.set(xscale="log", xlabel="|predicted - true|", ylabel="count", title="error histogram (test)")
+    for ax in (ax_curve, ax_pred, ax_hist):
+        ax.legend(fontsize=8)
+    fig.suptitle(
+        f"Cube, {config.n_train} training samples, MLP {list(config.hidden)}, {config.seconds_per_run:g} s per objective"
+    )
+    path = out / "report.png"
+    save_figure(fig, path)
+    return path

@@ -1,0 +1,127 @@
+"""Runs: data -> model -> trainer -> evaluation -> results, from one :class:`ExperimentConfig`."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+from manifoldtrain._io import write_text_atomic
+from manifoldtrain.config import MODEL_KINDS, ExperimentConfig, config_to_dict, save_config
+from manifoldtrain.data import JetDataset, cached_jets, generate_jets
+from manifoldtrain.evaluation import Metrics, evaluate
+from manifoldtrain.nn import build_model
+from manifoldtrain.training import CHECKPOINT_NAME, Trainer, load_checkpoint
+
+__all__ = ["make_data", "run_experiment", "model_from_checkpoint", "evaluate_checkpoint", "machine_info"]
+
+
+def machine_info() -> dict:
+    """Where a figure was measured: torch version, threads, processor, Python."""
+    return {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "python": platform.python_version(),
+    }
+
+
+def make_data(config: ExperimentConfig, *, progress: bool = True) -> tuple[JetDataset, JetDataset]:
+    """The training and test jets of ``config`` (cached if ``config.data.cache_dir`` is set)."""
+    d = config.data
+    dtype = {"float32": torch.float32, "float64": torch.float64}[d.dtype]
+    n = d.n_train + d.n_test
+    order = max(config.objective.max_order, 1)
+    if d.cache_dir is not None:
+        data = cached_jets(config.manifold, n, d.cache_dir, seed=d.seed, order=max(order, 2), dtype=dtype, progress=progress)
+    else:
+        data = generate_jets(config.manifold, n, seed=d.seed, order=2, dtype=dtype, progress=progress)
+    return data.split(d.n_test, d.split_seed)
+
+
+def _model_spec(config: ExperimentConfig, train: JetDataset) -> dict:
+    table = config_to_dict(config)["model"]
+    return {
+        "model": table,
+        "input_shape": list(train.inputs.shape),
+        "target_shape": list(train.targets.shape),
+        "dtype": config.data.dtype,
+    }
+
+
+def model_from_checkpoint(state: dict) -> torch.nn.Sequential:
+    """Rebuild the trained model stored in a checkpoint written by :func:`run_experiment`."""
+    spec = state.get("extra", {}).get("model_spec")
+    if spec is None:
+        raise ValueError("checkpoint: it does not say how to rebuild its model (no model_spec); was it written by run_experiment?")
+    table = dict(spec["model"])
+    cls = MODEL_KINDS[table.pop("kind")]
+    config = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in table.items()})
+    dtype = {"float32": torch.float32, "float64": torch.float64}[spec["dtype"]]
+    inputs = torch.zeros(2, *spec["input_shape"], dtype=dtype)
+    targets = torch.zeros(2, *spec["target_shape"], dtype=dtype)
+    model = build_model(config, inputs, targets)
+    model.load_state_dict(state["model"])
+    return model
+
+
+def run_experiment(
+    config: ExperimentConfig,
+    out_dir: str | os.PathLike,
+    *,
+    resume: bool = True,
+    data: tuple[JetDataset, JetDataset] | None = None,
+    progress: bool = True,
+) -> dict:
+    """Train ``config`` into ``out_dir`` and return its results.
+
+    Writes ``out_dir/config.toml``, ``out_dir/checkpoint.pt`` (see :mod:`manifoldtrain.training`)
+    and ``out_dir/results.json``: ``objective`` (term names), ``test`` (metrics), ``seconds``,
+    ``epochs``, ``history``. With ``resume``, a run stopped half way continues from its last
+    checkpoint. ``data`` may pass ``(train, test)`` directly.
+    """
+    if not isinstance(config, ExperimentConfig):
+        raise TypeError(f"config: expected an ExperimentConfig, got {type(config).__name__}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(config, out / "config.toml")
+    train, test = data if data is not None else make_data(config, progress=progress)
+    dtype = train.inputs.dtype
+    model = build_model(config.model, train.inputs.value, train.targets.value, seed=config.model_seed).to(dtype)
+    trainer = Trainer(
+        model, config.objective, train, test, config.train, checkpoint_dir=out,
+        extra={"model_spec": _model_spec(config, train)},
+    )
+    history = trainer.fit(resume=resume)
+    metrics = evaluate(model, test)
+    results = {
+        "objective": list(config.objective.names),
+        "test": metrics.to_dict(),
+        "seconds": trainer.seconds,
+        "epochs": trainer.epoch,
+        "steps": trainer.step,
+        "history": history.records,
+        "machine": machine_info(),
+    }
+    write_text_atomic(out / "results.json", json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def evaluate_checkpoint(path: str | os.PathLike, test: JetDataset) -> Metrics:
+    """Metrics of the model in a checkpoint file (or a run directory holding one) on ``test``."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    state = load_checkpoint(path)
+    spec = state.get("extra", {}).get("model_spec", {})
+    for what, jet in (("input", test.inputs), ("target", test.targets)):
+        want = spec.get(f"{what}_shape")
+        if want is not None and list(jet.shape) != list(want):
+            raise ValueError(f"test: its {what}s have shape {list(jet.shape)}, the model was trained on {list(want)}")
+    model = model_from_checkpoint(state)
+    return evaluate(model, test.to(next(model.parameters()).dtype))
+
