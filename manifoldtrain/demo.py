@@ -21,7 +21,8 @@ from manifoldtrain.training import TrainConfig
 
 __all__ = ["DemoConfig", "OBJECTIVES", "run_demo", "plot_report"]
 
-#: The demo's objectives by name: value training, and derivative training of order 1 and 2.
+#: The demo's objectives by name: value training, and derivative training of order 1 and 2
+#: (weights as in :meth:`Objective.second_order`).
 OBJECTIVES = {"value": Objective.value(), "first": Objective.first_order(), "second": Objective.second_order()}
 
 
@@ -50,7 +51,7 @@ class DemoConfig:
         Which of ``value``, ``first``, ``second`` to train.
     """
 
-    n_train: int = attrs.field(default=2000, validator=attrs_validator(check_int, minimum=2))
+    n_train: int = attrs.field(default=1000, validator=attrs_validator(check_int, minimum=2))
     n_test: int = attrs.field(default=1000, validator=attrs_validator(check_int, minimum=1))
     hidden: tuple[int, ...] = attrs.field(default=(256, 256, 256), converter=tuple, validator=_check_hidden)
     seconds_per_run: float = attrs.field(default=150.0, validator=attrs_validator(check_float, positive=True))
@@ -145,7 +146,8 @@ def format_table(runs: list[dict]) -> str:
 
 
 def plot_report(runs, histories, train, test, out: Path, config: DemoConfig) -> Path:
-    """``report.png``: learning curves, predicted against true, and error histograms."""
+    """``report.png``: learning curves and error histograms (top), predicted against true
+    corner coordinates on the test set for each objective (bottom)."""
     import numpy as np
     from matplotlib.figure import Figure
 
@@ -154,10 +156,14 @@ def plot_report(runs, histories, train, test, out: Path, config: DemoConfig) -> 
     from manifoldtrain.training import load_checkpoint
 
     colors = {"value": "tab:blue", "first": "tab:orange", "second": "tab:green"}
-    fig = Figure(figsize=(15, 4.4), layout="constrained")
-    ax_curve, ax_pred, ax_hist = (fig.add_subplot(1, 3, k) for k in (1, 2, 3))
+    k = len(runs)
+    fig = Figure(figsize=(4.6 * max(k, 2), 8.6), layout="constrained")
+    grid = fig.add_gridspec(2, 2 * k)
+    ax_curve = fig.add_subplot(grid[0, :k])
+    ax_hist = fig.add_subplot(grid[0, k:])
     truth = test.targets.value.double().numpy().ravel()
-    for r in runs:
+    lo, hi = truth.min(), truth.max()
+    for col, r in enumerate(runs):
         name = r["objective"]
         pts = [(h["seconds"], h["test"]["rmse"]) for h in histories[name] if "test" in h]
         if pts:
@@ -165,18 +171,21 @@ def plot_report(runs, histories, train, test, out: Path, config: DemoConfig) -> 
         model = model_from_checkpoint(load_checkpoint(out / f"run_{name}" / "checkpoint.pt"))
         with torch.no_grad():
             pred = model(test.inputs.value.to(next(model.parameters()).dtype)).double().numpy().ravel()
-        ax_pred.scatter(truth, pred - truth, s=2, alpha=0.4, color=colors[name], label=name)
         err = np.abs(pred - truth)
         bins = np.logspace(np.log10(max(err.min(), 1e-7)), np.log10(err.max() + 1e-12), 50)
         ax_hist.hist(err, bins=bins, histtype="step", color=colors[name], label=f"{name} (RMSE {r['test_rmse']:.1e})")
-    ax_curve.set(xlabel="training seconds", ylabel="test RMSE (clean)", yscale="log", title="learning curves")
-    ax_pred.set(xlabel="true corner coordinate", ylabel="predicted - true", title="prediction errors (test)")
-    ax_pred.set_yscale("symlog", linthresh=1e-3)
-    ax_hist.set(xscale="log", xlabel="|predicted - true|", ylabel="count", title="error histogram (test)")
-    for ax in (ax_curve, ax_pred, ax_hist):
-        ax.legend(fontsize=8)
+        ax = fig.add_subplot(grid[1, 2 * col : 2 * col + 2])
+        ax.plot([lo, hi], [lo, hi], color="black", lw=0.8)
+        ax.scatter(truth, pred, s=2, alpha=0.35, color=colors[name])
+        ax.set(xlabel="true corner coordinate", ylabel="predicted", title=f"{name}: test RMSE {r['test_rmse']:.2e}")
+        ax.set_aspect("equal")
+    ax_curve.set(xlabel="training seconds", ylabel="test RMSE (clean)", yscale="log", title="learning curves (test)")
+    ax_hist.set(xscale="log", xlabel="|predicted - true| over all 9 outputs", ylabel="count", title="error histogram (test)")
+    ax_curve.legend(fontsize=9)
+    ax_hist.legend(fontsize=9)
     fig.suptitle(
-        f"Cube, {config.n_train} training samples, MLP {list(config.hidden)}, {config.seconds_per_run:g} s per objective"
+        f"Cube: {config.n_train} training / {config.n_test} test samples, MLP {list(config.hidden)} tanh, "
+        f"{config.seconds_per_run:g} s per objective"
     )
     path = out / "report.png"
     save_figure(fig, path)

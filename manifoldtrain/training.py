@@ -345,7 +345,7 @@ class Trainer:
                 group["lr"] = lr
             x = self.train.inputs[idx].to(device=self.device, dtype=self.dtype)
             y = self.train.targets[idx].to(device=self.device, dtype=self.dtype)
-            losses = self.objective.losses(self.model, x, y, self.scales, generator=self.generator)
+            losses = self.objective.losses(self.model, x, y, self.scales, generator=self.generator, progress=self._fraction())
             loss = sum(losses.values())
             if not bool(torch.isfinite(loss.detach())):
                 bad = {k: v.item() for k, v in losses.items()}

@@ -100,3 +100,24 @@ def test_cli_errors(argv, message, tmp_path, monkeypatch, capsys):
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
     assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_train_speed_benchmark_quick(tmp_path):
+    out = tmp_path / "speed.json"
+    mod = runpy.run_path(str(ROOT / "benchmarks" / "train_speed.py"))
+    assert mod["main"](["--quick", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    impls = {(r["objective"], r["implementation"]) for r in result["step_cost"]}
+    assert ("second", "taylor") in impls and ("second", "nested jvp") in impls and ("second", "random k=1") in impls
+    assert result["step_cost"][0]["ratio_to_value"] == 1.0
+    assert result["time_to_accuracy"]["best_value_rmse"] > 0
+
+
+def test_accuracy_benchmark_quick(tmp_path):
+    out = tmp_path / "acc.json"
+    mod = runpy.run_path(str(ROOT / "benchmarks" / "accuracy.py"))
+    assert mod["main"](["--quick", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert {r["objective"] for r in result["runs"]} == {"value", "first", "second"}
+    assert result["summary"]["ratio_value_to_second_test_rmse"][0] > 0
+    assert (tmp_path / "acc.png").exists()

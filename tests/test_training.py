@@ -302,3 +302,45 @@ def test_fit_leaves_the_denormal_mode_as_it_was(small_data, mode):
         assert ((tiny * 1.0).item() == 0.0) == mode
     finally:
         torch.set_flush_denormal(False)
+
+
+def test_random_directions_are_isotropic_on_the_sphere():
+    from manifoldtrain.objectives import random_directions
+
+    v = random_directions(20000, 2, 6, torch.Generator().manual_seed(0))
+    assert v.dtype == torch.float64 and v.shape == (20000, 2, 6)
+    torch.testing.assert_close(v.norm(dim=-1), torch.full((20000, 2), 6**0.5, dtype=torch.float64))
+    cov = torch.einsum("nki,nkj->ij", v, v) / (2 * 20000)
+    assert (cov - torch.eye(6, dtype=torch.float64)).abs().max() < 0.03
+
+
+def test_random_direction_normalisers_are_the_expected_squares():
+    """LossScales' d1_random and d2_random equal E[y_v^2] and E[y_vv^2] (Monte Carlo)."""
+    from manifoldtrain.objectives import random_directions
+
+    g = torch.Generator().manual_seed(1)
+    x = Jet(*(torch.randn(s, generator=g, dtype=torch.float64) for s in [(50, 4), (50, 3, 4), (50, 6, 4)]))
+    y = Jet(*(torch.randn(s, generator=g, dtype=torch.float64) for s in [(50, 2), (50, 3, 2), (50, 6, 2)]))
+    scales = LossScales.from_data(x, y)
+    ys = scales.scale_jet(y)
+    v = random_directions(50, 4000, 3, g)
+    y1, y2 = ys.directional(v)
+    assert abs(y1.pow(2).mean().item() / scales.d1_random - 1) < 0.03
+    assert abs(y2.pow(2).mean().item() / scales.d2_random - 1) < 0.03
+
+
+def test_terms_can_join_later():
+    g = torch.Generator().manual_seed(2)
+    x = Jet(*(torch.randn(s, generator=g, dtype=torch.float64) for s in [(8, 4), (8, 2, 4), (8, 3, 4)]))
+    y = Jet(*(torch.randn(s, generator=g, dtype=torch.float64) for s in [(8, 2), (8, 2, 2), (8, 3, 2)]))
+    model = torch.nn.Sequential(torch.nn.Linear(4, 2)).double()
+    objective = Objective((ValueTerm(), DerivativeTerm(1), DerivativeTerm(2, weight=0.5, start=0.5)))
+    scales = LossScales.from_data(x, y)
+    early = objective.losses(model, x, y, scales, progress=0.2)
+    late = objective.losses(model, x, y, scales, progress=0.7)
+    assert early["d2 (full)"].item() == 0 and late["d2 (full)"].item() > 0
+    assert early["d1 (full)"].item() == late["d1 (full)"].item()
+    with pytest.raises(ValueError, match="at least one term must start at 0"):
+        Objective((DerivativeTerm(1, start=0.1),))
+    with pytest.raises(ValueError, match="start"):
+        DerivativeTerm(1, start=1.5)

@@ -1,0 +1,141 @@
+"""Cost of a training step per objective and implementation, and time to accuracy.
+
+Part 1, step cost (same run, same network, same batches): seconds per training sample of a
+full step (batch gather, loss, backward, optimiser) for
+
+* ``value``: :math:`N(x)` only (the baseline every ratio divides by);
+* ``first`` and ``second`` with the Taylor-mode jet (the fast path);
+* ``first`` and ``second`` with nested ``torch.func.jvp`` (the straightforward path);
+* ``second`` along ``k`` random directions, ``k = 1, 2, 4`` (``1 + 2k`` jet rows).
+
+Goals: a full second-order step at most 28x a value step (``1 + 6 + 21`` jet rows, the floor
+for exact jets); random directions at most 4x.
+
+Part 2, time to accuracy: train value, then second order, on the same data and network,
+evaluating the test RMSE as they go; report the best RMSE value training reaches and when
+second-order training first beats it.
+
+Usage::
+
+    python benchmarks/train_speed.py                 # ~15 minutes on 2 cores
+    python benchmarks/train_speed.py --quick         # smoke run, seconds
+    python benchmarks/train_speed.py --out benchmarks/results/train_speed.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+from manifoldtrain._io import write_text_atomic
+from manifoldtrain.data import generate_jets
+from manifoldtrain.experiment import machine_info
+from manifoldtrain.manifolds import Cube
+from manifoldtrain.network_jets import network_jet, network_jet_nested
+from manifoldtrain.nn import MLPConfig, build_model
+from manifoldtrain.objectives import Objective
+from manifoldtrain.training import Trainer, TrainConfig, flush_denormals
+
+
+def step_costs(train, hidden, batch_size, steps, seed=0) -> list[dict]:
+    variants = [
+        ("value", "-", Objective.value()),
+        ("first", "taylor", Objective.first_order()),
+        ("second", "taylor", Objective.second_order()),
+        ("first", "nested jvp", Objective.first_order()),
+        ("second", "nested jvp", Objective.second_order()),
+        ("second", "random k=1", Objective.second_order(directions=1)),
+        ("second", "random k=2", Objective.second_order(directions=2)),
+        ("second", "random k=4", Objective.second_order(directions=4)),
+    ]
+    rows = []
+    for objective_name, impl, objective in variants:
+        model = build_model(MLPConfig(hidden=hidden), train.inputs.value, train.targets.value, seed=seed)
+        jet_fn = network_jet_nested if impl == "nested jvp" else network_jet
+        trainer = Trainer(model, objective, train, None, TrainConfig(batch_size=batch_size, progress=False, seed=seed))
+        gen = torch.Generator().manual_seed(seed)
+        times = []
+        n_steps = steps if impl != "nested jvp" else max(3, steps // 8)
+        for k in range(n_steps + 2):  # two warm-up steps
+            idx = torch.randint(len(train), (batch_size,), generator=gen)
+            t0 = time.perf_counter()
+            x, y = train.inputs[idx], train.targets[idx]
+            losses = objective.losses(model, x, y, trainer.scales, gen, jet_fn=jet_fn)
+            loss = sum(losses.values())
+            trainer.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            trainer.optimizer.step()
+            if k >= 2:
+                times.append(time.perf_counter() - t0)
+        per_sample = statistics.median(times) / batch_size
+        rows.append({"objective": objective_name, "implementation": impl, "seconds_per_sample": per_sample})
+    base = rows[0]["seconds_per_sample"]
+    for r in rows:
+        r["ratio_to_value"] = r["seconds_per_sample"] / base
+    return rows
+
+
+def time_to_accuracy(train, test, hidden, budget, batch_size, seed=0) -> dict:
+    out = {}
+    for name, objective in (("value", Objective.value()), ("second", Objective.second_order())):
+        model = build_model(MLPConfig(hidden=hidden), train.inputs.value, train.targets.value, seed=seed)
+        cfg = TrainConfig(epochs=10**6, time_budget=budget, batch_size=batch_size, eval_every=0,
+                          eval_interval=budget / 40, progress=False, seed=seed)
+        history = Trainer(model, objective, train, test, cfg).fit()
+        out[name] = [(r["seconds"], r["test"]["rmse"]) for r in history.records if "test" in r]
+    best_value = min(r for _, r in out["value"])
+    t_value = next(t for t, r in out["value"] if r == best_value)
+    t_second = next((t for t, r in out["second"] if r <= best_value), None)
+    return {
+        "budget_seconds": budget,
+        "best_value_rmse": best_value,
+        "value_seconds_to_best": t_value,
+        "second_seconds_to_match": t_second,
+        "best_second_rmse": min(r for _, r in out["second"]),
+        "curves": out,
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run: tiny data and network")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default=None, help="write the results as JSON here (atomically)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.quick:
+        cube, n_train, n_test, hidden, batch, steps, budget = Cube(image_size=15), 64, 32, (32, 32), 16, 4, 2.0
+    else:
+        cube, n_train, n_test, hidden, batch, steps, budget = Cube(), 1000, 1000, (256, 256, 256), 64, 40, 240.0
+    with flush_denormals():
+        data = generate_jets(cube, n_train + n_test, seed=0, progress=not args.quick)
+        train, test = data.split(n_test, seed=0)
+        print(f"step cost, MLP {list(hidden)} tanh, batch {batch}, torch {torch.__version__}, {args.threads} threads")
+        print("| objective | implementation | us/sample | x value step |\n|---|---|---|---|")
+        rows = step_costs(train, hidden, batch, steps)
+        for r in rows:
+            print(f"| {r['objective']} | {r['implementation']} | {r['seconds_per_sample'] * 1e6:.0f} | {r['ratio_to_value']:.1f}x |")
+        print(f"time to accuracy, {n_train} training samples, {budget:g} s each:")
+        tta = time_to_accuracy(train, test, hidden, budget, batch)
+        t2 = tta["second_seconds_to_match"]
+        print(
+            f"  value: best test RMSE {tta['best_value_rmse']:.3e} after {tta['value_seconds_to_best']:.0f} s; "
+            f"second order: " + (f"reaches it after {t2:.0f} s" if t2 is not None else "does not reach it")
+            + f", best {tta['best_second_rmse']:.3e}"
+        )
+    if args.out:
+        meta = {"command": "python " + " ".join([os.path.relpath(sys.argv[0])] + (argv if argv is not None else sys.argv[1:])),
+                "n_train": n_train, "hidden": list(hidden), "batch_size": batch, **machine_info()}
+        write_text_atomic(args.out, json.dumps({"meta": meta, "step_cost": rows, "time_to_accuracy": tta}, indent=2) + "\n")
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
