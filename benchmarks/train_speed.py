@@ -65,7 +65,8 @@ def step_costs(train, hidden, batch_size, steps, seed=0) -> list[dict]:
         for k in range(n_steps + 2):  # two warm-up steps
             idx = torch.randint(len(train), (batch_size,), generator=gen)
             t0 = time.perf_counter()
-            x, y = train.inputs[idx], train.targets[idx]
+            order = objective.max_order  # gather only what the objective uses, as the Trainer does
+            x, y = train.inputs.truncate(order)[idx], train.targets.truncate(order)[idx]
             losses = objective.losses(model, x, y, trainer.scales, gen, jet_fn=jet_fn)
             loss = sum(losses.values())
             trainer.optimizer.zero_grad(set_to_none=True)

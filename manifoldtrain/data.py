@@ -60,11 +60,9 @@ def manifold_description(manifold: Manifold) -> dict:
     return {"class": name, "settings": settings}
 
 
-def fingerprint(manifold: Manifold, n: int, seed: int, order: int, dtype: torch.dtype, compute_dtype: torch.dtype) -> str:
-    """SHA-256 (hex) identifying a generated data set: manifold settings, size, seed, order, dtypes."""
-    key = {
-        "format": FORMAT,
-        "version": FORMAT_VERSION,
+def _provenance(manifold: Manifold, n: int, seed: int, order: int, dtype: torch.dtype, compute_dtype: torch.dtype) -> dict:
+    """What makes a generated data set what it is (JSON-able)."""
+    return {
         "manifold": manifold_description(manifold),
         "n": n,
         "seed": seed,
@@ -72,6 +70,11 @@ def fingerprint(manifold: Manifold, n: int, seed: int, order: int, dtype: torch.
         "dtype": _dtype_name(dtype),
         "compute_dtype": _dtype_name(compute_dtype),
     }
+
+
+def fingerprint(manifold: Manifold, n: int, seed: int, order: int, dtype: torch.dtype, compute_dtype: torch.dtype) -> str:
+    """SHA-256 (hex) identifying a generated data set: manifold settings, size, seed, order, dtypes."""
+    key = {"format": FORMAT, "version": FORMAT_VERSION, **_provenance(manifold, n, seed, order, dtype, compute_dtype)}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
@@ -170,12 +173,7 @@ def generate_jets(
     inputs = Jet(*(torch.cat(c) for c in zip(*parts_in)))
     targets = Jet(*(torch.cat(c) for c in zip(*parts_out)))
     meta = {
-        "manifold": manifold_description(manifold),
-        "n": n,
-        "seed": seed,
-        "order": order,
-        "dtype": _dtype_name(dtype),
-        "compute_dtype": _dtype_name(compute_dtype),
+        **_provenance(manifold, n, seed, order, dtype, compute_dtype),
         "fingerprint": fingerprint(manifold, n, seed, order, dtype, compute_dtype),
     }
     return JetDataset(points.to(dtype), inputs, targets, meta)

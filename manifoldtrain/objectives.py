@@ -146,29 +146,45 @@ class LossScales:
     d2_random: float
 
     @classmethod
-    def from_data(cls, inputs: Jet, targets: Jet) -> LossScales:
-        """Compute the scales from training jets (of order 1 or 2)."""
+    def from_data(cls, inputs: Jet, targets: Jet, *, chunk_size: int = 256) -> LossScales:
+        """Compute the scales from training jets (of order 1 or 2), ``chunk_size`` samples at a
+        time in float64 (memory stays bounded for large data sets)."""
         if inputs.order < 1:
             raise ValueError("inputs: loss scales need jets of order >= 1")
-        d = inputs.param_dim
-        x1 = inputs.d1.double().transpose(0, 1).reshape(d, -1)
-        rms = x1.pow(2).mean(1).sqrt().clamp_min(1e-300)
-        s = 1.0 / rms
-        y = targets.value.double()
-        value = float((y - y.mean(0)).pow(2).mean())
-        y1 = targets.d1.double() * s.reshape(1, d, *([1] * (y.dim() - 1)))
-        d1 = float(y1.pow(2).mean())
+        n, d = len(inputs), inputs.param_dim
+        tail = [1] * (targets.value.dim() - 1)
+        chunks = [slice(k, k + chunk_size) for k in range(0, n, chunk_size)]
+        # Pass 1: rms of the input derivatives per coordinate, and the target mean.
+        sq = torch.zeros(d, dtype=torch.float64)
+        y_sum = torch.zeros(targets.shape, dtype=torch.float64)
+        for sl in chunks:
+            x1 = inputs.d1[sl].double().cpu()
+            sq += x1.transpose(0, 1).reshape(d, -1).pow(2).sum(1)
+            y_sum += targets.value[sl].double().cpu().sum(0)
+        s = 1.0 / (sq / (n * x1[0, 0].numel())).sqrt().clamp_min(1e-300)
+        y_mean = y_sum / n
+        # Pass 2: mean squares of the centred values and the scaled derivatives.
+        acc = {"value": 0.0, "d1": 0.0, "full": 0.0, "trace": 0.0}
+        if inputs.order == 2:
+            i, j = triu_pairs(d)
+            ss = (s[i] * s[j]).reshape(1, -1, *tail)
+            off = (i != j).double().reshape(1, -1, *tail)
+        for sl in chunks:
+            acc["value"] += float((targets.value[sl].double().cpu() - y_mean).pow(2).sum())
+            acc["d1"] += float((targets.d1[sl].double().cpu() * s.reshape(1, d, *tail)).pow(2).sum())
+            if inputs.order == 2:
+                y2 = targets.d2[sl].double().cpu() * ss
+                acc["full"] += float((y2.pow(2) * (1 + off)).sum())  # the full d x d matrix
+                acc["trace"] += float(y2[:, i == j].sum(1).pow(2).sum())
+        m = targets.value.numel()  # samples x outputs
+        value, d1 = acc["value"] / m, acc["d1"] / (m * d)
         d1_random = d1 * d  # E[(sum_i v_i y_i)^2] = sum_i y_i^2 since E[v v^T] = I
         d2 = d2_random = 0.0
         if inputs.order == 2:
-            i, j = triu_pairs(d)
-            y2 = targets.d2.double() * (s[i] * s[j]).reshape(1, -1, *([1] * (y.dim() - 1)))
-            off = (i != j).double().reshape(1, -1, *([1] * (y.dim() - 1)))
-            full = (y2.pow(2) * (1 + off)).sum(1).mean()  # sum over the full d x d matrix
-            d2 = float(full / d**2)
-            diag = y2[:, i == j].sum(1)  # trace
+            full, trace2 = acc["full"] / m, acc["trace"] / m
+            d2 = full / d**2
             # E[(v^T Y v)^2] for v uniform on the sphere of radius sqrt(d)
-            d2_random = float((2 * full + diag.pow(2).mean()) * d / (d + 2))
+            d2_random = (2 * full + trace2) * d / (d + 2)
         eps = 1e-300
         return cls(tuple(s.tolist()), max(value, eps), max(d1, eps), max(d2, eps), max(d1_random, eps), max(d2_random, eps))
 

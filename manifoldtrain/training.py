@@ -209,6 +209,8 @@ class Trainer:
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.extra = dict(extra or {})
         self.scales = LossScales.from_data(self.train.inputs, self.train.targets)
+        self._train_inputs = self.train.inputs.truncate(objective.max_order)
+        self._train_targets = self.train.targets.truncate(objective.max_order)
         param = next(iter(model.parameters()))
         self.device, self.dtype = param.device, param.dtype
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
@@ -217,6 +219,7 @@ class Trainer:
         self.epoch = 0
         self.step = 0
         self.seconds = 0.0
+        self._bar_by_time = False
 
     @property
     def steps_per_epoch(self) -> int:
@@ -308,9 +311,16 @@ class Trainer:
         if resume and self.checkpoint_path is not None and self.checkpoint_path.is_file():
             self.load_state_dict(load_checkpoint(self.checkpoint_path))
         cfg = self.config
-        total = cfg.epochs * self.steps_per_epoch
-        bar = tqdm(total=total, initial=min(self.step, total), desc=", ".join(self.objective.names), unit="step",
-                   disable=not cfg.progress, leave=False, dynamic_ncols=True)
+        total_steps = cfg.epochs * self.steps_per_epoch
+        by_time = cfg.time_budget is not None and cfg.time_budget < total_steps * 1e-3  # a step takes >~1 ms
+        if by_time:  # the budget that ends first: advance in training seconds
+            bar = tqdm(total=round(cfg.time_budget, 1), initial=round(min(self.seconds, cfg.time_budget), 1), unit="s",
+                       desc=", ".join(self.objective.names), disable=not cfg.progress, leave=False, dynamic_ncols=True,
+                       bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}{postfix}]")
+        else:
+            bar = tqdm(total=total_steps, initial=min(self.step, total_steps), desc=", ".join(self.objective.names),
+                       unit="step", disable=not cfg.progress, leave=False, dynamic_ncols=True)
+        self._bar_by_time = by_time
         try:
             while not self._out_of_budget():
                 self._train_epoch(bar)
@@ -343,8 +353,9 @@ class Trainer:
             lr = cfg.learning_rate_at(self._fraction())
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            x = self.train.inputs[idx].to(device=self.device, dtype=self.dtype)
-            y = self.train.targets[idx].to(device=self.device, dtype=self.dtype)
+            # Gather only the orders the objective uses (value training copies no derivatives).
+            x = self._train_inputs[idx].to(device=self.device, dtype=self.dtype)
+            y = self._train_targets[idx].to(device=self.device, dtype=self.dtype)
             losses = self.objective.losses(self.model, x, y, self.scales, generator=self.generator, progress=self._fraction())
             loss = sum(losses.values())
             if not bool(torch.isfinite(loss.detach())):
@@ -363,9 +374,9 @@ class Trainer:
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(idx)
             count += len(idx)
-            bar.update(1)
+            bar.update(round(min(self.seconds, bar.total), 1) - bar.n if self._bar_by_time else 1)
             if b % 10 == 0:
-                bar.set_postfix(loss=f"{loss.item():.3e}", lr=f"{lr:.1e}")
+                bar.set_postfix(loss=f"{loss.item():.3e}", lr=f"{lr:.1e}", refresh=False)
         self.epoch += 1
         losses_mean = {k: v / max(count, 1) for k, v in sums.items()}
         self.history.records.append(

@@ -318,3 +318,38 @@ def test_float32_images_match_float64_on_many_poses():
     points = cube.sample(2000, torch.Generator().manual_seed(11), dtype=torch.float64)
     err = (cube.jets(points.float(), order=0)[0].value.double() - cube.jets(points, order=0)[0].value).abs()
     assert err.max() < 1e-5
+
+
+@settings(max_examples=4, deadline=None)
+@given(st.integers(0, 2**32))
+def test_arbitrary_rotations_any_number_of_visible_faces(seed):
+    """Poses far outside the data distribution: any rotation (1, 2 or 3 faces visible)."""
+    from manifoldtrain.testing import check_default_jets, check_finite_differences
+
+    wide = Cube(max_angle=math.pi, translation_radius=0.3)
+    points = wide.sample(2, torch.Generator().manual_seed(seed), dtype=torch.float64)
+    zero = torch.zeros(2, 6, dtype=torch.float64)
+    assert (wide.input(points, zero) - wide.reference_input(points, zero)).abs().max() < 1e-13
+    check_default_jets(wide, points)
+    check_finite_differences(wide, points, rtol=(1e-12, 1e-8, 1e-7))
+
+
+def test_one_face_seen_head_on():
+    """Rotate the corner-on base orientation back so that face 4 faces the camera."""
+    from manifoldtrain.manifolds._rotation import axis_rotation, rotation_vector
+    from manifoldtrain.testing import check_finite_differences
+
+    cube = Cube()
+    # The base orientation M (corner-on); the pose R = M^T undoes it (row vectors: V M R = V).
+    m = torch.eye(3, dtype=torch.float64)
+    for axis, angle in zip((2, 0, 1), cube.base_angles):
+        m = m @ axis_rotation(axis, torch.tensor(angle, dtype=torch.float64))
+    tilt = axis_rotation(0, torch.tensor(0.05, dtype=torch.float64))  # a little off head-on
+    w = rotation_vector(m.T @ tilt)
+    points = torch.cat([w, torch.tensor([0.0, 0.0, 0.1], dtype=torch.float64)])[None]
+    image, _ = cube.jets(points, order=0)
+    visible = cube._face_weights(cube._project(cube._posed_corners(points)))[0]
+    assert int((visible > 0).sum()) in (1, 2)
+    zero = torch.zeros(1, 6, dtype=torch.float64)
+    assert (image.value - cube.reference_input(points, zero)).abs().max() < 1e-13
+    check_finite_differences(cube, points, rtol=(1e-12, 1e-8, 1e-7))

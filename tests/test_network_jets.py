@@ -140,3 +140,19 @@ def test_gelu_derivatives_match_autograd():
     (h,) = torch.autograd.grad(g.sum(), v)
     torch.testing.assert_close(df, g)
     torch.testing.assert_close(d2f, h)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_network_jets_and_a_training_step_match_cpu():
+    from manifoldtrain.data import generate_jets
+    from manifoldtrain.objectives import Objective
+    from manifoldtrain.training import Trainer, TrainConfig
+
+    data = generate_jets(Cube(image_size=9, extent=0.5, sigma=0.08), 24, seed=0, dtype=f64, progress=False)
+    model = build_model(MLPConfig(hidden=(8,)), data.inputs.value, data.targets.value)
+    gpu = build_model(MLPConfig(hidden=(8,)), data.inputs.value.cuda(), data.targets.value.cuda())
+    assert_jets_close(network_jet(gpu, data.inputs.to("cuda")).to("cpu"), network_jet(model, data.inputs))
+    for m, d in ((model, data), (gpu, data.to("cuda"))):
+        Trainer(m, Objective.second_order(), d, None, TrainConfig(epochs=1, batch_size=8, progress=False)).fit()
+    for a, b in zip(model.state_dict().values(), gpu.state_dict().values()):
+        torch.testing.assert_close(b.cpu(), a, rtol=1e-9, atol=1e-11)

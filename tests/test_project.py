@@ -47,8 +47,10 @@ def test_docs_build_without_warnings(tmp_path):
 @pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "examples").glob("*.py")))
 def test_examples_run(script, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", [script])
-    runpy.run_path(str(ROOT / "examples" / script), run_name="__main__")
+    path = ROOT / "examples" / script
+    quick = ["--quick"] if "--quick" in path.read_text() else []
+    monkeypatch.setattr(sys, "argv", [script, *quick])
+    runpy.run_path(str(path), run_name="__main__")
 
 
 def test_render_benchmark_quick(tmp_path):
