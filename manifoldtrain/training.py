@@ -205,6 +205,14 @@ class Trainer:
         self.objective = objective
         self.train = check_dataset("train", train, order=max(objective.max_order, 1))
         self.test = check_dataset("test", test) if test is not None else None
+        if self.test is not None:
+            for what in ("inputs", "targets"):
+                a, b = getattr(self.train, what), getattr(self.test, what)
+                if a.shape != b.shape or a.param_dim != b.param_dim:
+                    raise ValueError(
+                        f"test: its {what} have shape {list(b.shape)} with {b.param_dim} coordinates, the training "
+                        f"data {list(a.shape)} with {a.param_dim}"
+                    )
         self.config = config
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.extra = dict(extra or {})

@@ -5,6 +5,7 @@ import re
 import runpy
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -77,8 +78,12 @@ def test_show_cube(tmp_path, capsys):
 
 
 def test_console_script_is_installed(tmp_path):
+    # The script installed beside the interpreter running the tests, so this works with or without an
+    # activated venv.
+    script = Path(sys.executable).parent / "manifoldtrain"
+    assert script.exists(), f"no console script at {script}: is the package installed (pip install -e .)?"
     out = tmp_path / "c.png"
-    result = subprocess.run(["manifoldtrain", "show", "cube", "--out", str(out)], capture_output=True, text=True)
+    result = subprocess.run([str(script), "show", "cube", "--out", str(out)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert out.exists()
 

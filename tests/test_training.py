@@ -344,3 +344,15 @@ def test_terms_can_join_later():
         Objective((DerivativeTerm(1, start=0.1),))
     with pytest.raises(ValueError, match="start"):
         DerivativeTerm(1, start=1.5)
+
+
+def test_trainer_names_mismatched_data(small_data):
+    train, _ = small_data.split(12, seed=0)
+    other = generate_jets(Cube(image_size=7, extent=0.5, sigma=0.08), 8, seed=0, progress=False)
+    model = build_model(MLPConfig(hidden=(4,)), train.inputs.value, train.targets.value)
+    with pytest.raises(ValueError, match=r"test: its inputs have shape \[7, 7\]"):
+        Trainer(model, Objective.value(), train, other)
+    with pytest.raises(TypeError, match="train: expected a JetDataset"):
+        Trainer(model, Objective.value(), train.inputs)
+    with pytest.raises(ValueError, match="train: expected jets of order >= 2"):
+        Trainer(model, Objective.second_order(), generate_jets(SMALL, 8, seed=0, order=1, progress=False))
