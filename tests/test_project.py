@@ -127,4 +127,22 @@ def test_accuracy_benchmark_quick(tmp_path):
     result = json.loads(out.read_text())
     assert {r["objective"] for r in result["runs"]} == {"value", "first", "second"}
     assert result["summary"]["ratio_value_to_second_test_rmse"][0] > 0
+    assert result["meta"]["view"] == "wall-clock"
     assert (tmp_path / "acc.png").exists()
+
+
+def test_accuracy_benchmark_converged_view_combines_parts(tmp_path):
+    mod = runpy.run_path(str(ROOT / "benchmarks" / "accuracy.py"))
+    parts = []
+    for objectives in (["value", "first"], ["second"]):
+        parts.append(tmp_path / f"{objectives[0]}.json")
+        argv = ["--quick", "--epochs", "3", "2", "1", "--objectives", *objectives, "--out", str(parts[-1])]
+        assert mod["main"](argv) == 0
+    out = tmp_path / "all.json"
+    assert mod["main"](["--combine", *map(str, parts), "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["meta"]["view"] == "converged"
+    assert [(r["objective"], r["epochs"]) for r in result["runs"]] == [("value", 3), ("first", 2), ("second", 1)]
+    assert "ratio_value_to_second_test_rmse" in result["summary"]
+    with pytest.raises(SystemExit):  # the same runs twice
+        mod["main"](["--combine", str(parts[0]), str(parts[0])])
