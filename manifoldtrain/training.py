@@ -208,10 +208,12 @@ class Trainer:
         if self.test is not None:
             for what in ("inputs", "targets"):
                 a, b = getattr(self.train, what), getattr(self.test, what)
-                if a.shape != b.shape or a.param_dim != b.param_dim:
+                if a.shape != b.shape:
+                    raise ValueError(f"test: its {what} have shape {list(b.shape)}, the training data {list(a.shape)}")
+                # A value-only (order-0) test set has no coordinates and is fine: it is scored on values.
+                if b.param_dim is not None and a.param_dim != b.param_dim:
                     raise ValueError(
-                        f"test: its {what} have shape {list(b.shape)} with {b.param_dim} coordinates, the training "
-                        f"data {list(a.shape)} with {a.param_dim}"
+                        f"test: its {what} have {b.param_dim} local coordinates, the training data {a.param_dim}"
                     )
         self.config = config
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None

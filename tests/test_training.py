@@ -352,6 +352,9 @@ def test_trainer_names_mismatched_data(small_data):
     model = build_model(MLPConfig(hidden=(4,)), train.inputs.value, train.targets.value)
     with pytest.raises(ValueError, match=r"test: its inputs have shape \[7, 7\]"):
         Trainer(model, Objective.value(), train, other)
+    # A value-only test set is scored on values; it needs no coordinates.
+    values_only = generate_jets(SMALL, 8, seed=1, order=0, progress=False)
+    Trainer(model, Objective.second_order(), train, values_only)
     with pytest.raises(TypeError, match="train: expected a JetDataset"):
         Trainer(model, Objective.value(), train.inputs)
     with pytest.raises(ValueError, match="train: expected jets of order >= 2"):
