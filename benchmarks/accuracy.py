@@ -37,6 +37,7 @@ import os
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -164,7 +165,15 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None, help="results JSON (a .png of the learning curves beside it)")
     args = parser.parse_args(argv)
     if args.combine:
-        parts = [json.loads(open(f).read()) for f in args.combine]
+        parts = []
+        for f in args.combine:
+            try:
+                part = json.loads(Path(f).read_text())
+            except (OSError, ValueError) as err:
+                parser.error(f"--combine: cannot read {f}: {err}")
+            if not isinstance(part, dict) or not {"meta", "runs"} <= part.keys():
+                parser.error(f"--combine: {f} is not a results file of this benchmark (expected keys 'meta' and 'runs')")
+            parts.append(part)
         views = {p["meta"].get("view", "wall-clock") for p in parts}  # files from before the views had none
         if len(views) != 1:
             parser.error(f"--combine: the files mix views {sorted(views)}")

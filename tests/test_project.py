@@ -146,3 +146,18 @@ def test_accuracy_benchmark_converged_view_combines_parts(tmp_path):
     assert "ratio_value_to_second_test_rmse" in result["summary"]
     with pytest.raises(SystemExit):  # the same runs twice
         mod["main"](["--combine", str(parts[0]), str(parts[0])])
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [(None, r"--combine: cannot read \S*part\.json"), ("{", r"--combine: cannot read \S*part\.json"),
+     ("{}", r"--combine: \S*part\.json is not a results file")],
+)
+def test_accuracy_benchmark_combine_names_bad_files(tmp_path, capsys, content, message):
+    mod = runpy.run_path(str(ROOT / "benchmarks" / "accuracy.py"))
+    path = tmp_path / "part.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(SystemExit):
+        mod["main"](["--combine", str(path)])
+    assert re.search(message, capsys.readouterr().err)
