@@ -44,7 +44,7 @@ import torch
 from manifoldtrain._io import write_text_atomic
 from manifoldtrain.data import generate_jets
 from manifoldtrain.evaluation import evaluate
-from manifoldtrain.experiment import machine_info
+from manifoldtrain.experiment import command_line, machine_info
 from manifoldtrain.manifolds import Cube
 from manifoldtrain.nn import MLPConfig, build_model
 from manifoldtrain.objectives import Objective
@@ -206,7 +206,7 @@ def main(argv=None) -> int:
     runs = run(cube, n_train, n_test, hidden, seeds, budgets, objectives=args.objectives)
     report(summarize(runs))
     if args.out:
-        meta = {"command": "python " + " ".join([os.path.relpath(sys.argv[0])] + (argv if argv is not None else sys.argv[1:])),
+        meta = {"command": command_line(argv),
                 "view": view, "n_train": n_train, "n_test": n_test, "hidden": list(hidden), "seeds": seeds,
                 "budgets": {k: {"epochs": e, "seconds": s} for k, (e, s) in budgets.items() if k in args.objectives},
                 "objectives": {k: list(v.names) + [f"weights {[t.weight for t in v.terms]}"] for k, v in OBJECTIVES.items()

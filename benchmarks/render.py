@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import sys
 import time
@@ -31,6 +30,7 @@ import torch
 
 from manifoldtrain import Jet, num_pairs, triu_pairs
 from manifoldtrain._io import write_text_atomic
+from manifoldtrain.experiment import command_line, machine_info
 from manifoldtrain.manifolds import Cube
 from manifoldtrain.training import flush_denormals
 
@@ -123,13 +123,7 @@ def main(argv=None) -> int:
     with flush_denormals():
         rows = run(sizes, [torch.float32, torch.float64], min_time, ad_max, fd_max)
     if args.out:
-        meta = {
-            "command": "python " + " ".join([os.path.relpath(sys.argv[0])] + (argv if argv is not None else sys.argv[1:])),
-            "torch": torch.__version__,
-            "threads": args.threads,
-            "machine": platform.machine(),
-            "python": platform.python_version(),
-        }
+        meta = {"command": command_line(argv), **machine_info()}
         write_text_atomic(args.out, json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
         print(f"wrote {args.out}")
     return 0

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -35,7 +34,7 @@ import torch
 
 from manifoldtrain._io import write_text_atomic
 from manifoldtrain.data import generate_jets
-from manifoldtrain.experiment import machine_info
+from manifoldtrain.experiment import command_line, machine_info
 from manifoldtrain.manifolds import Cube
 from manifoldtrain.network_jets import network_jet, network_jet_nested
 from manifoldtrain.nn import MLPConfig, build_model
@@ -62,11 +61,12 @@ def step_costs(train, hidden, batch_size, steps, seed=0) -> list[dict]:
         gen = torch.Generator().manual_seed(seed)
         times = []
         n_steps = steps if impl != "nested jvp" else max(3, steps // 8)
+        # Gather only the orders the objective uses, as the Trainer does.
+        inputs, targets = train.inputs.truncate(objective.max_order), train.targets.truncate(objective.max_order)
         for k in range(n_steps + 2):  # two warm-up steps
             idx = torch.randint(len(train), (batch_size,), generator=gen)
             t0 = time.perf_counter()
-            order = objective.max_order  # gather only what the objective uses, as the Trainer does
-            x, y = train.inputs.truncate(order)[idx], train.targets.truncate(order)[idx]
+            x, y = inputs[idx], targets[idx]
             losses = objective.losses(model, x, y, trainer.scales, gen, jet_fn=jet_fn)
             loss = sum(losses.values())
             trainer.optimizer.zero_grad(set_to_none=True)
@@ -131,7 +131,7 @@ def main(argv=None) -> int:
             + f", best {tta['best_second_rmse']:.3e}"
         )
     if args.out:
-        meta = {"command": "python " + " ".join([os.path.relpath(sys.argv[0])] + (argv if argv is not None else sys.argv[1:])),
+        meta = {"command": command_line(argv),
                 "n_train": n_train, "hidden": list(hidden), "batch_size": batch, **machine_info()}
         write_text_atomic(args.out, json.dumps({"meta": meta, "step_cost": rows, "time_to_accuracy": tta}, indent=2) + "\n")
         print(f"wrote {args.out}")

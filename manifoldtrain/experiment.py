@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 from pathlib import Path
 
 import torch
@@ -16,7 +17,7 @@ from manifoldtrain.evaluation import Metrics, evaluate
 from manifoldtrain.nn import build_model
 from manifoldtrain.training import CHECKPOINT_NAME, Trainer, load_checkpoint
 
-__all__ = ["make_data", "run_experiment", "model_from_checkpoint", "evaluate_checkpoint", "machine_info"]
+__all__ = ["make_data", "run_experiment", "model_from_checkpoint", "evaluate_checkpoint", "machine_info", "command_line"]
 
 
 def machine_info() -> dict:
@@ -28,6 +29,12 @@ def machine_info() -> dict:
         "processor": platform.processor(),
         "python": platform.python_version(),
     }
+
+
+def command_line(argv: list[str] | None = None) -> str:
+    """How the running script was invoked, as ``python SCRIPT ARGS`` (``argv``: its arguments,
+    default ``sys.argv[1:]``), for results files to say which command produced them."""
+    return "python " + " ".join([os.path.relpath(sys.argv[0]), *(sys.argv[1:] if argv is None else argv)])
 
 
 def make_data(config: ExperimentConfig, *, progress: bool = True) -> tuple[JetDataset, JetDataset]:

@@ -161,7 +161,7 @@ class LossScales:
             x1 = inputs.d1[sl].double().cpu()
             sq += x1.transpose(0, 1).reshape(d, -1).pow(2).sum(1)
             y_sum += targets.value[sl].double().cpu().sum(0)
-        s = 1.0 / (sq / (n * x1[0, 0].numel())).sqrt().clamp_min(1e-300)
+        s = 1.0 / (sq / (n * inputs.value[0].numel())).sqrt().clamp_min(1e-300)  # per coordinate, over samples and pixels
         y_mean = y_sum / n
         # Pass 2: mean squares of the centred values and the scaled derivatives.
         acc = {"value": 0.0, "d1": 0.0, "full": 0.0, "trace": 0.0}
