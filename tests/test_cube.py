@@ -320,18 +320,58 @@ def test_float32_images_match_float64_on_many_poses():
     assert err.max() < 1e-5
 
 
+WIDE = Cube(max_angle=math.pi, translation_radius=0.3)
+
+
+def visibility_margin(cube: Cube, points: torch.Tensor) -> torch.Tensor:
+    """``[n]``: how far (in local coordinates, to first order) each pose is from turning a face
+    edge-on, where a face appears or disappears and the image is not differentiable."""
+    from manifoldtrain.manifolds.cube import _FACE_INDEX
+
+    def shoelace(theta):  # [n, 6] faces: twice the signed screen area; visible where < 0
+        poly = cube._project(cube._corners(points, theta))[:, torch.tensor(_FACE_INDEX)]
+        nxt = poly.roll(-1, dims=2)
+        return ((nxt[..., 0] - poly[..., 0]) * (nxt[..., 1] + poly[..., 1])).sum(-1)
+
+    theta = torch.zeros_like(points)
+    jac = torch.func.jacfwd(shoelace)(theta)  # [n, 6 faces, n, 6 coordinates]
+    n = len(points)
+    grad = jac[torch.arange(n), :, torch.arange(n)]  # [n, 6 faces, 6 coordinates]
+    return (shoelace(theta).abs() / grad.norm(dim=-1).clamp_min(1e-300)).min(-1).values
+
+
 @settings(max_examples=4, deadline=None)
 @given(st.integers(0, 2**32))
 def test_arbitrary_rotations_any_number_of_visible_faces(seed):
     """Poses far outside the data distribution: any rotation (1, 2 or 3 faces visible)."""
+    from hypothesis import assume
+
     from manifoldtrain.testing import check_default_jets, check_finite_differences
 
-    wide = Cube(max_angle=math.pi, translation_radius=0.3)
-    points = wide.sample(2, torch.Generator().manual_seed(seed), dtype=torch.float64)
+    points = WIDE.sample(2, torch.Generator().manual_seed(seed), dtype=torch.float64)
     zero = torch.zeros(2, 6, dtype=torch.float64)
-    assert (wide.input(points, zero) - wide.reference_input(points, zero)).abs().max() < 1e-13
-    check_default_jets(wide, points)
-    check_finite_differences(wide, points, rtol=(1e-12, 1e-8, 1e-7))
+    assert (WIDE.input(points, zero) - WIDE.reference_input(points, zero)).abs().max() < 1e-13
+    check_default_jets(WIDE, points)
+    # Finite differences (steps up to 1e-2 per coordinate) are only meaningful where no face
+    # turns edge-on within the stencil; see test_edge_on_face_is_not_differentiable.
+    assume(bool((visibility_margin(WIDE, points) > 0.05).all()))
+    check_finite_differences(WIDE, points, rtol=(1e-12, 1e-8, 1e-7))
+
+
+def test_edge_on_face_is_not_differentiable():
+    """A pose hypothesis once drew (seed 13713): face 0 of the first point is 3e-4 (to first order) from
+    edge-on. The analytic jets still equal torch.func's (the same one-sided function), but
+    finite differences straddle the face's appearance and disagree: this is the pose the
+    margin above excludes, not an error of the jets."""
+    from manifoldtrain.testing import check_default_jets, check_finite_differences
+
+    points = WIDE.sample(2, torch.Generator().manual_seed(13713), dtype=torch.float64)
+    margin = visibility_margin(WIDE, points)
+    assert margin[0] < 1e-3 and margin[1] > 0.05
+    check_default_jets(WIDE, points)
+    check_finite_differences(WIDE, points[1:], rtol=(1e-12, 1e-8, 1e-7))
+    report = check_finite_differences(WIDE, points[:1], rtol=(1e-12, 1e-8, 1e-7), raise_on_failure=False)
+    assert not report.passed
 
 
 def test_one_face_seen_head_on():
