@@ -5,7 +5,10 @@ For each seed: one data set (the seed draws the points and splits them), one net
 
 * ``value``: ``Objective.value()``;
 * ``first``: ``Objective.first_order()`` (relative weights 1, 1);
-* ``second``: ``Objective.second_order()`` (relative weights 1, 1, 0.03).
+* ``second``: ``Objective.second_order()`` (relative weights 1, 1, 0.03);
+* ``second_rK`` (K = 1, 2, 4): the same terms along K random (pairs of) directions,
+  ``Objective.second_order(directions=K)``, the unbiased cheap estimate (``1 + 3K`` jet rows
+  instead of 28); compared with ``second`` (ratio ``second_rK / second``).
 
 DESIGN.md asks for every comparison both ways, and this script measures each:
 
@@ -50,7 +53,8 @@ from manifoldtrain.nn import MLPConfig, build_model
 from manifoldtrain.objectives import Objective
 from manifoldtrain.training import Trainer, TrainConfig
 
-OBJECTIVES = {"value": Objective.value(), "first": Objective.first_order(), "second": Objective.second_order()}
+OBJECTIVES = {"value": Objective.value(), "first": Objective.first_order(), "second": Objective.second_order(),
+              **{f"second_r{k}": Objective.second_order(directions=k) for k in (1, 2, 4)}}
 
 
 def run(cube, n_train, n_test, hidden, seeds, budgets, objectives=tuple(OBJECTIVES), batch_size=64, progress=False) -> list[dict]:
@@ -100,6 +104,11 @@ def summarize(runs: list[dict]) -> dict:
         for key in ("test_rmse", "best_test_rmse"):
             ratios = [by[s, "value"][key] / by[s, other][key] for s in seeds]
             out[f"ratio_value_to_{other}_{key}"] = (statistics.mean(ratios), statistics.pstdev(ratios), ratios)
+    for name in names:
+        seeds = sorted(s for s, o in by if o == name and (s, "second") in by)
+        if name.startswith("second_r") and seeds:
+            ratios = [by[s, name]["test_rmse"] / by[s, "second"]["test_rmse"] for s in seeds]
+            out[f"ratio_{name}_to_second_test_rmse"] = (statistics.mean(ratios), statistics.pstdev(ratios), ratios)
     return out
 
 
@@ -108,7 +117,8 @@ def plot(runs: list[dict], path: str, view: str) -> None:
 
     from manifoldtrain.plotting import save_figure
 
-    colors = {"value": "tab:blue", "first": "tab:orange", "second": "tab:green"}
+    colors = {"value": "tab:blue", "first": "tab:orange", "second": "tab:green", "second_r1": "tab:red",
+              "second_r2": "tab:purple", "second_r4": "tab:brown"}
     fig = Figure(figsize=(7.5, 4.6), layout="constrained")
     ax = fig.add_subplot()
     first_seed = min(x["seed"] for x in runs)
@@ -140,6 +150,10 @@ def report(summary: dict) -> None:
                 m, sd, rs = summary[f"ratio_value_to_{other}_{key}"]
                 print(f"value / {other} order ({key.replace('_', ' ')}): {m:.1f}x ± {sd:.1f} "
                       f"(per seed {', '.join(f'{r:.1f}' for r in rs)})")
+    for name in OBJECTIVES:
+        if f"ratio_{name}_to_second_test_rmse" in summary:
+            m, sd, rs = summary[f"ratio_{name}_to_second_test_rmse"]
+            print(f"{name} / second (test RMSE): {m:.2f} ± {sd:.2f} (per seed {', '.join(f'{r:.2f}' for r in rs)})")
 
 
 def write(path: str, meta: dict, runs: list[dict]) -> None:
@@ -156,8 +170,8 @@ def main(argv=None) -> int:
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--seconds", type=float, default=360.0, help="wall-clock view: training seconds of every run")
     budget.add_argument("--epochs", type=int, nargs=3, metavar=("VALUE", "FIRST", "SECOND"), default=None,
-                        help="converged view: epochs of value, first- and second-order training")
-    parser.add_argument("--objectives", nargs="+", choices=list(OBJECTIVES), default=list(OBJECTIVES))
+                        help="converged view: epochs of value, first- and second-order training (random ones too)")
+    parser.add_argument("--objectives", nargs="+", choices=list(OBJECTIVES), default=["value", "first", "second"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--combine", nargs="+", default=None, metavar="JSON",
@@ -196,6 +210,7 @@ def main(argv=None) -> int:
     if args.epochs is not None:
         view = "converged"
         budgets = dict(zip(OBJECTIVES, ((e, None) for e in args.epochs)))
+        budgets.update({name: (args.epochs[2], None) for name in OBJECTIVES if name.startswith("second_r")})
     else:
         view = "wall-clock"
         seconds = 1.0 if args.quick else args.seconds

@@ -22,6 +22,7 @@ kind = "cube"
 [data]
 n_train = 1000
 n_test = 500
+test_order = 2       # training needs first-order jets only; score second derivatives too
 
 [model]
 kind = "mlp"

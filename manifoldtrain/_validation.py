@@ -83,3 +83,22 @@ def attrs_validator(check, **kwargs):
         check(attribute.name, value, **kwargs)
 
     return validate
+
+
+#: The storage and training dtypes by name (configs, the command line, files).
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def dtype_from_name(name: str, value: object) -> torch.dtype:
+    """The dtype called ``value`` (``"float32"`` or ``"float64"``); ``name`` is the argument."""
+    if value not in DTYPES:
+        raise ValueError(f"{name}: expected one of {sorted(DTYPES)}, got {value!r}")
+    return DTYPES[value]
+
+
+def dtype_name(name: str, dtype: object) -> str:
+    """The name of a float32/float64 ``dtype``; ``name`` is the argument."""
+    for key, value in DTYPES.items():
+        if dtype == value:
+            return key
+    raise TypeError(f"{name}: expected torch.float32 or torch.float64, got {dtype}")

@@ -9,10 +9,8 @@ from collections.abc import Sequence
 
 import attrs
 
-from manifoldtrain.manifolds import Cube
-
-#: Manifolds the command line knows, by name.
-MANIFOLDS = {"cube": Cube}
+from manifoldtrain._validation import DTYPES
+from manifoldtrain.registry import MANIFOLDS
 
 
 def _option_name(field_name: str) -> str:
@@ -56,7 +54,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
     show = sub.add_parser("show", help="draw a sample of a manifold with its derivative images")
     show_sub = show.add_subparsers(dest="manifold", required=True, metavar="MANIFOLD")
-    for name, cls in MANIFOLDS.items():
+    for name in MANIFOLDS.names:
+        cls = MANIFOLDS.get(name)
         p = show_sub.add_parser(name, help=f"the {cls.__name__} manifold")
         p.add_argument("--out", required=True, help="image file to write (format from the suffix, e.g. .png, .pdf)")
         p.add_argument("--seed", type=int, default=0, help="seed of the sample drawn (default 0)")
@@ -95,25 +94,25 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="generate a cache of jets (see manifoldtrain.data for the format)")
     gsub = p.add_subparsers(dest="manifold", required=True, metavar="MANIFOLD")
-    for name, cls in MANIFOLDS.items():
+    for name in MANIFOLDS.names:
+        cls = MANIFOLDS.get(name)
         q = gsub.add_parser(name, help=f"jets of the {cls.__name__} manifold")
         q.add_argument("--n", type=int, required=True, help="number of samples")
         q.add_argument("--out", required=True, help="cache directory to write (replaced if it exists)")
         q.add_argument("--seed", type=int, default=0, help="seed of the points (default 0)")
         q.add_argument("--order", type=int, default=2, choices=(0, 1, 2), help="jet order (default 2)")
-        q.add_argument("--dtype", default="float32", choices=("float32", "float64"), help="storage dtype (default float32)")
+        q.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="storage dtype (default float32)")
         q.add_argument("--no-progress", action="store_true", help="no progress bar")
         add_settings_arguments(q, cls, f"{cls.__name__} settings")
         q.set_defaults(handler=_cmd_generate, manifold_class=cls)
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    import torch
-
+    from manifoldtrain._validation import dtype_from_name
     from manifoldtrain.data import generate_jets, save_jets
 
     manifold = settings_from_arguments(args.manifold_class, args)
-    dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
+    dtype = dtype_from_name("--dtype", args.dtype)
     data = generate_jets(manifold, args.n, seed=args.seed, order=args.order, dtype=dtype, progress=not args.no_progress)
     save_jets(data, args.out)
     print(f"wrote {len(data)} samples of order {args.order} to {args.out} (fingerprint {data.meta['fingerprint'][:12]})")
@@ -129,14 +128,15 @@ def _add_train(sub) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from manifoldtrain.config import load_config
     from manifoldtrain.experiment import run_experiment
+    from manifoldtrain.training import CHECKPOINT_NAME
 
     config = load_config(args.config)
     if args.no_resume:
-        from pathlib import Path
-
-        (Path(args.out) / "checkpoint.pt").unlink(missing_ok=True)
+        (Path(args.out) / CHECKPOINT_NAME).unlink(missing_ok=True)
     res = run_experiment(config, args.out, resume=not args.no_resume)
     print(json.dumps({"objective": res["objective"], "test": res["test"], "epochs": res["epochs"], "seconds": res["seconds"]}, indent=2))
     return 0

@@ -20,15 +20,23 @@ file boundary, and nowhere else in the library::
 
     [[objective.terms]]
     kind = "derivative"
+    order = 1
+
+    [[objective.terms]]
+    kind = "derivative"
     order = 2
-    weight = 1.0
-    directions = 2         # omit for every pair
+    weight = 0.03          # the tuned default of Objective.second_order()
+    directions = 2         # 2 random pairs of directions; omit for every pair
+
+    [[objective.terms]]
+    kind = "mypackage.terms:MyTerm"   # a term of your own: any importable Term subclass
 
     [train]
     epochs = 100
     batch_size = 64
 
-Unknown tables or keys are errors that name them.
+Every ``kind`` is a short name of :mod:`manifoldtrain.registry` or an import path
+``"package.module:ClassName"``. Unknown tables or keys are errors that name them.
 """
 
 from __future__ import annotations
@@ -40,23 +48,25 @@ from pathlib import Path
 import attrs
 
 from manifoldtrain._io import write_text_atomic
-from manifoldtrain._validation import attrs_validator, check_int
+from manifoldtrain._validation import attrs_validator, check_int, dtype_from_name
+from manifoldtrain.manifold import Manifold
 from manifoldtrain.manifolds import Cube
 from manifoldtrain.nn import ConvNetConfig, MLPConfig
-from manifoldtrain.objectives import DerivativeTerm, Objective, ValueTerm
+from manifoldtrain.objectives import Objective
+from manifoldtrain.registry import MANIFOLDS, MODELS, TERMS, Registry
 from manifoldtrain.training import TrainConfig
 
 __all__ = ["DataConfig", "ExperimentConfig", "load_config", "config_from_dict", "config_to_dict", "save_config"]
 
-MANIFOLD_KINDS = {"cube": Cube}
-MODEL_KINDS = {"mlp": MLPConfig, "convnet": ConvNetConfig}
-TERM_KINDS = {"value": ValueTerm, "derivative": DerivativeTerm}
-_DTYPES = ("float32", "float64")
 
 
 def _check_dtype(instance, attribute, value):
-    if value not in _DTYPES:
-        raise ValueError(f"{attribute.name}: expected one of {_DTYPES}, got {value!r}")
+    dtype_from_name(attribute.name, value)
+
+
+def _check_test_order(instance, attribute, value):
+    if value is not None:
+        check_int(attribute.name, value, minimum=0, maximum=2)
 
 
 @attrs.frozen
@@ -67,6 +77,9 @@ class DataConfig:
     ----------
     n_train, n_test : int
         Sizes of the training and test sets (drawn together, then split).
+    test_order : int or None
+        Jet order of the test set: its derivative RMSEs are reported up to it. ``None`` (the
+        default): the objective's order. Data is generated only up to the order needed.
     seed : int
         Seed of the points drawn from the manifold.
     split_seed : int
@@ -80,6 +93,7 @@ class DataConfig:
 
     n_train: int = attrs.field(default=4000, validator=attrs_validator(check_int, minimum=2))
     n_test: int = attrs.field(default=1000, validator=attrs_validator(check_int, minimum=1))
+    test_order: int | None = attrs.field(default=None, validator=_check_test_order)
     seed: int = attrs.field(default=0, validator=attrs_validator(check_int, minimum=0))
     split_seed: int = attrs.field(default=0, validator=attrs_validator(check_int, minimum=0))
     cache_dir: str | None = None
@@ -94,7 +108,7 @@ def _default_objective() -> Objective:
 class ExperimentConfig:
     """Everything a training run needs: manifold, data, model, objective, training, model seed."""
 
-    manifold: Cube = attrs.field(factory=Cube)
+    manifold: Manifold = attrs.field(factory=Cube, validator=attrs.validators.instance_of(Manifold))
     data: DataConfig = attrs.field(factory=DataConfig)
     model: MLPConfig | ConvNetConfig = attrs.field(factory=MLPConfig)
     objective: Objective = attrs.field(factory=_default_objective)
@@ -102,16 +116,19 @@ class ExperimentConfig:
     model_seed: int = attrs.field(default=0, validator=attrs_validator(check_int, minimum=0))
 
 
-def _build(kind_map: dict, table: dict, where: str):
+def _build(registry: Registry, table: dict, where: str):
     table = dict(table)
-    kind = table.pop("kind", None)
-    if kind not in kind_map:
-        raise ValueError(f"{where}.kind: expected one of {sorted(kind_map)}, got {kind!r}")
-    return _construct(kind_map[kind], table, where)
+    try:
+        cls = registry.get(table.pop("kind", None))
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"{where}.{err}") from None
+    return _construct(cls, table, where)
 
 
 def _construct(cls, table: dict, where: str):
-    names = {f.name for f in attrs.fields(cls)}
+    if not attrs.has(cls):
+        raise TypeError(f"{where}: {cls.__name__} must be an attrs class for configs (its fields are its settings)")
+    names = {f.name for f in attrs.fields(cls) if f.init}
     unknown = sorted(set(table) - names)
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(names)}")
@@ -131,17 +148,17 @@ def config_from_dict(d: dict) -> ExperimentConfig:
         raise ValueError(f"config: unknown table(s) {unknown}; expected some of {sorted(known)}")
     kw = {}
     if "manifold" in d:
-        kw["manifold"] = _build(MANIFOLD_KINDS, d["manifold"], "manifold")
+        kw["manifold"] = _build(MANIFOLDS, d["manifold"], "manifold")
     if "data" in d:
         kw["data"] = _construct(DataConfig, d["data"], "data")
     if "model" in d:
-        kw["model"] = _build(MODEL_KINDS, d["model"], "model")
+        kw["model"] = _build(MODELS, d["model"], "model")
     if "objective" in d:
         obj = dict(d["objective"])
         terms = obj.pop("terms", None)
         if obj or not isinstance(terms, list) or not terms:
             raise ValueError("objective: expected a non-empty list of [[objective.terms]] tables and nothing else")
-        kw["objective"] = Objective(tuple(_build(TERM_KINDS, t, f"objective.terms[{k}]") for k, t in enumerate(terms)))
+        kw["objective"] = Objective(tuple(_build(TERMS, t, f"objective.terms[{k}]") for k, t in enumerate(terms)))
     if "train" in d:
         kw["train"] = _construct(TrainConfig, d["train"], "train")
     if "model_seed" in d:
@@ -161,11 +178,13 @@ def load_config(path: str | os.PathLike) -> ExperimentConfig:
     return config_from_dict(data)
 
 
-def _table(instance, kind_map: dict | None = None) -> dict:
+def _table(instance, registry: Registry | None = None) -> dict:
     out = {}
-    if kind_map is not None:
-        out["kind"] = next(k for k, v in kind_map.items() if isinstance(instance, v))
+    if registry is not None:
+        out["kind"] = registry.name_of(instance)
     for f in attrs.fields(type(instance)):
+        if not f.init:
+            continue
         v = getattr(instance, f.name)
         if v is None:
             continue  # TOML has no null: a missing key means the default (None)
@@ -177,10 +196,10 @@ def config_to_dict(config: ExperimentConfig) -> dict:
     """The config as nested plain dicts (what :func:`config_from_dict` reads)."""
     return {
         "model_seed": config.model_seed,
-        "manifold": _table(config.manifold, MANIFOLD_KINDS),
+        "manifold": _table(config.manifold, MANIFOLDS),
         "data": _table(config.data),
-        "model": _table(config.model, MODEL_KINDS),
-        "objective": {"terms": [_table(t, TERM_KINDS) for t in config.objective.terms]},
+        "model": _table(config.model, MODELS),
+        "objective": {"terms": [_table(t, TERMS) for t in config.objective.terms]},
         "train": _table(config.train),
     }
 

@@ -11,16 +11,15 @@ A cache is a directory holding one data set:
   ``target_value``, ``target_d1``, ``target_d2`` (those up to ``order``), shapes as in
   :mod:`manifoldtrain.jet`.
 
-The *fingerprint* is a SHA-256 of the manifold's class and settings (its attrs fields, or
-its ``repr`` for other classes), ``n``, ``seed``, ``order`` and the dtypes: a cache is reused
-only when all of them match. A cache is written into a temporary directory beside its final
+The *fingerprint* is a SHA-256 of canonical JSON of the manifold's class and settings (its
+attrs fields, or its public attributes; tensor-valued settings by a hash of their content),
+``n``, ``seed``, ``order`` and the dtypes: a cache is reused only when all of them match. A cache is written into a temporary directory beside its final
 place and renamed into place when complete, so an interrupted generation never leaves a
 directory that loads as complete.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -31,7 +30,8 @@ import attrs
 import numpy as np
 import torch
 
-from manifoldtrain._validation import check_int, check_tensor
+from manifoldtrain._plain import digest, plain
+from manifoldtrain._validation import check_int, check_tensor, dtype_name
 from manifoldtrain.jet import Jet
 from manifoldtrain.manifold import Manifold
 
@@ -40,24 +40,13 @@ __all__ = ["JetDataset", "generate_jets", "load_jets", "save_jets", "cached_jets
 FORMAT = "manifoldtrain-jets"
 FORMAT_VERSION = 1
 _COMPONENTS = ("value", "d1", "d2")
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    if dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"dtype: expected torch.float32 or torch.float64, got {dtype}")
-    return str(dtype).removeprefix("torch.")
 
 
 def manifold_description(manifold: Manifold) -> dict:
-    """Class and settings of a manifold, as JSON-able data (attrs fields, else ``repr``)."""
-    cls = type(manifold)
-    name = f"{cls.__module__}.{cls.__qualname__}"
-    if attrs.has(cls):
-        settings = attrs.asdict(manifold, recurse=True, value_serializer=lambda inst, field, v: list(v) if isinstance(v, tuple) else v)
-    else:
-        settings = {"repr": repr(manifold)}
-    return {"class": name, "settings": settings}
+    """Class and settings of a manifold, as canonical JSON-able data
+    (:func:`manifoldtrain._plain.plain`: attrs fields, tensors by content hash)."""
+    settings = plain(manifold)
+    return {"class": settings.pop("kind"), "settings": settings}
 
 
 def _provenance(manifold: Manifold, n: int, seed: int, order: int, dtype: torch.dtype, compute_dtype: torch.dtype) -> dict:
@@ -67,15 +56,14 @@ def _provenance(manifold: Manifold, n: int, seed: int, order: int, dtype: torch.
         "n": n,
         "seed": seed,
         "order": order,
-        "dtype": _dtype_name(dtype),
-        "compute_dtype": _dtype_name(compute_dtype),
+        "dtype": dtype_name("dtype", dtype),
+        "compute_dtype": dtype_name("compute_dtype", compute_dtype),
     }
 
 
 def fingerprint(manifold: Manifold, n: int, seed: int, order: int, dtype: torch.dtype, compute_dtype: torch.dtype) -> str:
     """SHA-256 (hex) identifying a generated data set: manifold settings, size, seed, order, dtypes."""
-    key = {"format": FORMAT, "version": FORMAT_VERSION, **_provenance(manifold, n, seed, order, dtype, compute_dtype)}
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+    return digest({"format": FORMAT, "version": FORMAT_VERSION, **_provenance(manifold, n, seed, order, dtype, compute_dtype)})
 
 
 @attrs.frozen(eq=False)
@@ -159,8 +147,8 @@ def generate_jets(
     check_int("seed", seed, minimum=0)
     check_int("order", order, minimum=0, maximum=2)
     check_int("batch_size", batch_size, minimum=1)
-    _dtype_name(dtype)
-    _dtype_name(compute_dtype)
+    dtype_name("dtype", dtype)
+    dtype_name("compute_dtype", compute_dtype)
     points = manifold.sample(n, torch.Generator().manual_seed(seed), dtype=compute_dtype, device=device)
     parts_in: list[list[torch.Tensor]] = []
     parts_out: list[list[torch.Tensor]] = []

@@ -97,7 +97,9 @@ def run_demo(out_dir: str | os.PathLike = "demo", config: DemoConfig = DemoConfi
     t0 = time.perf_counter()
     echo(f"manifoldtrain demo: cube, {config.n_train} training / {config.n_test} test samples, "
          f"MLP {list(config.hidden)} tanh, {config.seconds_per_run:g} s per objective -> {out}")
-    train, test = make_data(config.experiment(config.objectives[0]), progress=config.progress)
+    # One data set for every run, of the highest order any of them needs.
+    richest = max(config.objectives, key=lambda name: OBJECTIVES[name].max_order)
+    train, test = make_data(config.experiment(richest), progress=config.progress)
     runs, histories = [], {}
     for name in config.objectives:
         echo(f"  training '{name}' ({', '.join(OBJECTIVES[name].names)}) ...")
@@ -137,9 +139,12 @@ def format_table(runs: list[dict]) -> str:
     lines = [
         f"{'objective':<10} {'test RMSE':>10} {'RMSE d1':>10} {'RMSE d2':>10} {'epochs':>7} {'seconds':>8}",
     ]
+    def num(v):
+        return f"{v:10.3e}" if v is not None else f"{'-':>10}"
+
     for r in runs:
         lines.append(
-            f"{r['objective']:<10} {r['test_rmse']:10.3e} {r['test_rmse_d1']:10.3e} {r['test_rmse_d2']:10.3e} "
+            f"{r['objective']:<10} {num(r['test_rmse'])} {num(r['test_rmse_d1'])} {num(r['test_rmse_d2'])} "
             f"{r['epochs']:7d} {r['seconds']:8.1f}"
         )
     return "\n".join(lines)
@@ -153,7 +158,7 @@ def plot_report(runs, histories, train, test, out: Path, config: DemoConfig) -> 
 
     from manifoldtrain.experiment import model_from_checkpoint
     from manifoldtrain.plotting import save_figure
-    from manifoldtrain.training import load_checkpoint
+    from manifoldtrain.training import CHECKPOINT_NAME, load_checkpoint
 
     colors = {"value": "tab:blue", "first": "tab:orange", "second": "tab:green"}
     k = len(runs)
@@ -168,7 +173,7 @@ def plot_report(runs, histories, train, test, out: Path, config: DemoConfig) -> 
         pts = [(h["seconds"], h["test"]["rmse"]) for h in histories[name] if "test" in h]
         if pts:
             ax_curve.plot(*zip(*pts), "-o", ms=3, color=colors[name], label=name)
-        model = model_from_checkpoint(load_checkpoint(out / f"run_{name}" / "checkpoint.pt"))
+        model = model_from_checkpoint(load_checkpoint(out / f"run_{name}" / CHECKPOINT_NAME))
         with torch.no_grad():
             pred = model(test.inputs.value.to(next(model.parameters()).dtype)).double().numpy().ravel()
         err = np.abs(pred - truth)

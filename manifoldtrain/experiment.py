@@ -11,10 +11,12 @@ from pathlib import Path
 import torch
 
 from manifoldtrain._io import write_text_atomic
-from manifoldtrain.config import MODEL_KINDS, ExperimentConfig, config_to_dict, save_config
+from manifoldtrain._validation import dtype_from_name
+from manifoldtrain.config import ExperimentConfig, config_to_dict, save_config
 from manifoldtrain.data import JetDataset, cached_jets, generate_jets
 from manifoldtrain.evaluation import Metrics, evaluate
 from manifoldtrain.nn import build_model
+from manifoldtrain.registry import MODELS
 from manifoldtrain.training import CHECKPOINT_NAME, Trainer, load_checkpoint
 
 __all__ = ["make_data", "run_experiment", "model_from_checkpoint", "evaluate_checkpoint", "machine_info", "command_line"]
@@ -38,15 +40,19 @@ def command_line(argv: list[str] | None = None) -> str:
 
 
 def make_data(config: ExperimentConfig, *, progress: bool = True) -> tuple[JetDataset, JetDataset]:
-    """The training and test jets of ``config`` (cached if ``config.data.cache_dir`` is set)."""
+    """The training and test jets of ``config`` (cached if ``config.data.cache_dir`` is set).
+
+    Jets are generated up to the order needed: the objective's, or ``data.test_order`` if
+    higher (value training generates values only).
+    """
     d = config.data
-    dtype = {"float32": torch.float32, "float64": torch.float64}[d.dtype]
+    dtype = dtype_from_name("data.dtype", d.dtype)
     n = d.n_train + d.n_test
-    order = max(config.objective.max_order, 1)
+    order = max(config.objective.max_order, d.test_order if d.test_order is not None else 0)
     if d.cache_dir is not None:
-        data = cached_jets(config.manifold, n, d.cache_dir, seed=d.seed, order=max(order, 2), dtype=dtype, progress=progress)
+        data = cached_jets(config.manifold, n, d.cache_dir, seed=d.seed, order=order, dtype=dtype, progress=progress)
     else:
-        data = generate_jets(config.manifold, n, seed=d.seed, order=2, dtype=dtype, progress=progress)
+        data = generate_jets(config.manifold, n, seed=d.seed, order=order, dtype=dtype, progress=progress)
     return data.split(d.n_test, d.split_seed)
 
 
@@ -66,9 +72,9 @@ def model_from_checkpoint(state: dict) -> torch.nn.Sequential:
     if spec is None:
         raise ValueError("checkpoint: it does not say how to rebuild its model (no model_spec); was it written by run_experiment?")
     table = dict(spec["model"])
-    cls = MODEL_KINDS[table.pop("kind")]
+    cls = MODELS.get(table.pop("kind"))
     config = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in table.items()})
-    dtype = {"float32": torch.float32, "float64": torch.float64}[spec["dtype"]]
+    dtype = dtype_from_name("model_spec.dtype", spec["dtype"])
     inputs = torch.zeros(2, *spec["input_shape"], dtype=dtype)
     targets = torch.zeros(2, *spec["target_shape"], dtype=dtype)
     model = build_model(config, inputs, targets)
@@ -86,9 +92,10 @@ def run_experiment(
 ) -> dict:
     """Train ``config`` into ``out_dir`` and return its results.
 
-    Writes ``out_dir/config.toml``, ``out_dir/checkpoint.pt`` (see :mod:`manifoldtrain.training`)
-    and ``out_dir/results.json``: ``objective`` (term names), ``test`` (metrics), ``seconds``,
-    ``epochs``, ``history``. With ``resume``, a run stopped half way continues from its last
+    Writes ``out_dir/config.toml``, ``out_dir/checkpoint.pt`` (see :mod:`manifoldtrain.training`),
+    ``out_dir/results.json``: ``objective`` (term names), ``test`` (metrics), ``seconds``,
+    ``epochs``, ``history``; and ``out_dir/curves.png``, the learning curves of every term and
+    every recorded test metric. With ``resume``, a run stopped half way continues from its last
     checkpoint. ``data`` may pass ``(train, test)`` directly.
     """
     if not isinstance(config, ExperimentConfig):
@@ -110,11 +117,15 @@ def run_experiment(
         "test": metrics.to_dict(),
         "seconds": trainer.seconds,
         "epochs": trainer.epoch,
-        "steps": trainer.step,
+        "steps": trainer.steps,
         "history": history.records,
         "machine": machine_info(),
     }
     write_text_atomic(out / "results.json", json.dumps(results, indent=2) + "\n")
+    if history.records:
+        from manifoldtrain.plotting import plot_history
+
+        plot_history(history.records, out / "curves.png", title=", ".join(config.objective.names))
     return results
 
 

@@ -22,7 +22,7 @@ import torch
 
 from manifoldtrain._validation import check_int, check_tensor
 
-__all__ = ["Jet", "triu_pairs", "pair_index", "num_pairs"]
+__all__ = ["Jet", "triu_pairs", "pair_index", "num_pairs", "pair_weights"]
 
 
 def num_pairs(d: int) -> int:
@@ -55,6 +55,19 @@ def triu_pairs(d: int, device: torch.device | str | None = None) -> tuple[torch.
         torch.tensor(rows, dtype=torch.long, device=device),
         torch.tensor(cols, dtype=torch.long, device=device),
     )
+
+
+def pair_weights(d: int, device: torch.device | str | None = None, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """How often each stored pair occurs in the full symmetric ``d x d`` matrix: 1 on the
+    diagonal, 2 off it (``[d(d+1)/2]``). A sum over the full matrix is a weighted sum over pairs.
+
+    Examples
+    --------
+    >>> pair_weights(3).tolist()
+    [1.0, 2.0, 2.0, 1.0, 2.0, 1.0]
+    """
+    i, j = triu_pairs(d, device=device)
+    return torch.where(i == j, 1.0, 2.0).to(dtype)
 
 
 def pair_index(i: int, j: int, d: int) -> int:
@@ -175,15 +188,15 @@ class Jet:
         return Jet(*self.components()[: order + 1])
 
     def d2_matrix(self) -> torch.Tensor:
-        """Second derivatives as a full symmetric ``[n, d, d, *shape]`` tensor."""
+        """Second derivatives as a full symmetric ``[n, d, d, *shape]`` tensor (a gather, no
+        in-place writes: safe under ``torch.func`` transforms)."""
         if self.d2 is None:
             raise ValueError("d2_matrix: this jet has no second derivatives (order < 2)")
         d = self.d1.shape[1]
-        i, j = triu_pairs(d, device=self.device)
-        full = self.d2.new_zeros((len(self), d, d, *self.shape))
-        full[:, i, j] = self.d2
-        full[:, j, i] = self.d2
-        return full
+        rows = torch.arange(d).reshape(-1, 1).expand(d, d)
+        lo, hi = torch.minimum(rows, rows.T), torch.maximum(rows, rows.T)
+        index = (lo * d - lo * (lo - 1) // 2 + (hi - lo)).reshape(-1).to(self.device)  # pair_index, vectorised
+        return self.d2[:, index].reshape(len(self), d, d, *self.shape)
 
     def directional(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Derivatives along directions ``v`` in the local coordinates.
@@ -200,16 +213,34 @@ class Jet:
         d2_v : Tensor or None
             ``[n, k, *shape]``, :math:`f_{vv} = \\sum_{i,j} v_i v_j f_{ij}` (``None`` below order 2).
         """
+        d1 = self.along(v)
+        return d1, (self.mixed(v, v) if self.d2 is not None else None)
+
+    def along(self, v: torch.Tensor) -> torch.Tensor:
+        """First derivatives along directions ``v`` ``[n, k, d]``: :math:`f_v = \\sum_i v_i f_i`,
+        ``[n, k, *shape]``."""
         if self.d1 is None:
-            raise ValueError("directional: this jet has no derivatives (order 0)")
+            raise ValueError("along: this jet has no derivatives (order 0)")
         n, d = self.d1.shape[:2]
-        check_tensor("v", v, shape=(n, None, d))
+        check_tensor("v", v, shape=(n, None, d), finite=False)
         v = v.to(self.d1)
-        d1 = torch.einsum("nkd,ndp->nkp", v, self.d1.reshape(n, d, -1))
-        d1 = d1.reshape(n, v.shape[1], *self.shape)
+        return torch.einsum("nkd,ndp->nkp", v, self.d1.reshape(n, d, -1)).reshape(n, v.shape[1], *self.shape)
+
+    def mixed(self, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Mixed second derivatives along pairs of directions, ``[n, k, *shape]``:
+
+        .. math:: f_{uv} = \\sum_{i,j} u_i v_j f_{ij}
+            = \\sum_{i \\le j} \\frac{u_i v_j + u_j v_i}{1 + [i = j]} f_{ij}.
+
+        ``u`` and ``v`` are ``[n, k, d]``.
+        """
         if self.d2 is None:
-            return d1, None
+            raise ValueError("mixed: this jet has no second derivatives (order < 2)")
+        n, d = self.d1.shape[:2]
+        check_tensor("u", u, shape=(n, None, d), finite=False)
+        check_tensor("v", v, shape=(n, u.shape[1], d), finite=False)
+        u, v = u.to(self.d2), v.to(self.d2)
         i, j = triu_pairs(d, device=self.device)
-        vv = v[:, :, i] * v[:, :, j] * torch.where(i == j, 1.0, 2.0).to(v)
-        d2 = torch.einsum("nkq,nqp->nkp", vv, self.d2.reshape(n, len(i), -1))
-        return d1, d2.reshape(n, v.shape[1], *self.shape)
+        coef = (u[:, :, i] * v[:, :, j] + u[:, :, j] * v[:, :, i]) * torch.where(i == j, 0.5, 1.0).to(u)
+        out = torch.einsum("nkq,nqp->nkp", coef, self.d2.reshape(n, len(i), -1))
+        return out.reshape(n, u.shape[1], *self.shape)

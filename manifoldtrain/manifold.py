@@ -114,7 +114,15 @@ class Manifold(abc.ABC):
       with the default and with finite differences);
     * :meth:`check_domain` -- reject points outside the manifold's valid range (the default
       accepts every finite point);
-    * :attr:`coordinate_names` -- labels of the local coordinates for plots.
+    * :attr:`coordinate_names` -- labels of the local coordinates for plots;
+    * :meth:`move` -- the point that local coordinates ``theta`` reach from ``p``, so that
+      ``input(move(p, theta), 0) == input(p, theta)`` (to re-centre the chart, e.g. in the
+      oracle's Gauss-Newton projection).
+      The default, ``points + theta``, is right whenever ``point_shape == (param_dim,)`` and
+      the chart is a translation of the point coordinates, :math:`x(p, \\theta) = x(p + \\theta, 0)`
+      and the same for the target (as in the example below); otherwise override it (the
+      default raises ``NotImplementedError`` when the shapes differ).
+      :func:`manifoldtrain.testing.check_move` verifies either.
 
     In :meth:`input` and :meth:`target`, call :meth:`check_points` and :meth:`check_theta`
     first so that bad arguments get a clear error.
@@ -210,19 +218,71 @@ class Manifold(abc.ABC):
         self.check_domain(points)
         return points
 
-    def check_theta(self, points: torch.Tensor, theta: object) -> torch.Tensor:
+    def check_theta(self, points: torch.Tensor, theta: object, *, finite: bool = False) -> torch.Tensor:
         """Check ``theta``: ``[n, d]`` with the dtype and device of ``points``.
 
-        Finiteness is not checked here, so that the check also runs inside ``torch.func``
-        transforms.
+        Finiteness is checked only if ``finite`` is true (as :meth:`move` does), so that the
+        chart's checks also run inside ``torch.func`` transforms, ``vmap`` included.
+
+        Raises
+        ------
+        TypeError
+            Not a float32/float64 tensor, or a dtype or device other than those of ``points``.
+        ValueError
+            Wrong shape, or (with ``finite``) NaN or inf.
         """
-        check_tensor("theta", theta, shape=(points.shape[0], self.param_dim), finite=False)
+        check_tensor("theta", theta, shape=(points.shape[0], self.param_dim), finite=finite)
         if theta.dtype != points.dtype or theta.device != points.device:
             raise TypeError(
                 f"theta: expected dtype {points.dtype} on {points.device} like points, "
                 f"got {theta.dtype} on {theta.device}"
             )
         return theta
+
+    def move(self, points: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        """The points that local coordinates ``theta`` reach from ``points``: the chart re-centred.
+
+        ``input(move(p, theta), 0) == input(p, theta)`` and ``target(move(p, theta), 0) ==
+        target(p, theta)``, so an algorithm that walks the manifold (the oracle's Gauss-Newton
+        projection) can take jets at the pose it has reached.
+
+        Parameters
+        ----------
+        points : Tensor
+            ``[n, *point_shape]``, float32 or float64, valid points (:meth:`check_points`).
+        theta : Tensor
+            ``[n, d]``, finite, with the dtype and device of ``points``.
+
+        Returns
+        -------
+        Tensor
+            ``[n, *point_shape]``, dtype and device of ``points``.
+
+        Raises
+        ------
+        TypeError, ValueError
+            Bad ``points`` or ``theta`` (NaN or inf in ``theta`` is a ``ValueError``).
+        NotImplementedError
+            The default cannot apply: ``point_shape != (param_dim,)``; override :meth:`move`.
+
+        Notes
+        -----
+        The default returns ``points + theta``. That is right when the chart is a translation
+        of the point coordinates, :math:`x(p, \\theta) = x(p + \\theta, 0)` (and the same for
+        :math:`y`), and wrong otherwise (for example when ``theta`` is scaled, or rotates
+        about the point): override it then. :func:`manifoldtrain.testing.check_move` checks
+        whichever is in use. The result is not checked against :meth:`check_domain`: a large
+        ``theta`` may leave the valid range, which the next :meth:`input` reports.
+        """
+        self.check_points(points)
+        self.check_theta(points, theta, finite=True)
+        if tuple(self.point_shape) != (self.param_dim,):
+            raise NotImplementedError(
+                f"{type(self).__name__}.move: the default (points + theta) needs point_shape == (param_dim,), "
+                f"got point_shape {tuple(self.point_shape)} and param_dim {self.param_dim}; override "
+                "move(points, theta) so that input(move(p, theta), 0) == input(p, theta)"
+            )
+        return points + theta
 
     def jets(self, points: torch.Tensor, order: int = 2) -> tuple[Jet, Jet]:
         """Jets of the input and of the target at ``theta = 0``.

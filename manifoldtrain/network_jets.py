@@ -1,111 +1,376 @@
-"""The network's jet along the manifold, in forward mode.
+"""The network's derivatives along the manifold, in forward mode.
 
 For an input jet :math:`(x, x_i, x_{ij})` the network's jet is
 
 .. math::
     N(x), \\qquad N'(x)\\, x_i, \\qquad N''(x)[x_i, x_j] + N'(x)\\, x_{ij}.
 
-Two implementations, which the tests compare:
+Everything here is built on one primitive, *jet rows*: at an input :math:`x` with
+first-order tangents :math:`t_1, \\dots, t_r` (any vectors in input space) and second-order
+rows given by pairs :math:`(a, b)` of them with a second-order input :math:`t_{ab}`, the
+network's rows are
 
-* :func:`network_jet` (fast, *Taylor mode*): all ``1 + d + d(d+1)/2`` jet rows pass through
-  the layers together, stacked as ``[n, rows, *features]``; a linear layer is one matrix
-  product over all rows, an activation applies the chain rule of :mod:`manifoldtrain.nn`.
-  Supports ``nn.Sequential`` models of the layers listed there.
-* :func:`network_jet_nested` (reference, any model): nested ``torch.func.jvp`` along the ``d``
-  directions and ``d(d+1)/2`` pairs, vectorised with ``vmap``.
+.. math::
+    N(x), \\qquad N'(x)\\, t_a, \\qquad N''(x)[t_a, t_b] + N'(x)\\, t_{ab}.
 
-Neither forms the network's Jacobian. :func:`directional_network_jet` gives derivatives along
-``k`` random combinations of the coordinates, the cheap estimate of the derivative loss.
+The full jet is the case :math:`t_i = x_i` with every pair :math:`i \\le j` and
+:math:`t_{ij} = x_{ij}`; derivatives along random directions of the coordinates,
+:math:`t = x_u, x_v` with :math:`t_{uv} = x_{uv}`, and responses to input perturbations
+:math:`t = \\delta` are others. Two implementations, which the tests compare:
+
+* :func:`taylor_rows` (fast, *Taylor mode*): all rows pass through the layers together,
+  stacked as ``[n, rows, *features]``; a linear layer is one matrix product over all rows, an
+  activation applies the chain rule. Supports models built from layers with a *jet rule*
+  (:func:`check_jet_model`, :func:`register_jet_rule`).
+* :func:`nested_jvp_rows` (reference, any model): nested ``torch.func.jvp``, vectorised with
+  ``vmap``. Chosen explicitly by the caller; nothing falls back to it silently.
+
+Neither forms the network's Jacobian.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import attrs
 import torch
 from torch import nn
 from torch.func import jvp, vmap
 
-from manifoldtrain._validation import check_int, check_tensor
+from manifoldtrain._validation import check_tensor
 from manifoldtrain.jet import Jet, triu_pairs
-from manifoldtrain.nn import Affine, SmoothActivation
+from manifoldtrain.nn import GELU, Affine, Sigmoid, SiLU, SmoothActivation, Tanh
 
-__all__ = ["network_jet", "network_jet_nested", "directional_network_jet", "check_jet_model"]
+__all__ = [
+    "RowLayout",
+    "taylor_rows",
+    "nested_jvp_rows",
+    "network_jet",
+    "network_jet_nested",
+    "check_jet_model",
+    "register_jet_rule",
+    "JetRule",
+]
 
-_LINEAR = (nn.Linear, nn.Conv1d, nn.Conv2d)
-_SHAPE = (nn.Flatten, nn.Unflatten, nn.Identity)
+
+@attrs.frozen(eq=False)
+class RowLayout:
+    """How stacked jet rows ``[n, 1 + first + len(pair_a), *features]`` are laid out.
+
+    Row 0 is the value, rows ``1 .. first`` the first-order rows, the rest second-order rows;
+    second-order row ``k`` belongs to the pair ``(pair_a[k], pair_b[k])`` of first-order rows
+    (indices ``0 .. first - 1``).
+
+    Attributes
+    ----------
+    first : int
+        Number of first-order rows.
+    pair_a, pair_b : Tensor
+        ``[p]`` long, on the rows' device.
+    """
+
+    first: int
+    pair_a: torch.Tensor
+    pair_b: torch.Tensor
 
 
-def check_jet_model(model: nn.Module) -> nn.Sequential:
+#: A jet rule maps a layer's stacked input rows to its output rows: ``rule(layer, rows, layout)``.
+JetRule = Callable[[nn.Module, torch.Tensor, RowLayout], torch.Tensor]
+
+_RULES: dict[type, JetRule] = {}
+
+
+def register_jet_rule(layer_type: type, rule: JetRule) -> None:
+    """Teach the Taylor-mode pass a layer type: ``rule(layer, rows, layout) -> rows``.
+
+    ``rows`` is ``[n, 1 + layout.first + p, *features]`` (see :class:`RowLayout`); the rule
+    returns the layer's output rows in the same layout. A module may instead define a method
+    ``jet_rows(rows, layout)``, which takes precedence.
+
+    Examples
+    --------
+    A layer that doubles its input is linear, so every row doubles:
+
+    >>> class Double(nn.Module):
+    ...     def forward(self, x):
+    ...         return 2 * x
+    >>> register_jet_rule(Double, lambda layer, rows, layout: 2 * rows)
+    >>> x = Jet(torch.ones(1, 3), torch.ones(1, 2, 3), torch.ones(1, 3, 3))
+    >>> network_jet(nn.Sequential(Double()), x).d2[0, 0].tolist()
+    [2.0, 2.0, 2.0]
+    """
+    if not isinstance(layer_type, type) or not issubclass(layer_type, nn.Module):
+        raise TypeError(f"layer_type: expected a subclass of nn.Module, got {layer_type!r}")
+    if not callable(rule):
+        raise TypeError(f"rule: expected a callable (layer, rows, layout) -> rows, got {type(rule).__name__}")
+    _RULES[layer_type] = rule
+
+
+def _per_row(layer: nn.Module, rows: torch.Tensor) -> torch.Tensor:
+    """Apply ``layer`` to every row as if it were a sample."""
+    n, r = rows.shape[:2]
+    out = layer(rows.reshape(n * r, *rows.shape[2:]))
+    return out.reshape(n, r, *out.shape[1:])
+
+
+def _linear_rule(layer, rows, layout):
+    n, r = rows.shape[:2]
+    flat = rows.reshape(n * r, *rows.shape[2:])
+    if isinstance(layer, nn.Linear):
+        out = nn.functional.linear(flat, layer.weight)
+    else:
+        out = layer._conv_forward(flat, layer.weight, None)
+    out = out.reshape(n, r, *out.shape[1:])
+    if layer.bias is None:
+        return out
+    bias = layer.bias if isinstance(layer, nn.Linear) else layer.bias.reshape(-1, *([1] * (out.dim() - 3)))
+    return torch.cat([out[:, :1] + bias, out[:, 1:]], dim=1)
+
+
+def _affine_rule(layer, rows, layout):
+    scaled = rows * layer.scale
+    return torch.cat([scaled[:, :1] + layer.shift, scaled[:, 1:]], dim=1)
+
+
+def _shape_rule(layer, rows, layout):
+    return _per_row(layer, rows)
+
+
+def _activation_rule(derivatives):
+    """The chain rule for an elementwise activation with ``derivatives(v) = (f, f', f'')``."""
+
+    def rule(layer, rows, layout):
+        f, df, d2f = derivatives(layer, rows[:, :1])
+        d1 = rows[:, 1 : 1 + layout.first]
+        parts = [f, df * d1]
+        if rows.shape[1] > 1 + layout.first:
+            parts.append(df * rows[:, 1 + layout.first :] + d2f * d1[:, layout.pair_a] * d1[:, layout.pair_b])
+        return torch.cat(parts, dim=1)
+
+    return rule
+
+
+def _sequential_rule(layer, rows, layout):
+    for child in layer:
+        rows = _apply(child, rows, layout)
+    return rows
+
+
+def _torch_gelu_derivatives(layer, v):
+    if layer.approximate != "none":
+        raise TypeError("model: nn.GELU(approximate='tanh') has no jet rule; use approximate='none' or manifoldtrain.nn.GELU")
+    return GELU.derivatives(None, v)
+
+
+for _t in (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d):
+    register_jet_rule(_t, _linear_rule)
+for _t in (nn.Flatten, nn.Unflatten, nn.Identity):
+    register_jet_rule(_t, _shape_rule)
+register_jet_rule(Affine, _affine_rule)
+register_jet_rule(SmoothActivation, _activation_rule(lambda layer, v: layer.derivatives(v)))
+register_jet_rule(nn.Tanh, _activation_rule(lambda layer, v: Tanh.derivatives(None, v)))
+register_jet_rule(nn.Sigmoid, _activation_rule(lambda layer, v: Sigmoid.derivatives(None, v)))
+register_jet_rule(nn.SiLU, _activation_rule(lambda layer, v: SiLU.derivatives(None, v)))
+register_jet_rule(nn.GELU, _activation_rule(_torch_gelu_derivatives))
+register_jet_rule(nn.Sequential, _sequential_rule)
+
+
+def _rule_for(layer: nn.Module) -> JetRule | None:
+    if callable(getattr(layer, "jet_rows", None)):
+        return lambda module, rows, layout: module.jet_rows(rows, layout)
+    for cls in type(layer).__mro__:
+        if cls in _RULES:
+            return _RULES[cls]
+    return None
+
+
+def _apply(layer: nn.Module, rows: torch.Tensor, layout: RowLayout) -> torch.Tensor:
+    rule = _rule_for(layer)
+    if rule is None:  # check_jet_model ran first; this only happens for a model changed since
+        check_jet_model(layer)
+    return rule(layer, rows, layout)
+
+
+def _unsupported(module: nn.Module, path: str) -> str | None:
+    """Path of the first layer without a jet rule, or None."""
+    rule = _rule_for(module)
+    if rule is None:
+        return path
+    if rule is _sequential_rule:
+        for name, child in module.named_children():
+            bad = _unsupported(child, f"{path}.{name}")
+            if bad is not None:
+                return bad
+    return None
+
+
+def check_jet_model(model: nn.Module) -> nn.Module:
     """Check that the Taylor-mode pass supports every layer of ``model``; return it.
+
+    Supported: ``nn.Sequential`` (nested too) of layers with a jet rule: ``nn.Linear``,
+    ``nn.Conv1d/2d/3d``, :class:`~manifoldtrain.nn.Affine`, ``nn.Flatten``, ``nn.Unflatten``,
+    ``nn.Identity``, the smooth activations of :mod:`manifoldtrain.nn` and torch's ``nn.Tanh``,
+    ``nn.Sigmoid``, ``nn.SiLU``, ``nn.GELU``; any layer registered with
+    :func:`register_jet_rule`; any module with a ``jet_rows(rows, layout)`` method.
 
     Raises
     ------
     TypeError
-        If ``model`` is not an ``nn.Sequential`` or has a layer without a jet rule, naming
-        the layer (e.g. a ReLU: not twice differentiable).
+        Naming the first layer without a jet rule by its path (e.g. ``model.2 (ReLU)``), with
+        the remedy: a smooth activation, a registered rule, or :func:`nested_jvp_rows`.
     """
-    if not isinstance(model, nn.Sequential):
-        raise TypeError(f"model: the Taylor-mode jet needs an nn.Sequential, got {type(model).__name__}")
-    for k, layer in enumerate(model):
-        if isinstance(layer, nn.Sequential):
-            check_jet_model(layer)
-        elif not isinstance(layer, (*_LINEAR, *_SHAPE, Affine, SmoothActivation)):
-            raise TypeError(
-                f"model: layer {k} ({type(layer).__name__}) has no jet rule; derivative training needs "
-                "twice-differentiable activations (manifoldtrain.nn: Tanh, Sigmoid, Softplus, GELU, SiLU, Sine) "
-                "and linear or shape layers (Linear, Conv1d, Conv2d, Affine, Flatten, Unflatten)"
-            )
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+    bad = _unsupported(model, "model")
+    if bad is not None:
+        layer = model.get_submodule(bad.removeprefix("model").lstrip(".")) if bad != "model" else model
+        raise TypeError(
+            f"model: layer {bad} ({type(layer).__name__}) has no jet rule. Derivative training needs "
+            "twice-differentiable activations (manifoldtrain.nn: Tanh, Sigmoid, Softplus, GELU, SiLU, Sine) and "
+            "linear or shape layers (Linear, Conv1d/2d/3d, Affine, Flatten, Unflatten) in nn.Sequential; register a "
+            "rule for your own layer with manifoldtrain.network_jets.register_jet_rule, or choose the slower "
+            "nested_jvp_rows / network_jet_nested explicitly"
+        )
     return model
 
 
-def _taylor(model: nn.Sequential, rows: torch.Tensor, d: int, pair_i: torch.Tensor, pair_j: torch.Tensor) -> torch.Tensor:
-    """Push stacked jet rows ``[n, 1 + d + P, *f]`` through ``model``.
+def _check_rows(model, value, tangents, second, pairs) -> tuple[torch.Tensor, torch.Tensor]:
+    check_tensor("value", value, finite=False)
+    n, shape = value.shape[0], tuple(value.shape[1:])
+    check_tensor("tangents", tangents, shape=(n, None, *shape), finite=False)
+    for name, t in (("tangents", tangents), ("second", second)):
+        if t is not None and (t.dtype != value.dtype or t.device != value.device):
+            raise TypeError(f"{name}: expected dtype {value.dtype} on {value.device} like value, got {t.dtype} on {t.device}")
+    param = next(iter(model.parameters()), None)
+    if param is not None and (param.dtype != value.dtype or param.device != value.device):
+        raise TypeError(
+            f"value: the model's parameters are {param.dtype} on {param.device}, the inputs {value.dtype} on "
+            f"{value.device}; move one to the other (model.to(...) or jet.to(...))"
+        )
+    if second is None:
+        return torch.zeros(0, dtype=torch.long, device=value.device), torch.zeros(0, dtype=torch.long, device=value.device)
+    check_tensor("second", second, shape=(n, None, *shape), finite=False)
+    if pairs is None:
+        raise ValueError("pairs: second-order rows need their pairs of first-order rows ([p, 2] indices)")
+    pairs = torch.as_tensor(pairs, device=value.device)
+    if pairs.dtype != torch.long or pairs.shape != (second.shape[1], 2):
+        raise ValueError(f"pairs: expected a long tensor [{second.shape[1]}, 2], got {pairs.dtype} {list(pairs.shape)}")
+    if len(pairs) and (int(pairs.min()) < 0 or int(pairs.max()) >= tangents.shape[1]):
+        raise ValueError(f"pairs: indices must lie in 0..{tangents.shape[1] - 1} (the first-order rows)")
+    return pairs[:, 0], pairs[:, 1]
 
-    Row 0 is the value, rows ``1..d`` first derivatives, the last ``P`` second derivatives
-    of the pairs ``(pair_i, pair_j)`` (indices into the first-derivative rows).
+
+def taylor_rows(
+    model: nn.Module,
+    value: torch.Tensor,
+    tangents: torch.Tensor,
+    second: torch.Tensor | None = None,
+    pairs: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The network's jet rows by one Taylor-mode pass (fast path).
+
+    Parameters
+    ----------
+    model : nn.Module
+        Built from layers with jet rules (:func:`check_jet_model`).
+    value : Tensor
+        ``[n, *input_shape]``, the input :math:`x`; dtype and device of the model.
+    tangents : Tensor
+        ``[n, r, *input_shape]``, first-order inputs :math:`t_a`.
+    second : Tensor, optional
+        ``[n, p, *input_shape]``, second-order inputs :math:`t_{ab}`.
+    pairs : Tensor, optional
+        ``[p, 2]`` long, the pair ``(a, b)`` of each second-order row.
+
+    Returns
+    -------
+    value : Tensor
+        ``[n, *output_shape]``, :math:`N(x)`.
+    first : Tensor
+        ``[n, r, *output_shape]``, :math:`N'(x)\\, t_a`.
+    second : Tensor or None
+        ``[n, p, *output_shape]``, :math:`N''(x)[t_a, t_b] + N'(x)\\, t_{ab}`.
+
+    Examples
+    --------
+    >>> from manifoldtrain.nn import Tanh
+    >>> model = nn.Sequential(nn.Linear(3, 4), Tanh(), nn.Linear(4, 2)).double()
+    >>> x, t, tt = torch.randn(5, 3).double(), torch.randn(5, 2, 3).double(), torch.randn(5, 1, 3).double()
+    >>> pairs = torch.tensor([[0, 1]])
+    >>> fast, slow = taylor_rows(model, x, t, tt, pairs), nested_jvp_rows(model, x, t, tt, pairs)
+    >>> all(torch.allclose(a, b) for a, b in zip(fast, slow))
+    True
     """
-    n, r = rows.shape[:2]
-    for layer in model:
-        if isinstance(layer, nn.Sequential):
-            rows = _taylor(layer, rows, d, pair_i, pair_j)
-        elif isinstance(layer, _LINEAR):
-            flat = rows.reshape(n * r, *rows.shape[2:])
-            if isinstance(layer, nn.Linear):
-                out = nn.functional.linear(flat, layer.weight)
-            else:
-                out = layer._conv_forward(flat, layer.weight, None)
-            out = out.reshape(n, r, *out.shape[1:])
-            if layer.bias is not None:
-                bias = layer.bias if isinstance(layer, nn.Linear) else layer.bias.reshape(-1, *([1] * (out.dim() - 3)))
-                out = torch.cat([out[:, :1] + bias, out[:, 1:]], dim=1)
-            rows = out
-        elif isinstance(layer, Affine):
-            scaled = rows * layer.scale
-            rows = torch.cat([scaled[:, :1] + layer.shift, scaled[:, 1:]], dim=1)
-        elif isinstance(layer, _SHAPE):
-            out = layer(rows.reshape(n * r, *rows.shape[2:]))
-            rows = out.reshape(n, r, *out.shape[1:])
-        elif isinstance(layer, SmoothActivation):
-            f, df, d2f = layer.derivatives(rows[:, :1])
-            d1 = rows[:, 1 : 1 + d]
-            parts = [f, df * d1]
-            if rows.shape[1] > 1 + d:
-                parts.append(df * rows[:, 1 + d :] + d2f * d1[:, pair_i] * d1[:, pair_j])
-            rows = torch.cat(parts, dim=1)
-        else:
-            check_jet_model(nn.Sequential(layer))
-    return rows
+    check_jet_model(model)
+    pair_a, pair_b = _check_rows(model, value, tangents, second, pairs)
+    parts = [value[:, None], tangents] + ([second] if second is not None else [])
+    layout = RowLayout(tangents.shape[1], pair_a, pair_b)
+    out = _apply(model, torch.cat(parts, dim=1), layout)
+    r = tangents.shape[1]
+    return out[:, 0], out[:, 1 : 1 + r], (out[:, 1 + r :] if second is not None else None)
 
 
-def network_jet(model: nn.Sequential, input_jet: Jet) -> Jet:
+def nested_jvp_rows(
+    model: nn.Module,
+    value: torch.Tensor,
+    tangents: torch.Tensor,
+    second: torch.Tensor | None = None,
+    pairs: torch.Tensor | None = None,
+    *,
+    chunk_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The same rows as :func:`taylor_rows` by nested ``torch.func.jvp`` (reference; any model).
+
+    :math:`N'(x)\\, t_a` is one ``jvp`` per row; :math:`N''(x)[t_a, t_b] + N'(x)\\, t_{ab}` a
+    ``jvp`` of a ``jvp`` plus a ``jvp``, all vectorised with ``vmap`` (``chunk_size`` rows at a
+    time).
+    """
+    pair_a, pair_b = _check_rows(model, value, tangents, second, pairs)
+    out = model(value)
+
+    def first(t):
+        return jvp(model, (value,), (t,))[1]
+
+    d1 = vmap(first, in_dims=1, out_dims=1, chunk_size=chunk_size)(tangents)
+    if second is None:
+        return out, d1, None
+
+    def mixed(ta, tb, tab):
+        inner = lambda z: jvp(model, (z,), (ta,))[1]  # noqa: E731
+        return jvp(inner, (value,), (tb,))[1] + jvp(model, (value,), (tab,))[1]
+
+    d2 = vmap(mixed, in_dims=1, out_dims=1, chunk_size=chunk_size)(tangents[:, pair_a], tangents[:, pair_b], second)
+    return out, d1, d2
+
+
+RowsFunction = Callable[..., tuple[torch.Tensor, torch.Tensor, "torch.Tensor | None"]]
+
+
+def _jet_by(rows_fn: RowsFunction, model: nn.Module, input_jet: Jet) -> Jet:
+    if not isinstance(input_jet, Jet):
+        raise TypeError(f"input_jet: expected a Jet, got {type(input_jet).__name__}")
+    if input_jet.order == 0:  # the value alone: a plain forward pass (after the same checks)
+        empty = input_jet.value.new_zeros(len(input_jet), 0, *input_jet.shape)
+        _check_rows(model, input_jet.value, empty, None, None)
+        return Jet(model(input_jet.value))
+    pairs = None
+    if input_jet.order == 2:
+        pairs = torch.stack(triu_pairs(input_jet.param_dim, device=input_jet.device), dim=1)
+    value, d1, d2 = rows_fn(model, input_jet.value, input_jet.d1, input_jet.d2, pairs)
+    return Jet(value, d1, d2)
+
+
+def network_jet(model: nn.Module, input_jet: Jet) -> Jet:
     """The network's jet along the manifold by one Taylor-mode pass (fast path).
 
     Parameters
     ----------
-    model : nn.Sequential
-        Layers with jet rules (:func:`check_jet_model`).
+    model : nn.Module
+        Layers with jet rules (:func:`check_jet_model`); a model without them is an error
+        naming the layer (use :func:`network_jet_nested` for it, explicitly).
     input_jet : Jet
         ``value [n, *input_shape]``, ``d1 [n, d, *input_shape]``, ``d2 [n, d(d+1)/2, *input_shape]``
-        (order 0, 1 or 2).
+        (order 0, 1 or 2), in the model's dtype and on its device.
 
     Returns
     -------
@@ -114,7 +379,6 @@ def network_jet(model: nn.Sequential, input_jet: Jet) -> Jet:
 
     Examples
     --------
-    >>> import torch
     >>> from manifoldtrain.nn import Tanh
     >>> model = torch.nn.Sequential(torch.nn.Linear(3, 4), Tanh(), torch.nn.Linear(4, 2)).double()
     >>> x = Jet(torch.randn(5, 3).double(), torch.randn(5, 2, 3).double(), torch.randn(5, 3, 3).double())
@@ -122,85 +386,9 @@ def network_jet(model: nn.Sequential, input_jet: Jet) -> Jet:
     >>> all(torch.allclose(a, b) for a, b in zip(fast.components(), slow.components()))
     True
     """
-    check_jet_model(model)
-    if not isinstance(input_jet, Jet):
-        raise TypeError(f"input_jet: expected a Jet, got {type(input_jet).__name__}")
-    comps = input_jet.components()
-    d = input_jet.param_dim or 0
-    rows = torch.cat([comps[0][:, None], *comps[1:]], dim=1)
-    pair_i, pair_j = triu_pairs(d, device=rows.device) if input_jet.order == 2 else (None, None)
-    out = _taylor(model, rows, d, pair_i, pair_j)
-    parts = [out[:, 0]]
-    if input_jet.order >= 1:
-        parts.append(out[:, 1 : 1 + d])
-    if input_jet.order == 2:
-        parts.append(out[:, 1 + d :])
-    return Jet(*parts)
+    return _jet_by(taylor_rows, model, input_jet)
 
 
-def network_jet_nested(model: nn.Module, input_jet: Jet, *, chunk_size: int | None = None) -> Jet:
-    """The network's jet by nested ``torch.func.jvp`` (the straightforward reference; any model).
-
-    ``N'(x) x_i`` is one ``jvp`` per direction; ``N''(x)[x_i, x_j] + N'(x) x_ij`` a ``jvp`` of a
-    ``jvp`` plus a ``jvp`` per pair, all vectorised with ``vmap`` (``chunk_size`` at a time).
-    """
-    if not isinstance(input_jet, Jet):
-        raise TypeError(f"input_jet: expected a Jet, got {type(input_jet).__name__}")
-    x = input_jet.value
-    value = model(x)
-    if input_jet.order == 0:
-        return Jet(value)
-
-    def first(t):
-        return jvp(model, (x,), (t,))[1]
-
-    d1 = vmap(first, in_dims=1, out_dims=1, chunk_size=chunk_size)(input_jet.d1)
-    if input_jet.order == 1:
-        return Jet(value, d1)
-    i, j = triu_pairs(input_jet.param_dim, device=x.device)
-
-    def second(ti, tj, tij):
-        inner = lambda z: jvp(model, (z,), (ti,))[1]  # noqa: E731
-        return jvp(inner, (x,), (tj,))[1] + jvp(model, (x,), (tij,))[1]
-
-    d2 = vmap(second, in_dims=1, out_dims=1, chunk_size=chunk_size)(input_jet.d1[:, i], input_jet.d1[:, j], input_jet.d2)
-    return Jet(value, d1, d2)
-
-
-def directional_network_jet(
-    model: nn.Sequential, input_jet: Jet, directions: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """The network's derivatives along ``k`` directions of the local coordinates.
-
-    With :math:`x_v = \\sum_i v_i x_i` and :math:`x_{vv} = \\sum_{ij} v_i v_j x_{ij}`, returns
-    :math:`N(x)`, :math:`N'(x) x_v` and :math:`N''(x)[x_v, x_v] + N'(x) x_{vv}`: one Taylor-mode
-    pass with ``1 + 2k`` rows instead of ``1 + d + d(d+1)/2``.
-
-    Parameters
-    ----------
-    model : nn.Sequential
-    input_jet : Jet
-        Order 1 or 2.
-    directions : Tensor
-        ``[n, k, d]``.
-
-    Returns
-    -------
-    value : Tensor
-        ``[n, *out]``.
-    d1_v, d2_v : Tensor
-        ``[n, k, *out]`` (``d2_v`` is ``None`` for an order-1 input jet).
-    """
-    check_jet_model(model)
-    if input_jet.order < 1:
-        raise ValueError("input_jet: directional derivatives need a jet of order >= 1")
-    n, d = len(input_jet), input_jet.param_dim
-    check_tensor("directions", directions, shape=(n, None, d))
-    k = directions.shape[1]
-    check_int("directions.shape[1]", k, minimum=1)
-    x_v, x_vv = input_jet.directional(directions)
-    parts = [input_jet.value[:, None], x_v] + ([x_vv] if x_vv is not None else [])
-    rows = torch.cat(parts, dim=1)
-    diag = torch.arange(k, device=rows.device)
-    out = _taylor(model, rows, k, diag, diag)
-    return out[:, 0], out[:, 1 : 1 + k], (out[:, 1 + k :] if x_vv is not None else None)
+def network_jet_nested(model: nn.Module, input_jet: Jet) -> Jet:
+    """The network's jet by nested ``torch.func.jvp`` (:func:`nested_jvp_rows`; any model)."""
+    return _jet_by(nested_jvp_rows, model, input_jet)

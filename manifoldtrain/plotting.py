@@ -138,3 +138,35 @@ def show(
     if out is not None:
         save_figure(fig, out)
     return fig
+
+
+def plot_history(records: list[dict], path: str | os.PathLike, *, title: str = "") -> None:
+    """Learning curves of one run: the training loss of every term, and every test metric the
+    Trainer recorded (one panel each), against training seconds; written atomically to ``path``.
+
+    ``records`` is :attr:`manifoldtrain.training.History.records`.
+    """
+    from matplotlib.figure import Figure
+
+    if not records:
+        raise ValueError("records: no epochs to plot")
+    seconds = [r["seconds"] for r in records]
+    tested = [r for r in records if "test" in r]
+    names = list(dict.fromkeys(k for r in tested for k, v in r["test"].items() if v is not None))
+    panels = 1 + len(names)
+    cols = min(panels, 3)
+    fig = Figure(figsize=(4.2 * cols, 3.3 * math.ceil(panels / cols)), layout="constrained")
+    ax = fig.add_subplot(math.ceil(panels / cols), cols, 1)
+    for term in records[-1]["losses"]:
+        ax.plot(seconds, [max(r["losses"].get(term, 0.0), 1e-30) for r in records], label=term)
+    ax.set(xlabel="training seconds", ylabel="training loss (weighted)", yscale="log", title="training loss per term")
+    ax.legend(fontsize=8)
+    for k, name in enumerate(names, start=2):
+        ax = fig.add_subplot(math.ceil(panels / cols), cols, k)
+        pts = [(r["seconds"], r["test"][name]) for r in tested if r["test"].get(name) is not None]
+        ax.plot(*zip(*pts), "-o", ms=3)
+        positive = all(v > 0 for _, v in pts)
+        ax.set(xlabel="training seconds", ylabel=name, yscale="log" if positive else "linear", title=f"test: {name}")
+    if title:
+        fig.suptitle(title)
+    save_figure(fig, path)

@@ -5,8 +5,8 @@ Checkpoints
 ``checkpoint_dir/checkpoint.pt`` is rewritten atomically (temporary file, then rename) every
 ``checkpoint_every`` epochs and at the end. It holds plain data only and loads with
 ``torch.load(..., weights_only=True)``: model and optimiser state, the generator that orders
-batches and draws random directions, epoch, step, training seconds, history, the configs and
-the training data's fingerprint. :meth:`Trainer.fit` with ``resume=True`` continues from it:
+batches and draws random directions, epoch, step count, training seconds, history, the
+configs, the loss scales and each term's normaliser, and the training data's fingerprint. :meth:`Trainer.fit` with ``resume=True`` continues from it:
 a run killed at any moment and resumed finishes with the same weights as an uninterrupted
 run (with an epoch budget; a wall-clock budget depends on the machine's speed).
 """
@@ -17,22 +17,26 @@ import contextlib
 import math
 import os
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import attrs
 import torch
 
 from manifoldtrain._io import atomic_path
+from manifoldtrain._plain import plain
 from manifoldtrain._validation import attrs_validator, check_float, check_int
 from manifoldtrain.data import JetDataset, check_dataset
-from manifoldtrain.evaluation import evaluate
+from manifoldtrain.evaluation import JetRMSE, check_metric_values
+from manifoldtrain.jet import Jet
+from manifoldtrain.network_jets import check_jet_model, taylor_rows
 from manifoldtrain.objectives import LossScales, Objective
 
 __all__ = ["TrainConfig", "Trainer", "History", "load_checkpoint", "CHECKPOINT_NAME"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_FORMAT = "manifoldtrain-checkpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
 
 
 def _optional_positive(instance, attribute, value):
@@ -106,7 +110,7 @@ class TrainConfig:
 class History:
     """What happened, one record per epoch: ``epoch``, ``step``, ``seconds`` (training time),
     ``lr``, ``loss`` (mean training objective over the epoch), ``losses`` (per term) and, when
-    evaluated, ``test`` (:class:`~manifoldtrain.evaluation.Metrics` as a dict)."""
+    evaluated, ``test`` (every metric's numbers by name, e.g. ``rmse``)."""
 
     records: list = attrs.field(factory=list)
     finished: bool = False
@@ -153,35 +157,37 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     return state
 
 
-def _plain(value):
-    """attrs instances and tuples as JSON-able dicts and lists."""
-    if attrs.has(type(value)):
-        return {"kind": type(value).__name__, **{f.name: _plain(getattr(value, f.name)) for f in attrs.fields(type(value))}}
-    if isinstance(value, (tuple, list)):
-        return [_plain(v) for v in value]
-    if isinstance(value, type):
-        return value.__name__
-    return value
-
-
 class Trainer:
     """Trains ``model`` on ``train`` with ``objective``: one loop whatever the objective.
 
     Parameters
     ----------
-    model : nn.Sequential
+    model : nn.Module
         Built e.g. by :func:`manifoldtrain.nn.build_model`; batches are moved to its device
         and dtype.
     objective : Objective
     train : JetDataset
-        Training jets (of at least the objective's order).
+        Training jets, of at least the objective's order (:attr:`Objective.max_order`).
     test : JetDataset, optional
-        Evaluated every ``config.eval_every`` epochs and at the end.
+        Scored by ``metrics`` every ``config.eval_every`` epochs and at the end.
     config : TrainConfig
     checkpoint_dir : path, optional
         Where checkpoints go (none are written without it).
     extra : dict, optional
         JSON-able data stored in checkpoints (e.g. how to rebuild the model).
+    metrics : sequence of callables
+        Each ``metric(model, test) -> dict[str, float | None]``
+        (:class:`~manifoldtrain.evaluation.Metric`); their numbers go to the history's
+        ``test`` records. Default: :class:`~manifoldtrain.evaluation.JetRMSE`.
+    rows_fn : callable
+        The network's jet rows: :func:`~manifoldtrain.network_jets.taylor_rows` (default) or
+        :func:`~manifoldtrain.network_jets.nested_jvp_rows`.
+
+    Notes
+    -----
+    The training jets are truncated to the objective's order and put in scaled coordinates
+    (:meth:`LossScales.scale_jet`) once, here; :meth:`batch` gathers from them and
+    :meth:`step` takes one optimiser step on a batch. :meth:`fit` is the loop around them.
     """
 
     def __init__(
@@ -194,6 +200,8 @@ class Trainer:
         *,
         checkpoint_dir: str | os.PathLike | None = None,
         extra: dict | None = None,
+        metrics: Sequence[Callable] = (JetRMSE(),),
+        rows_fn: Callable = taylor_rows,
     ):
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
@@ -203,31 +211,35 @@ class Trainer:
             raise TypeError(f"config: expected a TrainConfig, got {type(config).__name__}")
         self.model = model
         self.objective = objective
-        self.train = check_dataset("train", train, order=max(objective.max_order, 1))
+        self.train = check_dataset("train", train, order=objective.max_order)
         self.test = check_dataset("test", test) if test is not None else None
         if self.test is not None:
-            for what in ("inputs", "targets"):
-                a, b = getattr(self.train, what), getattr(self.test, what)
-                if a.shape != b.shape:
-                    raise ValueError(f"test: its {what} have shape {list(b.shape)}, the training data {list(a.shape)}")
-                # A value-only (order-0) test set has no coordinates and is fine: it is scored on values.
-                if b.param_dim is not None and a.param_dim != b.param_dim:
-                    raise ValueError(
-                        f"test: its {what} have {b.param_dim} local coordinates, the training data {a.param_dim}"
-                    )
+            _check_alike(self.train, self.test)
+        self.metrics = tuple(metrics)
+        for m in self.metrics:
+            if not callable(m):
+                raise TypeError(f"metrics: expected callables (model, data) -> dict, got {type(m).__name__}")
+            if self.test is not None and callable(getattr(m, "check", None)):
+                m.check(model, self.test)
+        if rows_fn is taylor_rows and objective.max_order >= 1:
+            check_jet_model(model)
+        self.rows_fn = rows_fn
         self.config = config
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.extra = dict(extra or {})
+        order = objective.max_order
         self.scales = LossScales.from_data(self.train.inputs, self.train.targets)
-        self._train_inputs = self.train.inputs.truncate(objective.max_order)
-        self._train_targets = self.train.targets.truncate(objective.max_order)
+        self.normalisers = objective.normalisers(self.scales)
+        # Scaled once: every step gathers from these.
+        self._train_inputs = self.scales.scale_jet(self.train.inputs.truncate(order))
+        self._train_targets = self.scales.scale_jet(self.train.targets.truncate(order))
         param = next(iter(model.parameters()))
         self.device, self.dtype = param.device, param.dtype
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.history = History()
         self.epoch = 0
-        self.step = 0
+        self.steps = 0
         self.seconds = 0.0
         self._bar_by_time = False
 
@@ -241,8 +253,8 @@ class Trainer:
 
     def _identity(self) -> dict:
         return {
-            "train_config": _plain(self.config),
-            "objective": _plain(self.objective),
+            "train_config": plain(self.config),
+            "objective": plain(self.objective),
             "data_fingerprint": self.train.meta.get("fingerprint"),
             "n_train": len(self.train),
         }
@@ -256,10 +268,11 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
             "epoch": self.epoch,
-            "step": self.step,
+            "step": self.steps,
             "seconds": self.seconds,
             "history": {"records": self.history.records, "finished": self.history.finished},
-            "scales": _plain(self.scales),
+            "scales": plain(self.scales),
+            "normalisers": dict(self.normalisers),
             "extra": self.extra,
             **self._identity(),
         }
@@ -274,16 +287,12 @@ class Trainer:
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from a checkpoint of the same run (same configs, objective and data)."""
-        mine = self._identity()
-        for key, value in mine.items():
-            if key == "train_config":
-                # The progress bar does not change the run.
-                a = {k: v for k, v in state[key].items() if k != "progress"}
-                b = {k: v for k, v in value.items() if k != "progress"}
-                same = a == b
-            else:
-                same = state.get(key) == value
-            if not same:
+        for key, value in self._identity().items():
+            theirs = state.get(key)
+            if key == "train_config":  # the progress bar does not change the run
+                theirs = {k: v for k, v in (theirs or {}).items() if k != "progress"}
+                value = {k: v for k, v in value.items() if k != "progress"}
+            if theirs != value:
                 raise ValueError(
                     f"checkpoint: it belongs to a run with another {key.replace('_', ' ')}; resume in the same "
                     "settings, or use a new checkpoint directory"
@@ -291,12 +300,13 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
-        self.epoch, self.step, self.seconds = state["epoch"], state["step"], state["seconds"]
+        self.epoch, self.steps, self.seconds = state["epoch"], state["step"], state["seconds"]
         self.history = History(list(state["history"]["records"]), bool(state["history"]["finished"]))
 
-    def _fraction(self) -> float:
+    def progress(self) -> float:
+        """The fraction of the training budget spent (0..1): steps or seconds, whichever is further."""
         cfg = self.config
-        frac = self.step / (cfg.epochs * self.steps_per_epoch)
+        frac = self.steps / (cfg.epochs * self.steps_per_epoch)
         if cfg.time_budget is not None:
             frac = max(frac, self.seconds / cfg.time_budget)
         return frac
@@ -304,6 +314,58 @@ class Trainer:
     def _out_of_budget(self) -> bool:
         cfg = self.config
         return self.epoch >= cfg.epochs or (cfg.time_budget is not None and self.seconds >= cfg.time_budget)
+
+    def batch(self, indices: torch.Tensor) -> tuple[Jet, Jet]:
+        """The training samples at ``indices`` (``[b]`` long), scaled, on the model's device and
+        dtype, of the objective's order: what :meth:`step` takes."""
+        x = self._train_inputs[indices].to(device=self.device, dtype=self.dtype)
+        y = self._train_targets[indices].to(device=self.device, dtype=self.dtype)
+        return x, y
+
+    def step(self, batch: tuple[Jet, Jet]) -> dict[str, float]:
+        """One optimiser step on ``batch`` (from :meth:`batch`): learning rate from the
+        schedule, the objective's losses, backward, gradient clipping, AdamW.
+
+        Returns each term's weighted loss. Raises ``FloatingPointError`` naming the step and
+        the terms if the loss is NaN or infinite (the weights are then left unchanged).
+        """
+        x, y = batch
+        cfg = self.config
+        fraction = self.progress()
+        lr = cfg.learning_rate_at(fraction)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        losses = self.objective.losses(
+            self.model, x, y, self.scales, generator=self.generator, rows_fn=self.rows_fn, progress=fraction,
+            scaled=True, normalisers=self.normalisers,
+        )
+        loss = sum(losses.values())
+        if not bool(torch.isfinite(loss.detach())):
+            bad = {k: v.item() for k, v in losses.items()}
+            raise FloatingPointError(
+                f"loss: became {loss.item()} at epoch {self.epoch + 1}, step {self.steps + 1} (terms {bad}); "
+                "lower the learning rate, clip gradients (grad_clip) or check the data for NaN"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        self.steps += 1
+        return {k: float(v.detach()) for k, v in losses.items()}
+
+    def evaluate(self) -> dict[str, float | None]:
+        """Every metric's numbers on the test data, by name (empty without test data)."""
+        out: dict[str, float | None] = {}
+        if self.test is None:
+            return out
+        for metric in self.metrics:
+            values = check_metric_values(metric, metric(self.model, self.test))
+            clash = sorted(set(values) & set(out))
+            if clash:
+                raise ValueError(f"metrics: more than one metric reports {clash}; names must be unique")
+            out.update(values)
+        return out
 
     def fit(self, *, resume: bool = True) -> History:
         """Train until the epoch or time budget is spent; returns the history.
@@ -328,7 +390,7 @@ class Trainer:
                        desc=", ".join(self.objective.names), disable=not cfg.progress, leave=False, dynamic_ncols=True,
                        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}{postfix}]")
         else:
-            bar = tqdm(total=total_steps, initial=min(self.step, total_steps), desc=", ".join(self.objective.names),
+            bar = tqdm(total=total_steps, initial=min(self.steps, total_steps), desc=", ".join(self.objective.names),
                        unit="step", disable=not cfg.progress, leave=False, dynamic_ncols=True)
         self._bar_by_time = by_time
         try:
@@ -339,8 +401,9 @@ class Trainer:
                     last = max((r["seconds"] for r in self.history.records[:-1] if "test" in r), default=0.0)
                     due_eval = due_eval or self.seconds - last >= cfg.eval_interval
                 if self.test is not None and (due_eval or self._out_of_budget()):
-                    self.history.records[-1]["test"] = evaluate(self.model, self.test).to_dict()
-                    bar.set_postfix(loss=f"{self.history.records[-1]['loss']:.3e}", test_rmse=f"{self.history.last_test['rmse']:.2e}")
+                    self.history.records[-1]["test"] = self.evaluate()
+                    shown = {k: f"{v:.2e}" for k, v in self.history.last_test.items() if v is not None}
+                    bar.set_postfix(loss=f"{self.history.records[-1]['loss']:.3e}", **dict(list(shown.items())[:2]))
                 self.history.finished = self._out_of_budget()
                 if self.checkpoint_path is not None and (self.epoch % cfg.checkpoint_every == 0 or self.history.finished):
                     self.save_checkpoint()
@@ -360,42 +423,35 @@ class Trainer:
                 break
             t0 = time.perf_counter()
             idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-            lr = cfg.learning_rate_at(self._fraction())
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            # Gather only the orders the objective uses (value training copies no derivatives).
-            x = self._train_inputs[idx].to(device=self.device, dtype=self.dtype)
-            y = self._train_targets[idx].to(device=self.device, dtype=self.dtype)
-            losses = self.objective.losses(self.model, x, y, self.scales, generator=self.generator, progress=self._fraction())
-            loss = sum(losses.values())
-            if not bool(torch.isfinite(loss.detach())):
-                bad = {k: v.item() for k, v in losses.items()}
-                raise FloatingPointError(
-                    f"loss: became {loss.item()} at epoch {self.epoch + 1}, step {self.step + 1} (terms {bad}); "
-                    "lower the learning rate, clip gradients (grad_clip) or check the data for NaN"
-                )
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-            self.optimizer.step()
-            self.step += 1
+            losses = self.step(self.batch(idx))
             self.seconds += time.perf_counter() - t0
             for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(idx)
+                sums[k] = sums.get(k, 0.0) + v * len(idx)
             count += len(idx)
             bar.update(round(min(self.seconds, bar.total), 1) - bar.n if self._bar_by_time else 1)
             if b % 10 == 0:
-                bar.set_postfix(loss=f"{loss.item():.3e}", lr=f"{lr:.1e}", refresh=False)
+                bar.set_postfix(loss=f"{sum(losses.values()):.3e}", lr=f"{self.optimizer.param_groups[0]['lr']:.1e}",
+                                refresh=False)
         self.epoch += 1
         losses_mean = {k: v / max(count, 1) for k, v in sums.items()}
         self.history.records.append(
             {
                 "epoch": self.epoch,
-                "step": self.step,
+                "step": self.steps,
                 "seconds": self.seconds,
                 "lr": self.optimizer.param_groups[0]["lr"],
                 "loss": sum(losses_mean.values()),
                 "losses": losses_mean,
             }
         )
+
+
+def _check_alike(train: JetDataset, test: JetDataset) -> None:
+    """Test data must have the training data's shapes (and coordinates, where it has any)."""
+    for what in ("inputs", "targets"):
+        a, b = getattr(train, what), getattr(test, what)
+        if a.shape != b.shape:
+            raise ValueError(f"test: its {what} have shape {list(b.shape)}, the training data {list(a.shape)}")
+        # A value-only (order-0) set has no coordinates and is fine: it is scored on values.
+        if None not in (a.param_dim, b.param_dim) and a.param_dim != b.param_dim:
+            raise ValueError(f"test: its {what} have {b.param_dim} local coordinates, the training data {a.param_dim}")

@@ -15,8 +15,4 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parent / "data"
 
 
-def cuda_devices():
-    return ["cuda"] if torch.cuda.is_available() else []
-
-
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

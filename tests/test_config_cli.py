@@ -68,7 +68,10 @@ def test_toml_round_trip(tmp_path):
     "table, error, message",
     [
         ({"modle": {}}, ValueError, "unknown table.*modle"),
-        ({"model": {"kind": "resnet"}}, ValueError, "model.kind: expected one of"),
+        ({"model": {"kind": "resnet"}}, ValueError, r"model.kind: unknown model 'resnet'; expected one of \['convnet', 'mlp'\]"),
+        ({"objective": {"terms": [{"kind": "nosuch_module:MyTerm"}]}}, ValueError, r"objective.terms\[0\].kind: cannot import module 'nosuch_module'"),
+        ({"objective": {"terms": [{"kind": "manifoldtrain.nn:MLPConfig"}]}}, TypeError, r"objective.terms\[0\].kind: .* is not a subclass of Term"),
+        ({"objective": {"terms": [{"kind": "manifoldtrain.nn:NoSuch"}]}}, ValueError, "has no 'NoSuch'"),
         ({"model": {"kind": "mlp", "width": 3}}, ValueError, r"model: unknown key\(s\) \['width'\]"),
         ({"model": {"kind": "mlp", "activation": "relu"}}, ValueError, "model.activation"),
         ({"train": {"epochs": 0}}, ValueError, "train.epochs"),
@@ -101,8 +104,9 @@ def test_generate_train_evaluate_commands(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--config", str(tmp_path / "c.toml"), "--out", str(run)]) == 0
     results = json.loads((run / "results.json").read_text())
-    assert results["epochs"] == 3 and results["test"]["n"] == 16
-    assert (run / "config.toml").exists() and (run / "checkpoint.pt").exists()
+    assert results["epochs"] == 3 and results["test"]["n"] == 16 and results["test"]["jet"] == "network_jet"
+    assert all("rmse_d2" in r["test"] for r in results["history"] if "test" in r)
+    assert (run / "config.toml").exists() and (run / "checkpoint.pt").exists() and (run / "curves.png").exists()
     capsys.readouterr()
     assert main(["evaluate", "--run", str(run), "--data", str(cache), "--json", str(tmp_path / "m.json")]) == 0
     metrics = json.loads(capsys.readouterr().out)

@@ -299,6 +299,99 @@ def test_rotation_vector_inverts_rotation_matrix():
     assert (rotation_matrix(rotation_vector(rotation_matrix(near_pi))) - rotation_matrix(near_pi)).abs().max() < 1e-12
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gradients_through_move_are_finite_at_theta_zero(dtype):
+    """d/dtheta input(move(p, theta), 0) at theta = 0, also at the identity rotation (w = 0),
+    by autograd and by torch.func.jvp: finite, equal to the derivative of input(p, theta) itself
+    and to the analytic d1 (checked by finite differences elsewhere); move's result still
+    reproduces input(p, theta)."""
+    cube = Cube()
+    points = cube.sample(3, torch.Generator().manual_seed(0), dtype=torch.float64)
+    # Zero rotation vector. (Not pose 0 itself: there the front corner sits exactly on the centre
+    # pixel, where input's own forward-mode derivative is NaN in float32, move or not.)
+    identity = torch.tensor([[0.0, 0.0, 0.0, 0.1, -0.05, 0.0], [0.0, 0.0, 0.0, 0.05, 0.08, 0.2]], dtype=torch.float64)
+    points = torch.cat([points, identity]).to(dtype)
+    n = points.shape[0]
+    zero = torch.zeros(n, 6, dtype=dtype)
+    d1 = cube.jets(points, order=1)[0].d1.sum((-2, -1))  # [n, 6]
+    scale = d1.abs().max()
+    same = (1e-12 if dtype == torch.float64 else 1e-5) * scale
+    analytic = (1e-10 if dtype == torch.float64 else 2e-4) * scale
+
+    theta = zero.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(cube.input(cube.move(points, theta), zero).sum(), theta)
+    direct = zero.clone().requires_grad_(True)
+    (grad_direct,) = torch.autograd.grad(cube.input(points, direct).sum(), direct)
+    assert torch.isfinite(grad).all()
+    assert (grad - grad_direct).abs().max() <= same
+    assert (grad - d1).abs().max() <= analytic
+
+    for k in range(6):
+        v = torch.zeros(n, 6, dtype=dtype)
+        v[:, k] = 1.0
+        _, dimage = torch.func.jvp(lambda t: cube.input(cube.move(points, t), zero), (zero,), (v,))
+        assert (dimage.sum((-2, -1)) - d1[:, k]).abs().max() <= analytic
+
+    # move alone, at pose 0 too: its derivatives in theta and in the pose are finite.
+    points0 = torch.cat([points, torch.zeros(1, 6, dtype=dtype)])
+    zero0 = torch.zeros(n + 1, 6, dtype=dtype)
+    jac = torch.func.jacfwd(lambda t: cube.move(points0, t))(zero0)
+    assert torch.isfinite(jac).all()
+    theta0, pose0 = zero0.clone().requires_grad_(True), points0.clone().requires_grad_(True)
+    assert all(torch.isfinite(g).all() for g in torch.autograd.grad(cube.move(pose0, theta0).sum(), (theta0, pose0)))
+    # At pose 0, moving by theta = (x, y, z, a, b, c) gives w = (a, b, c), t = (x, y, z) to first order.
+    swap = torch.eye(6, dtype=dtype).roll(3, dims=1)
+    assert (jac[-1, :, -1] - swap).abs().max() <= 10 * torch.finfo(dtype).eps
+
+    theta = 0.05 * torch.randn(n, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(dtype)
+    match = 1e-13 if dtype == torch.float64 else 1e-5
+    assert (cube.input(cube.move(points, theta), zero) - cube.input(points, theta)).abs().max() < match
+    assert (cube.target(cube.move(points, theta), zero) - cube.target(points, theta)).abs().max() < match
+
+
+def test_gradient_through_move_matches_finite_differences():
+    cube = Cube()
+    identity = torch.tensor([[0.0, 0.0, 0.0, 0.1, -0.05, 0.0]], dtype=torch.float64)  # zero rotation
+    points = torch.cat([cube.sample(2, torch.Generator().manual_seed(3), dtype=torch.float64), identity])
+    zero = torch.zeros(3, 6, dtype=torch.float64)
+    weights = torch.rand(3, 41, 41, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+
+    def loss(theta):  # per sample
+        return (cube.input(cube.move(points, theta), zero) * weights).sum((-2, -1))
+
+    theta = zero.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(loss(theta).sum(), theta)
+    step, eye = 1e-5, torch.eye(6, dtype=torch.float64)
+    fd = torch.stack([loss(zero + step * eye[k]) - loss(zero - step * eye[k]) for k in range(6)], dim=1) / (2 * step)
+    assert (grad - fd).abs().max() <= 1e-7 * fd.abs().max()
+
+
+def test_rotation_vector_derivatives_at_the_identity():
+    from manifoldtrain.manifolds._rotation import rotation_matrix, rotation_vector
+
+    for dtype in (torch.float32, torch.float64):
+        eye = torch.eye(3, dtype=dtype)
+        for w in (torch.zeros(3, dtype=dtype), torch.tensor([1e-5, 0.0, 0.0], dtype=dtype)):
+            roundtrip = lambda w: rotation_vector(rotation_matrix(w))  # noqa: E731
+            for jac in (torch.func.jacfwd(roundtrip)(w), torch.func.jacrev(roundtrip)(w)):
+                assert (jac - eye).abs().max() < 10 * torch.finfo(dtype).eps
+            # The identity rotation's second derivatives too (the series branch): zero.
+            assert torch.func.jacfwd(torch.func.jacfwd(roundtrip))(w).abs().max() < 1e-6
+
+
+def test_move_checks_theta():
+    cube = Cube()
+    p = torch.zeros(2, 6, dtype=torch.float64)
+    with pytest.raises(ValueError, match="theta: expected finite"):
+        cube.move(p, torch.tensor([[0.0] * 6, [0.0, 0, 0, float("nan"), 0, 0]], dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"theta: expected shape \[2, 6\]"):
+        cube.move(p, torch.zeros(2, 5, dtype=torch.float64))
+    with pytest.raises(TypeError, match="theta: expected dtype torch.float64"):
+        cube.move(p, torch.zeros(2, 6, dtype=torch.float32))
+    with pytest.raises(ValueError, match="points: .*in front of the camera"):
+        cube.move(torch.tensor([[0.0, 0, 0, 0, 0, 4.7]], dtype=torch.float64), torch.zeros(1, 6, dtype=torch.float64))
+
+
 def test_far_and_near_parts_take_the_same_branch():
     """Regression: at this float32 pose a pixel has |h| = |k| to rounding for one edge end; the
     far part and the Owen's T part once decided |k| > |h| from differently rounded values and

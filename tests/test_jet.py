@@ -104,3 +104,30 @@ def test_directional_matches_chart_jet_along_a_line():
     dv, dvv = jet.directional(v)
     torch.testing.assert_close(dv[:, 0], line.d1[:, 0])
     torch.testing.assert_close(dvv[:, 0], line.d2[:, 0])
+
+
+def test_mixed_derivative_is_the_cross_derivative_of_a_plane():
+    """f_uv from the stored pairs equals d^2/ds dt f(theta + s u + t v) by nested torch.func."""
+    theta = torch.randn(3, 3, dtype=torch.float64)
+    u, v = torch.randn(3, 2, 3, dtype=torch.float64), torch.randn(3, 2, 3, dtype=torch.float64)
+    jet = chart_jet(_poly, theta, 2)
+    got = jet.mixed(u, v)
+    for k in range(2):
+        plane = chart_jet(lambda st: _poly(theta + st[:, :1] * u[:, k] + st[:, 1:] * v[:, k]), torch.zeros(3, 2, dtype=torch.float64), 2)
+        torch.testing.assert_close(got[:, k], plane.d2[:, 1])  # pair (0, 1) = (s, t)
+    torch.testing.assert_close(jet.mixed(u, v), jet.mixed(v, u))
+    torch.testing.assert_close(jet.mixed(v, v), jet.directional(v)[1])
+    with pytest.raises(ValueError, match="v"):
+        jet.mixed(u, v[:, :1])
+    with pytest.raises(ValueError, match="second derivatives"):
+        jet.truncate(1).mixed(u, v)
+
+
+def test_pair_weights_count_the_full_matrix():
+    from manifoldtrain.jet import pair_weights
+
+    d = 4
+    d2 = torch.randn(2, num_pairs(d), 3, dtype=torch.float64)
+    jet = Jet(torch.zeros(2, 3, dtype=torch.float64), torch.zeros(2, d, 3, dtype=torch.float64), d2)
+    full_sum = jet.d2_matrix().pow(2).sum((1, 2))
+    torch.testing.assert_close((d2.pow(2) * pair_weights(d)[:, None]).sum(1), full_sum)

@@ -116,8 +116,17 @@ def test_train_speed_benchmark_quick(tmp_path):
     result = json.loads(out.read_text())
     impls = {(r["objective"], r["implementation"]) for r in result["step_cost"]}
     assert ("second", "taylor") in impls and ("second", "nested jvp") in impls and ("second", "random k=1") in impls
-    assert result["step_cost"][0]["ratio_to_value"] == 1.0
-    assert result["time_to_accuracy"]["best_value_rmse"] > 0
+    base = result["step_cost"][0]["seconds_per_sample"]
+    for r in result["step_cost"]:
+        assert r["ratio_to_value"] == pytest.approx(r["seconds_per_sample"] / base)
+    by_impl = {r["implementation"]: r["terms"] for r in result["step_cost"] if r["objective"] == "second"}
+    assert by_impl["random k=2"] == ["value", "d1 (2 random)", "d2 (2 random)"]
+    # The random-direction estimates average to the full terms (20 draws, within 5 standard errors).
+    for r in result["estimate_spread"]:
+        assert abs(r["mean"] - r["full"]) < 5 * r["relative_sd"] * r["full"] / 20**0.5, r
+    tta = result["time_to_accuracy"]
+    assert tta["best_value_rmse"] == min(rmse for _, rmse in tta["curves"]["value"])
+    assert tta["best_second_rmse"] == min(rmse for _, rmse in tta["curves"]["second"])
 
 
 def test_accuracy_benchmark_quick(tmp_path):
@@ -126,7 +135,11 @@ def test_accuracy_benchmark_quick(tmp_path):
     assert mod["main"](["--quick", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert {r["objective"] for r in result["runs"]} == {"value", "first", "second"}
-    assert result["summary"]["ratio_value_to_second_test_rmse"][0] > 0
+    by = {r["objective"]: r for r in result["runs"]}
+    ratio = result["summary"]["ratio_value_to_second_test_rmse"]
+    assert ratio[2] == [pytest.approx(by["value"]["test_rmse"] / by["second"]["test_rmse"])]
+    for r in result["runs"]:
+        assert r["best_test_rmse"] == min(rmse for _, rmse in r["curve"])
     assert result["meta"]["view"] == "wall-clock"
     assert (tmp_path / "acc.png").exists()
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import attrs
 import pytest
 import torch
 
@@ -17,7 +18,7 @@ from manifoldtrain.evaluation import evaluate
 from manifoldtrain.manifolds import Cube
 from manifoldtrain.nn import MLPConfig, build_model
 from manifoldtrain.objectives import DerivativeTerm, LossScales, Objective, ValueTerm
-from manifoldtrain.training import Trainer, TrainConfig, load_checkpoint
+from manifoldtrain.training import CHECKPOINT_NAME, Trainer, TrainConfig, load_checkpoint
 
 from conftest import ROOT
 from train_run import make_trainer
@@ -121,18 +122,6 @@ def test_loss_scales_balance_coordinates(small_data):
     torch.testing.assert_close(rms, torch.ones(6, dtype=torch.float64), rtol=1e-5, atol=0)
 
 
-class Exact(torch.nn.Module):
-    """A 'network' that is exact on a linear manifold: N(x) = A x."""
-
-    def __init__(self, a):
-        super().__init__()
-        self.lin = torch.nn.Linear(a.shape[1], a.shape[0], bias=False)
-        self.lin.weight.data = a
-
-    def forward(self, x):
-        return self.lin(x)
-
-
 def test_losses_vanish_for_an_exact_network_and_random_directions_estimate_the_full_loss():
     g = torch.Generator().manual_seed(0)
     a = torch.randn(3, 5, generator=g, dtype=torch.float64)
@@ -143,12 +132,7 @@ def test_losses_vanish_for_an_exact_network_and_random_directions_estimate_the_f
     scales = LossScales.from_data(x, y)
     objective = Objective((ValueTerm(), DerivativeTerm(1), DerivativeTerm(2)))
     assert all(v.item() < 1e-28 for v in objective.losses(model, x, y, scales).values())
-    # A wrong network: the random-direction first-order loss estimates the full one.
-    model[0].weight.data = a + 0.1 * torch.randn(3, 5, generator=g, dtype=torch.float64)
-    full = objective.losses(model, x, y, scales)["d1 (full)"].item()
-    rand = Objective((DerivativeTerm(1, directions=64),)).losses(model, x, y, scales, generator=g)["d1 (64 random)"].item()
-    assert abs(rand - full) < 0.1 * full
-    # Mixed full and random terms come from one full pass.
+    # Mixed full and random terms come from one pass.
     mixed = Objective((ValueTerm(), DerivativeTerm(1), DerivativeTerm(2, directions=3))).losses(model, x, y, scales, generator=g)
     assert set(mixed) == {"value", "d1 (full)", "d2 (3 random)"}
 
@@ -160,8 +144,8 @@ def test_objective_validation():
         Objective(("value",))
     with pytest.raises(ValueError, match="once"):
         Objective((ValueTerm(), ValueTerm(weight=2.0)))
-    with pytest.raises(ValueError, match="share one number of directions"):
-        Objective((DerivativeTerm(1, directions=1), DerivativeTerm(2, directions=2)))
+    with pytest.raises(ValueError, match="weights: expected 3 numbers"):
+        Objective.second_order(weights=(1.0, 1.0))
     with pytest.raises(ValueError, match="order"):
         DerivativeTerm(3)
     with pytest.raises(ValueError, match="weight"):
@@ -184,9 +168,18 @@ def _trainer(data, objective, tmp_path=None, **kw):
                                        Objective.second_order(directions=1)], ids=lambda o: ",".join(o.names))
 def test_every_objective_trains_with_the_same_loop(small_data, objective):
     trainer = _trainer(small_data, objective, epochs=4)
+    # Training with any objective (random directions included) lowers the full objective.
+    full = Objective(tuple(attrs.evolve(t, directions=None) if isinstance(t, DerivativeTerm) else t for t in objective.terms))
+    x, y = trainer.train.inputs.to(torch.float32), trainer.train.targets.to(torch.float32)
+
+    def full_loss():
+        with torch.no_grad():
+            return sum(full.losses(trainer.model, x.truncate(full.max_order), y.truncate(full.max_order), trainer.scales).values()).item()
+
+    before = full_loss()
     history = trainer.fit()
     assert [r["epoch"] for r in history.records] == [1, 2, 3, 4]
-    assert history.records[-1]["loss"] < history.records[0]["loss"]
+    assert full_loss() < before
     assert set(history.records[0]["losses"]) == set(objective.names)
     assert history.last_test["rmse"] > 0 and history.last_test["rmse_d2"] > 0
 
@@ -214,15 +207,16 @@ def test_time_budget_stops_training(small_data):
 def test_checkpoint_loads_with_weights_only(small_data, tmp_path):
     trainer = _trainer(small_data, Objective.first_order(), tmp_path)
     trainer.fit()
-    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    state = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)
     assert state["epoch"] == 3 and state["history"]["finished"]
-    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == trainer.step
+    assert load_checkpoint(tmp_path / CHECKPOINT_NAME)["step"] == trainer.steps
+    assert set(state["normalisers"]) == {"value", "d1 (full)"} and state["scales"]["energy"][0] > 0
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         load_checkpoint(tmp_path / "missing.pt")
     # A finished run resumes to itself; a different run in the same directory is refused.
     again = _trainer(small_data, Objective.first_order(), tmp_path)
     again.fit()
-    assert again.step == trainer.step
+    assert again.steps == trainer.steps
     with pytest.raises(ValueError, match="another objective"):
         _trainer(small_data, Objective.value(), tmp_path).fit()
     with pytest.raises(ValueError, match="another train config"):
@@ -233,7 +227,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
     """Kill a training subprocess mid-run (SIGKILL), resume it, compare with an uninterrupted run."""
     run_dir = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "train_run.py"), str(run_dir)], cwd=ROOT)
-    ckpt = run_dir / "checkpoint.pt"
+    ckpt = run_dir / CHECKPOINT_NAME
     deadline = time.time() + 120
     epoch = 0
     while time.time() < deadline and proc.poll() is None:
@@ -287,10 +281,16 @@ def test_evaluate_computes_the_rmse(small_data):
         pred = network_jet(model, small_data.inputs)
     for got, a, b in zip((m.rmse, m.rmse_d1, m.rmse_d2), pred.components(), small_data.targets.components()):
         assert math.isclose(got, (a - b).double().pow(2).mean().sqrt().item(), rel_tol=1e-6)
-    assert m.n == 48 and set(m.to_dict()) == {"rmse", "rmse_d1", "rmse_d2", "n"}
+    assert m.n == 48 and set(m.to_dict()) == {"rmse", "rmse_d1", "rmse_d2", "n", "jet"} and m.jet == "network_jet"
     assert evaluate(model, small_data, order=0).rmse_d1 is None
     relu = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(81, 8), torch.nn.ReLU(), torch.nn.Linear(8, 9))
-    assert evaluate(relu, small_data).rmse_d2 is not None  # nested jvp for models without jet rules
+    with pytest.raises(TypeError, match=r"model\.2 \(ReLU\) has no jet rule"):  # no silent fallback
+        evaluate(relu, small_data)
+    from manifoldtrain.network_jets import network_jet_nested
+
+    nested = evaluate(relu, small_data, jet_fn=network_jet_nested)  # chosen explicitly, and said so
+    assert nested.rmse_d2 is not None and nested.jet == "network_jet_nested"
+    assert evaluate(relu, small_data, order=0).jet == "forward"
 
 
 @pytest.mark.parametrize("mode", [False, True])
@@ -314,8 +314,9 @@ def test_random_directions_are_isotropic_on_the_sphere():
     assert (cov - torch.eye(6, dtype=torch.float64)).abs().max() < 0.03
 
 
-def test_random_direction_normalisers_are_the_expected_squares():
-    """LossScales' d1_random and d2_random equal E[y_v^2] and E[y_vv^2] (Monte Carlo)."""
+def test_energies_are_the_mean_squares_along_random_directions():
+    """energy[1] = E[y_u^2] / d and energy[2] = E[y_uv^2] / d^2 for independent u, v (Monte Carlo):
+    the random-direction terms share the full terms' normalisers."""
     from manifoldtrain.objectives import random_directions
 
     g = torch.Generator().manual_seed(1)
@@ -323,10 +324,11 @@ def test_random_direction_normalisers_are_the_expected_squares():
     y = Jet(*(torch.randn(s, generator=g, dtype=torch.float64) for s in [(50, 2), (50, 3, 2), (50, 6, 2)]))
     scales = LossScales.from_data(x, y)
     ys = scales.scale_jet(y)
-    v = random_directions(50, 4000, 3, g)
-    y1, y2 = ys.directional(v)
-    assert abs(y1.pow(2).mean().item() / scales.d1_random - 1) < 0.03
-    assert abs(y2.pow(2).mean().item() / scales.d2_random - 1) < 0.03
+    u, v = random_directions(50, 4000, 3, g), random_directions(50, 4000, 3, g)
+    assert abs(ys.along(u).pow(2).mean().item() / 3 / scales.energy[1] - 1) < 0.03
+    assert abs(ys.mixed(u, v).pow(2).mean().item() / 9 / scales.energy[2] - 1) < 0.03
+    values_only = LossScales.from_data(x.truncate(0), y.truncate(0))
+    assert values_only.coordinate == () and values_only.energy == (scales.energy[0],)
 
 
 def test_terms_can_join_later():
@@ -359,3 +361,29 @@ def test_trainer_names_mismatched_data(small_data):
         Trainer(model, Objective.value(), train.inputs)
     with pytest.raises(ValueError, match="train: expected jets of order >= 2"):
         Trainer(model, Objective.second_order(), generate_jets(SMALL, 8, seed=0, order=1, progress=False))
+
+
+def test_fingerprint_hashes_tensor_settings_by_content():
+    """Canonical JSON of plain values; tensor-valued settings by a hash of their content."""
+    import attrs as _attrs
+
+    from manifoldtrain.manifold import Manifold
+
+    @_attrs.frozen(eq=False)
+    class Weighted(Manifold):
+        weights: torch.Tensor
+        param_dim, point_shape, input_shape, target_shape = 1, (1,), (3,), (1,)
+
+        def sample(self, n, generator=None, *, dtype=None, device=None):
+            return torch.rand(n, 1, generator=generator, dtype=dtype or torch.float64)
+
+        def input(self, points, theta):
+            return (points + theta) * self.weights
+
+        def target(self, points, theta):
+            return points + theta
+
+    key = lambda m: fingerprint(m, 8, 0, 2, torch.float32, torch.float64)  # noqa: E731
+    a, same, other = Weighted(torch.arange(3.0)), Weighted(torch.arange(3.0)), Weighted(torch.arange(3.0) + 1e-6)
+    assert key(a) == key(same) != key(other)
+    assert key(Weighted(torch.arange(3.0, dtype=torch.float64))) != key(a)  # the dtype is part of the content

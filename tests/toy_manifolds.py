@@ -78,3 +78,56 @@ class AnalyticSphere(Sphere):
         d_pa = torch.stack([-cp * sa, cp * ca, torch.zeros_like(sp)], dim=1)
         d_aa = torch.stack([-sp * ca, -sp * sa, torch.zeros_like(sp)], dim=1)
         return x, Jet(value, d1, torch.stack([d_pp, d_pa, d_aa], dim=1))
+
+
+class ScaledSphere(Sphere):
+    """Sphere whose local coordinates are in units of ``scale`` radians (as when the units of
+    theta are chosen to balance the jets): the chart is no translation of the point, so it
+    overrides ``move``."""
+
+    scale = 0.5
+
+    def _xyz(self, points, theta):
+        return super()._xyz(points, self.scale * theta)
+
+    def move(self, points, theta):
+        self.check_points(points)
+        self.check_theta(points, theta, finite=True)
+        return points + self.scale * theta
+
+
+class WrongMoveSphere(ScaledSphere):
+    """ScaledSphere that keeps the default ``move`` (points + theta), wrong for its chart:
+    ``check_move`` must catch it."""
+
+    move = Manifold.move
+
+
+class TorusWinding(Manifold):
+    """A winding line on a torus: points are two angles, one local coordinate moves along the
+    line. ``point_shape != (param_dim,)`` and ``move`` is not overridden, so the default raises
+    ``NotImplementedError`` and ``check_move`` reports itself skipped."""
+
+    param_dim = 1
+    point_shape = (2,)
+    input_shape = (4,)
+    target_shape = (3,)
+    slope = 2.0
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
+
+    def sample(self, n, generator=None, *, dtype=None, device=None):
+        u = torch.rand(n, 2, generator=generator, dtype=torch.float64)
+        return (2 * math.pi * u).to(dtype=dtype or torch.get_default_dtype(), device=device)
+
+    def target(self, points, theta):
+        self.check_points(points)
+        self.check_theta(points, theta)
+        phi, psi = points[:, 0] + theta[:, 0], points[:, 1] + self.slope * theta[:, 0]
+        ring = 1.0 + 0.4 * torch.cos(psi)
+        return torch.stack([ring * torch.cos(phi), ring * torch.sin(phi), 0.4 * torch.sin(psi)], dim=1)
+
+    def input(self, points, theta):
+        xyz = self.target(points, theta)
+        return torch.cat([torch.tanh(xyz), (xyz * xyz).sum(1, keepdim=True)], dim=1)

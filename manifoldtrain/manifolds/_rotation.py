@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["axis_rotation", "rotation_matrix", "generators"]
+__all__ = ["axis_rotation", "rotation_matrix", "generators", "rotation_vector"]
 
 
 def axis_rotation(axis: int, angle: torch.Tensor) -> torch.Tensor:
@@ -64,26 +64,41 @@ def rotation_vector(r: torch.Tensor) -> torch.Tensor:
     """Rotation vector ``[..., 3]`` (axis times angle in ``[0, pi]``) of rotation matrices ``[..., 3, 3]``.
 
     The inverse of :func:`rotation_matrix`, through the unit quaternion (Shepperd's method:
-    the largest of the four candidate components is computed first, for accuracy at any
+    the largest of the four quaternion components is computed first, for accuracy at any
     angle).
+
+    Differentiable everywhere the result is (autograd and ``torch.func`` alike, float32 and
+    float64), including the identity: no branch that ``torch.where`` or the pivot selection
+    discards ever sees a zero under a square root or in a denominator, so no NaN or inf leaks
+    into the gradients ("double where").
     """
     m00, m11, m22 = r[..., 0, 0], r[..., 1, 1], r[..., 2, 2]
     trace = m00 + m11 + m22
     cand = torch.stack([trace, m00, m11, m22], dim=-1)
     pick = cand.argmax(dim=-1)
-    # The four formulas for (w, x, y, z), each divided by its own pivot; keep the picked one.
-    s0 = torch.sqrt((1 + trace).clamp_min(1e-300)) * 2
-    q0 = torch.stack([s0 / 4, (r[..., 2, 1] - r[..., 1, 2]) / s0, (r[..., 0, 2] - r[..., 2, 0]) / s0, (r[..., 1, 0] - r[..., 0, 1]) / s0], -1)
-    s1 = torch.sqrt((1 + m00 - m11 - m22).clamp_min(1e-300)) * 2
-    q1 = torch.stack([(r[..., 2, 1] - r[..., 1, 2]) / s1, s1 / 4, (r[..., 0, 1] + r[..., 1, 0]) / s1, (r[..., 0, 2] + r[..., 2, 0]) / s1], -1)
-    s2 = torch.sqrt((1 + m11 - m00 - m22).clamp_min(1e-300)) * 2
-    q2 = torch.stack([(r[..., 0, 2] - r[..., 2, 0]) / s2, (r[..., 0, 1] + r[..., 1, 0]) / s2, s2 / 4, (r[..., 1, 2] + r[..., 2, 1]) / s2], -1)
-    s3 = torch.sqrt((1 + m22 - m00 - m11).clamp_min(1e-300)) * 2
-    q3 = torch.stack([(r[..., 1, 0] - r[..., 0, 1]) / s3, (r[..., 0, 2] + r[..., 2, 0]) / s3, (r[..., 1, 2] + r[..., 2, 1]) / s3, s3 / 4], -1)
+    # 4 q_k^2 = 1 + 2 cand_k - trace for the k-th component (w, x, y, z); the picked one is the
+    # largest of four squares that sum to 1, so its pivot is >= 1 for a rotation: one square
+    # root, shared by the four candidate formulas, never at 0 (the clamp only guards matrices
+    # that are far from orthogonal).
+    tiny = torch.finfo(r.dtype).tiny
+    pivot = cand.gather(-1, pick[..., None])[..., 0]
+    s = torch.sqrt((1 + 2 * pivot - trace).clamp_min(tiny)) * 2
+    d21, d02, d10 = r[..., 2, 1] - r[..., 1, 2], r[..., 0, 2] - r[..., 2, 0], r[..., 1, 0] - r[..., 0, 1]
+    s01, s02, s12 = r[..., 0, 1] + r[..., 1, 0], r[..., 0, 2] + r[..., 2, 0], r[..., 1, 2] + r[..., 2, 1]
+    q0 = torch.stack([s / 4, d21 / s, d02 / s, d10 / s], -1)
+    q1 = torch.stack([d21 / s, s / 4, s01 / s, s02 / s], -1)
+    q2 = torch.stack([d02 / s, s01 / s, s / 4, s12 / s], -1)
+    q3 = torch.stack([d10 / s, s02 / s, s12 / s, s / 4], -1)
     q = torch.stack([q0, q1, q2, q3], dim=-2).gather(-2, pick[..., None, None].expand(*pick.shape, 1, 4))[..., 0, :]
     q = q * torch.where(q[..., :1] < 0, -1.0, 1.0).to(q)  # angle in [0, pi]
     w, v = q[..., 0], q[..., 1:]
-    n = v.norm(dim=-1)
-    small = n < 1e-8
-    ratio = torch.where(small, 2.0 / w.clamp_min(1e-300), 2.0 * torch.atan2(n, w) / torch.where(small, torch.ones_like(n), n))
+    # angle / |v| = 2 atan2(|v|, w) / |v|; near |v| = 0 (where |v| = sqrt(.) has no derivative)
+    # its series 2/w (1 - |v|^2 / (3 w^2)), exact to round-off there and with the right first
+    # and second derivatives. Each branch gets a safe argument where it is not taken.
+    n2 = (v * v).sum(-1)
+    small = n2 < torch.finfo(r.dtype).eps
+    n = torch.sqrt(torch.where(small, torch.ones_like(n2), n2))
+    w_small = torch.where(small, w, torch.ones_like(w))  # w ~ 1 where |v| is small
+    series = 2.0 / w_small * (1.0 - n2 / (3.0 * w_small * w_small))
+    ratio = torch.where(small, series, 2.0 * torch.atan2(n, w) / n)
     return v * ratio[..., None]

@@ -251,14 +251,35 @@ class Cube(Manifold):
             )
 
     def move(self, points: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-        """The poses ``[n, 6]`` that local coordinates ``theta`` ``[n, 6]`` reach from ``points``.
+        """The poses that local coordinates ``theta`` reach from ``points``: the chart re-centred.
 
-        ``input(move(p, theta), 0) == input(p, theta)`` (and the same for the target): the
-        chart re-centred. The new rotation is :math:`R(w) R_x(a) R_y(b) R_z(c)` written as a
-        rotation vector, the new translation :math:`t + (x, y, z)`.
+        ``input(move(p, theta), 0) == input(p, theta)`` (and the same for the target). The new
+        rotation is :math:`R(w) R_x(a) R_y(b) R_z(c)` written as a rotation vector (angle in
+        ``[0, pi]``), the new translation :math:`t + (x, y, z)`. Differentiable in ``points``
+        and ``theta`` (autograd and ``torch.func``, float32 and float64), at ``theta = 0`` and
+        at the identity rotation too.
+
+        Parameters
+        ----------
+        points : Tensor
+            ``[n, 6]`` poses, float32 or float64.
+        theta : Tensor
+            ``[n, 6]`` local coordinates ``(x, y, z, a, b, c)``, finite, with the dtype and
+            device of ``points``.
+
+        Returns
+        -------
+        Tensor
+            ``[n, 6]`` poses, dtype and device of ``points``. Not checked against the near
+            clip: a large ``theta`` may leave the valid range, which :meth:`input` reports.
+
+        Raises
+        ------
+        TypeError, ValueError
+            Bad ``points`` or ``theta`` (NaN or inf in ``theta`` is a ``ValueError``).
         """
         self.check_points(points)
-        self.check_theta(points, theta)
+        self.check_theta(points, theta, finite=True)
         local = axis_rotation(0, theta[:, 3]) @ axis_rotation(1, theta[:, 4]) @ axis_rotation(2, theta[:, 5])
         w = rotation_vector(rotation_matrix(points[:, :3]) @ local)
         return torch.cat([w, points[:, 3:] + theta[:, :3]], dim=1)
@@ -392,12 +413,17 @@ class Cube(Manifold):
         check_int("order", order, minimum=0, maximum=2)
         check_int("chunk_size", chunk_size, minimum=1)
         n, S, d = points.shape[0], self.image_size, self.param_dim
-        shapes = [(), (d,), (num_pairs(d),)][: order + 1]
-        images = [points.new_empty(n, *s, S, S) for s in shapes]
-        targets = [points.new_empty(n, *s, 9) for s in shapes]
-        for start in range(0, n, chunk_size):
-            part = slice(start, start + chunk_size)
-            self._fast_jets(points[part], order, [t[part] for t in images], [t[part] for t in targets])
+        if n == 0:
+            shapes = [(), (d,), (num_pairs(d),)][: order + 1]
+            images = [points.new_empty(0, *s, S, S) for s in shapes]
+            return Jet(*images), Jet(*(points.new_empty(0, *s, 9) for s in shapes))
+        # Each chunk returns new tensors (no writes into views of preallocated outputs);
+        # concatenating them costs one copy of the result, a small part of rendering it.
+        chunks = [self._fast_jets(points[start : start + chunk_size], order) for start in range(0, n, chunk_size)]
+        if len(chunks) == 1:
+            return Jet(*chunks[0][0]), Jet(*chunks[0][1])
+        images = [torch.cat(parts) for parts in zip(*(c[0] for c in chunks))]
+        targets = [torch.cat(parts) for parts in zip(*(c[1] for c in chunks))]
         return Jet(*images), Jet(*targets)
 
     def _corner_jets(self, points: torch.Tensor, order: int) -> list[torch.Tensor]:
@@ -412,12 +438,16 @@ class Cube(Manifold):
             turn = torch.einsum("nvk,gkl->ngvl", posed, gen)
             out.append(torch.cat([shift, turn], dim=1))
         if order >= 2:
+            # Only pairs of two rotation angles have a second derivative. Built out of place (no
+            # writes into a preallocated tensor), so that torch.func transforms pass through:
+            # row 0 of ``table`` is zero, pair k reads row ``slot[k]``.
             i, j = triu_pairs(6)
-            d2 = points.new_zeros(n, len(i), 8, 3)
             rot = (i >= 3) & (j >= 3)
             pair_gen = gen[i[rot] - 3] @ gen[j[rot] - 3]  # the product order Rx Ry Rz
-            d2[:, rot] = torch.einsum("nvk,gkl->ngvl", posed, pair_gen)
-            out.append(d2)
+            turn2 = torch.einsum("nvk,gkl->ngvl", posed, pair_gen)  # [n, 6, 8, 3]
+            table = torch.cat([torch.zeros_like(turn2[:, :1]), turn2], dim=1)
+            slot = (rot.long().cumsum(0) * rot).to(points.device)
+            out.append(table[:, slot])
         return out
 
     def _projection_jets(self, corners: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -448,13 +478,12 @@ class Cube(Manifold):
             )
         return out
 
-    def _fast_jets(self, points: torch.Tensor, order: int, images: list, targets: list) -> None:
-        """Write the jets of a chunk of points into the views ``images`` and ``targets``."""
+    def _fast_jets(self, points: torch.Tensor, order: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Jets of a (non-empty) chunk of points: the image and target components, orders 0..order."""
         dtype, device = points.dtype, points.device
         n, S, sigma = points.shape[0], self.image_size, self.sigma
         corners = self._corner_jets(points, order)
-        for out, c in zip(targets, corners):
-            out.copy_(c[..., list(_TARGET_INDEX), :].flatten(-2))
+        targets = [c[..., list(_TARGET_INDEX), :].flatten(-2) for c in corners]
         uv = self._projection_jets(corners)
 
         # Keep only edges with a nonzero weight (at most 9 on a cube); pad with weight-0 edges.
@@ -474,9 +503,9 @@ class Cube(Manifold):
             return g.transpose(1, 2) / sigma
 
         field = self._edge_field(ends(uv[0], ia), ends(uv[0], ib))
-        images[0].copy_(self._render_value(field, w, compact=True))
+        images = [self._render_value(field, w, compact=True)]
         if order == 0:
-            return
+            return images, targets
 
         # Moments of the Gaussian along each edge; the densities at the ends are separable.
         a, dvec, h, ka, kb = field.a, field.dvec, field.h, field.ka, field.kb
@@ -497,9 +526,9 @@ class Cube(Manifold):
         u0 = (al * nvec[:, :, None]).sum(-1)  # [n, E, d]
         u1 = (de * nvec[:, :, None]).sum(-1)
         d1 = torch.einsum("nei,nep->nip", w[..., None] * u0, k0) + torch.einsum("nei,nep->nip", w[..., None] * u1, k1)
-        images[1].copy_(d1.reshape(images[1].shape))
+        images.append(d1.reshape(n, -1, S, S))
         if order == 1:
-            return
+            return images, targets
 
         # Second derivatives: d/dtheta_j of int phi(p(s)) nu_i(s).N ds, a cubic in s times phi:
         # sum_m K_m (s_m + A.v_m), A = a - q; assembled as one matmul over a basis of
@@ -526,6 +555,9 @@ class Cube(Manifold):
         v2 = -u1i * de_j
         a_e = a[:, :, None]
         ne, npairs = a.shape[1], len(i)
+        # coef and basis are scratch buffers filled in place (a copy of the largest temporary
+        # saved): the jets are data, never differentiated or transformed (the compact near terms
+        # have data-dependent shapes anyway, see _add_near_terms).
         coef = torch.empty(n, npairs, ne, 10, dtype=dtype, device=device)
         for slot, c in enumerate(
             (s0 + dot(a_e, v0), s1 + dot(a_e, v1), s2 + dot(a_e, v2), s3,
@@ -539,9 +571,9 @@ class Cube(Manifold):
         for slot, k in enumerate((k0, k1, k2)):
             torch.mul(k, qxf, out=basis[:, :, 4 + slot])
             torch.mul(k, qyf, out=basis[:, :, 7 + slot])
-        torch.bmm(
-            coef.reshape(n, npairs, ne * 10), basis.reshape(n, ne * 10, S * S), out=images[2].view(n, npairs, S * S)
-        )
+        d2 = torch.bmm(coef.reshape(n, npairs, ne * 10), basis.reshape(n, ne * 10, S * S))
+        images.append(d2.reshape(n, npairs, S, S))
+        return images, targets
 
     def _add_near_terms(self, flat: torch.Tensor, field: _EdgeField, w: torch.Tensor, *, compact: bool) -> torch.Tensor:
         """Add the Owen's T terms of every edge end on a window of pixels around it.

@@ -7,6 +7,7 @@ the way the bundled ones are checked.
 * :func:`check_default_jets`: analytic ``jets`` overrides against the ``torch.func`` default.
 * :func:`check_batching`, :func:`check_conventions`: batch equals one-by-one; shapes, dtypes
   and devices follow the library's convention.
+* :func:`check_move`: :meth:`~manifoldtrain.Manifold.move` re-centres the chart.
 * :mod:`manifoldtrain.testing.strategies`: hypothesis strategies for valid points.
 """
 
@@ -19,6 +20,7 @@ from manifoldtrain.testing._checks import (
     check_default_jets,
     check_finite_differences,
     check_manifold,
+    check_move,
     compare_jets,
     finite_difference_jets,
 )
@@ -32,6 +34,7 @@ __all__ = [
     "check_default_jets",
     "check_finite_differences",
     "check_manifold",
+    "check_move",
     "compare_jets",
     "finite_difference_jets",
 ]

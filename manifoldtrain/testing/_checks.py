@@ -21,6 +21,7 @@ __all__ = [
     "check_default_jets",
     "check_batching",
     "check_conventions",
+    "check_move",
     "check_manifold",
 ]
 
@@ -65,16 +66,32 @@ class Discrepancy:
 
 @attrs.frozen
 class CheckReport:
-    """The outcome of one check: a title and the compared arrays."""
+    """The outcome of one check: a title and the compared arrays.
+
+    Attributes
+    ----------
+    title : str
+        What was checked.
+    items : tuple of Discrepancy
+        The compared arrays.
+    skipped : str or None
+        Why the check did not apply to this manifold (e.g. :func:`check_move` on a manifold
+        without :meth:`~manifoldtrain.Manifold.move`), or ``None`` if it ran. A skipped
+        report has no items and counts as :attr:`passed`: nothing failed, but nothing was
+        checked either.
+    """
 
     title: str
     items: tuple[Discrepancy, ...]
+    skipped: str | None = None
 
     @property
     def passed(self) -> bool:
         return all(item.passed for item in self.items)
 
     def __str__(self) -> str:
+        if self.skipped is not None:
+            return f"{self.title}: skipped ({self.skipped})"
         return "\n".join([f"{self.title}: {'passed' if self.passed else 'FAILED'}", *(f"  {i}" for i in self.items)])
 
     def raise_if_failed(self) -> CheckReport:
@@ -354,6 +371,96 @@ def check_conventions(manifold: Manifold, points: torch.Tensor) -> None:
         manifold.check_points(sample)
 
 
+def check_move(
+    manifold: Manifold,
+    points: torch.Tensor | None = None,
+    *,
+    n: int = 2,
+    seed: int = 0,
+    scale: float = 0.05,
+    rtol: float = 1e-10,
+    raise_on_failure: bool = True,
+) -> CheckReport:
+    """Check that :meth:`~manifoldtrain.Manifold.move` re-centres the chart, in float64.
+
+    At random ``theta`` (standard normal times ``scale``, drawn with ``seed``) compares
+    ``input(move(p, theta), 0)`` with ``input(p, theta)`` and ``target(move(p, theta), 0)``
+    with ``target(p, theta)``, and ``move(p, 0)`` with ``p`` through the same charts
+    (``input(move(p, 0), 0)`` with ``input(p, 0)``, likewise the target). Each passes within
+    ``rtol * max|expected|``. Also checks that ``move`` keeps the shape, dtype and device of
+    ``points`` (float32 and float64) and leaves its arguments unchanged.
+
+    Parameters
+    ----------
+    manifold : Manifold
+    points : Tensor, optional
+        ``[n, *point_shape]``; evaluated in float64 whatever their dtype. Default: ``n``
+        samples drawn with ``seed``.
+    n : int
+        Number of points to sample when ``points`` is not given.
+    seed : int
+        Seed of the sampled points and of ``theta``.
+    scale : float
+        Size of ``theta`` (standard deviation per coordinate). Keep ``p + theta`` inside the
+        manifold's valid range: near its boundary, pass other points or a smaller scale.
+    rtol : float
+        Relative tolerance.
+    raise_on_failure : bool
+        Raise ``AssertionError`` with the report on failure (default).
+
+    Returns
+    -------
+    CheckReport
+        With four items; or, if ``move`` raises ``NotImplementedError`` (the default
+        :meth:`~manifoldtrain.Manifold.move` when ``point_shape != (param_dim,)``), a
+        report with no items whose ``skipped`` gives the reason: nothing to check.
+
+    Raises
+    ------
+    AssertionError
+        On failure (with ``raise_on_failure``), a wrong shape, dtype or device of the result,
+        arguments modified in place, or a moved point outside the valid range.
+    """
+    check_int("n", n, minimum=1)
+    check_int("seed", seed, minimum=0)
+    check_float("scale", scale, positive=True)
+    check_float("rtol", rtol, nonnegative=True)
+    if points is None:
+        points = manifold.sample(n, torch.Generator().manual_seed(seed), dtype=torch.float64)
+    points = manifold.check_points(points).to(torch.float64)
+    title = f"{type(manifold).__name__}.move re-centres the chart (float64, n={len(points)})"
+    gen = torch.Generator().manual_seed(seed)
+    theta = scale * torch.randn(points.shape[0], manifold.param_dim, generator=gen, dtype=torch.float64)
+    theta = theta.to(points.device)
+    zero = torch.zeros_like(theta)
+    before = (points.clone(), theta.clone())
+    try:
+        moved = manifold.move(points, theta)
+    except NotImplementedError as e:
+        return CheckReport(title, (), skipped=str(e) or f"{type(manifold).__name__}.move is not implemented")
+    if not (torch.equal(points, before[0]) and torch.equal(theta, before[1])):
+        raise AssertionError(f"{type(manifold).__name__}.move modified its arguments in place")
+    _expect(moved, points.shape, points, "move(points, theta)")
+    for dtype in (torch.float32, torch.float64):
+        p = points.to(dtype)
+        _expect(manifold.move(p, zero.to(dtype)), p.shape, p, f"move({dtype})")
+    at_zero = manifold.move(points, zero)
+    items: tuple[Discrepancy, ...] = ()
+    for name, chart in (("input", manifold.input), ("target", manifold.target)):
+        for label, new, old in (("move", moved, (points, theta)), ("move 0", at_zero, (points, zero))):
+            try:
+                actual = chart(new, zero)
+            except ValueError as e:
+                raise AssertionError(
+                    f"{type(manifold).__name__}: {name}(move(points, theta), 0) rejected the moved points ({e}); "
+                    "if theta took them out of the valid range, pass points farther from its boundary or a "
+                    "smaller scale"
+                ) from e
+            items += compare_jets(Jet(actual), Jet(chart(*old)), f"{name}({label})", rtol=(rtol,) * 3)
+    report = CheckReport(title, items)
+    return report.raise_if_failed() if raise_on_failure else report
+
+
 def _expect(t: torch.Tensor, shape, like: torch.Tensor, what: str) -> None:
     check_tensor(what, t, finite=False)
     if tuple(t.shape) != tuple(shape):
@@ -374,9 +481,11 @@ def check_manifold(
 ) -> list[CheckReport]:
     """Run every contract check on ``manifold`` and return the reports (raising on the first failure).
 
-    Conventions (shapes, dtypes, devices), batching, finite differences in float64 and, if
-    the manifold overrides :meth:`~manifoldtrain.Manifold.jets`, agreement with the
-    ``torch.func`` default. ``points`` defaults to ``n`` samples drawn with ``seed``.
+    Conventions (shapes, dtypes, devices), batching, finite differences in float64, if
+    the manifold overrides :meth:`~manifoldtrain.Manifold.jets` agreement with the
+    ``torch.func`` default, and :meth:`~manifoldtrain.Manifold.move` (:func:`check_move`;
+    its report is marked ``skipped`` if the manifold has no ``move``). ``points`` defaults
+    to ``n`` samples drawn with ``seed``.
 
     Examples
     --------
@@ -392,4 +501,5 @@ def check_manifold(
     ]
     if type(manifold).jets is not Manifold.jets:
         reports.append(check_default_jets(manifold, points, order))
+    reports.append(check_move(manifold, points, seed=seed))
     return reports

@@ -1,0 +1,138 @@
+"""Fitting terms: the network's jet along the manifold against the target's.
+
+* :class:`ValueTerm`: :math:`N(x)` against :math:`y`;
+* :class:`DerivativeTerm` of order 1: :math:`N'(x)\\, x_i` against :math:`y_i` for every
+  coordinate, or along ``k`` random directions :math:`u` (:math:`x_u = \\sum_i u_i x_i`);
+* :class:`DerivativeTerm` of order 2: :math:`N''(x)[x_i, x_j] + N'(x)\\, x_{ij}` against
+  :math:`y_{ij}` for every pair, or along ``k`` pairs of independent random directions
+  :math:`(u, v)`, the mixed derivative :math:`N''(x)[x_u, x_v] + N'(x)\\, x_{uv}` against
+  :math:`y_{uv} = \\sum_{ij} u_i v_j y_{ij}`.
+
+Every term is relative: its mean squared error divided by the energy of its target in the
+training data (:class:`~manifoldtrain.objectives.LossScales`, in scaled coordinates), so
+that weight 1 on every term means "every order counts equally".
+
+Random directions, unbiased
+---------------------------
+With :math:`E[u u^T] = I` (:func:`~manifoldtrain.objectives.random_directions`) and ``u``,
+``v`` independent, :math:`E[(e \\cdot u)^2] = |e|^2` and :math:`E[(u^T E v)^2] = |E|_F^2`, so
+the random-direction term of order ``k``, :math:`\\overline{(\\ldots)^2} / d^k`, has the full
+term's value as its mean, with the same normaliser: both report the same number in
+expectation. (The square form :math:`v^T E v` would not: over the sphere its mean is
+:math:`\\frac{d}{d+2}(2|E|_F^2 + (\\operatorname{tr} E)^2)`, another loss.) Order 1 costs
+``k`` jet rows, order 2 ``3k`` (:math:`x_u, x_v, x_{uv}`); the two terms of
+:meth:`~manifoldtrain.objectives.Objective.second_order` share the ``u`` rows.
+"""
+
+from __future__ import annotations
+
+import attrs
+import torch
+
+from manifoldtrain._validation import attrs_validator, check_float, check_int
+from manifoldtrain.jet import pair_weights, triu_pairs
+from manifoldtrain.objectives.core import Batch, LossScales, Rows, Term
+
+__all__ = ["ValueTerm", "DerivativeTerm"]
+
+
+@attrs.frozen
+class ValueTerm(Term):
+    """:math:`N(x)` against :math:`y`, relative to the target variance.
+
+    Attributes
+    ----------
+    weight : float
+        Multiplies the term (>= 0).
+    """
+
+    weight: float = attrs.field(default=1.0, validator=attrs_validator(check_float, nonnegative=True))
+
+    data_order = 0
+
+    @property
+    def name(self) -> str:
+        return "value"
+
+    def loss(self, batch: Batch, rows: Rows | None) -> torch.Tensor:
+        return (batch.value - batch.targets.value).pow(2).mean()
+
+    def normaliser(self, scales: LossScales) -> float:
+        return scales.energy[0]
+
+
+def _check_order(instance, attribute, value):
+    check_int(attribute.name, value, minimum=1, maximum=2)
+
+
+def _check_directions(instance, attribute, value):
+    if value is not None:
+        check_int(attribute.name, value, minimum=1)
+
+
+@attrs.frozen
+class DerivativeTerm(Term):
+    """Derivatives of order 1 or 2 along the manifold against the target's.
+
+    Attributes
+    ----------
+    order : int
+        1 (:math:`N'(x)\\, x_i`) or 2 (:math:`N''(x)[x_i, x_j] + N'(x)\\, x_{ij}`).
+    weight : float
+        Multiplies the term (>= 0).
+    directions : int or None
+        ``None``: every coordinate (order 1) or pair (order 2). ``k``: ``k`` random directions
+        (order 1) or pairs of independent directions (order 2) per sample and step instead:
+        an unbiased estimate of the full term (the same loss in expectation), at ``k`` or
+        ``3k`` jet rows instead of ``d`` or ``d(d+1)/2``.
+    start : float
+        Fraction of the training budget (0..1) after which the term joins the objective
+        (default 0: from the start). A curriculum: cheaper terms converge first, and steps
+        before ``start`` skip this term's jet rows.
+    """
+
+    order: int = attrs.field(validator=_check_order)
+    weight: float = attrs.field(default=1.0, validator=attrs_validator(check_float, nonnegative=True))
+    directions: int | None = attrs.field(default=None, validator=_check_directions)
+    start: float = attrs.field(default=0.0, validator=attrs_validator(check_float, nonnegative=True, maximum=1.0))
+
+    @property
+    def name(self) -> str:
+        kind = "full" if self.directions is None else f"{self.directions} random"
+        return f"d{self.order} ({kind})"
+
+    @property
+    def data_order(self) -> int:
+        return self.order
+
+    def normaliser(self, scales: LossScales) -> float:
+        if scales.order < self.order:
+            raise ValueError(f"{self.name}: the training data holds jets of order {scales.order}, this term needs {self.order}")
+        return scales.energy[self.order]
+
+    def request(self, batch: Batch) -> Rows:
+        x, k = batch.inputs, self.directions
+        if k is None:
+            if self.order == 1:
+                return Rows(x.d1)
+            return Rows(x.d1, x.d2, torch.stack(triu_pairs(batch.param_dim), dim=1))
+        u = batch.directions(k, 0)
+        if self.order == 1:
+            return Rows(batch.along(u), state=(u,))
+        v = batch.directions(k, 1)
+        pairs = torch.stack([torch.arange(k), torch.arange(k, 2 * k)], dim=1)
+        return Rows((batch.along(u), batch.along(v)), batch.mixed(u, v), pairs, state=(u, v))
+
+    def loss(self, batch: Batch, rows: Rows) -> torch.Tensor:
+        y, d = batch.targets, batch.param_dim
+        if self.directions is None:
+            if self.order == 1:
+                return (rows.out_first - y.d1).pow(2).mean()
+            err = (rows.out_second - y.d2).pow(2)
+            w = pair_weights(d, err.device, err.dtype).reshape(1, -1, *([1] * (err.dim() - 2)))
+            return (err * w).sum(1).mean() / d**2  # the mean over the full d x d matrix
+        if self.order == 1:
+            (u,) = rows.state
+            return (rows.out_first - y.along(u)).pow(2).mean() / d
+        u, v = rows.state
+        return (rows.out_second - y.mixed(u, v)).pow(2).mean() / d**2

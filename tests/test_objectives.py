@@ -1,0 +1,226 @@
+"""The term protocol: one pass for every term, unbiased random directions, users' own terms."""
+
+import statistics
+
+import attrs
+import pytest
+import torch
+
+from manifoldtrain import Jet
+from manifoldtrain.config import config_from_dict, config_to_dict
+from manifoldtrain.data import generate_jets
+from manifoldtrain.manifolds import Cube
+from manifoldtrain.network_jets import nested_jvp_rows, network_jet, taylor_rows
+from manifoldtrain.nn import MLPConfig, build_model
+from manifoldtrain.objectives import DerivativeTerm, LossScales, Objective, Rows, Term, ValueTerm
+from manifoldtrain.training import CHECKPOINT_NAME, Trainer, TrainConfig, load_checkpoint
+
+from user_terms import CurvaturePenalty
+
+f64 = torch.float64
+
+
+def problem(n=64, d=4, n_in=6, n_out=3, seed=0):
+    """Random jets and a tanh network that fits them badly (a non-trivial error matrix)."""
+    g = torch.Generator().manual_seed(seed)
+    x = Jet(*(torch.randn(s, generator=g, dtype=f64) for s in [(n, n_in), (n, d, n_in), (n, d * (d + 1) // 2, n_in)]))
+    y = Jet(*(torch.randn(s, generator=g, dtype=f64) for s in [(n, n_out), (n, d, n_out), (n, d * (d + 1) // 2, n_out)]))
+    model = build_model(MLPConfig(hidden=(16, 16)), x.value, y.value, seed=seed)
+    return model, x, y, LossScales.from_data(x, y)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_random_directions_are_unbiased_estimates_of_the_full_terms(k):
+    """For both orders, the mean over many draws of the random-direction term lies within a few
+    standard errors of the full term on the same batch and network (same normaliser)."""
+    model, x, y, scales = problem()
+    with torch.no_grad():
+        full = Objective.second_order(weights=(1.0, 1.0, 1.0)).losses(model, x, y, scales)
+        rand = Objective.second_order(weights=(1.0, 1.0, 1.0), directions=k)
+        g = torch.Generator().manual_seed(k)
+        draws = [rand.losses(model, x, y, scales, generator=g) for _ in range(600)]
+    for order in (1, 2):
+        samples = [float(dr[f"d{order} ({k} random)"]) for dr in draws]
+        mean, se = statistics.fmean(samples), statistics.stdev(samples) / len(samples) ** 0.5
+        exact = float(full[f"d{order} (full)"])
+        assert abs(mean - exact) < 4 * se, (order, mean, exact, se)
+        assert se < 0.1 * exact  # the test has the power to see a bias of a few percent
+
+
+def test_the_square_form_would_be_biased():
+    """The old estimator (v^T E v along one direction) fails the same test: the test can fail."""
+    from manifoldtrain.objectives import random_directions
+
+    model, x, y, scales = problem()
+    sx, sy = scales.scale_jet(x), scales.scale_jet(y)
+    with torch.no_grad():
+        pred = network_jet(model, sx)
+        exact = float(Objective((DerivativeTerm(2),)).losses(model, x, y, scales)["d2 (full)"])
+        g = torch.Generator().manual_seed(0)
+        samples = []
+        for _ in range(600):
+            v = random_directions(len(x), 1, 4, g)
+            samples.append(float((pred.mixed(v, v) - sy.mixed(v, v)).pow(2).mean() / 16 / scales.energy[2]))
+    mean, se = statistics.fmean(samples), statistics.stdev(samples) / len(samples) ** 0.5
+    assert abs(mean - exact) > 4 * se
+
+
+def count_rows(objective, d=6, seed=0):
+    """(first-order rows, second-order rows) that one call of the objective passes through the network."""
+    model, x, y, scales = problem(d=d, seed=seed)
+    seen = []
+
+    def rows_fn(model, value, tangents, second=None, pairs=None):
+        seen.append((tangents.shape[1], 0 if second is None else second.shape[1]))
+        return taylor_rows(model, value, tangents, second, pairs)
+
+    objective.losses(model, x, y, scales, generator=torch.Generator().manual_seed(0), rows_fn=rows_fn)
+    assert len(seen) == 1  # one pass for every term
+    return seen[0]
+
+
+def test_terms_share_one_pass_and_their_rows():
+    assert count_rows(Objective.second_order()) == (6, 21)  # 1 + d + d(d+1)/2 rows, d1 shared
+    assert count_rows(Objective.second_order(directions=2)) == (4, 2)  # 1 + 3k: u shared by both terms
+    assert count_rows(Objective((ValueTerm(), DerivativeTerm(1), DerivativeTerm(2, directions=1)))) == (8, 1)
+    assert count_rows(Objective((DerivativeTerm(1, directions=2), CurvaturePenalty(directions=2)))) == (4, 2)
+    # A user's term asking for the same mixed rows as the built-in one: passed once.
+    assert count_rows(Objective((ValueTerm(), DerivativeTerm(2, directions=2), CurvaturePenalty(directions=2)))) == (4, 2)
+    assert count_rows(Objective((ValueTerm(), DerivativeTerm(2, directions=1), CurvaturePenalty(directions=2)))) == (6, 3)
+
+
+def test_nested_jvp_rows_give_the_same_losses():
+    model, x, y, scales = problem()
+    for objective in (Objective.second_order(), Objective.second_order(directions=2)):
+        a = objective.losses(model, x, y, scales, generator=torch.Generator().manual_seed(1))
+        b = objective.losses(model, x, y, scales, generator=torch.Generator().manual_seed(1), rows_fn=nested_jvp_rows)
+        for name in a:
+            torch.testing.assert_close(a[name], b[name], rtol=1e-10, atol=1e-14)
+
+
+def test_bad_terms_and_requests_are_named():
+    class NotAttrs(Term):
+        weight = 1.0
+        name = "plain"
+
+        def loss(self, batch, rows):
+            return batch.value.sum()
+
+    with pytest.raises(TypeError, match="must be an attrs class"):
+        Objective((NotAttrs(),))
+    with pytest.raises(ValueError, match="curvature penalty.weight"):
+        Objective((ValueTerm(), CurvaturePenalty(weight=-1.0)))
+
+    @attrs.frozen
+    class BadPairs(Term):
+        weight: float = 1.0
+        data_order = 1
+        name = "bad pairs"
+
+        def request(self, batch):
+            return Rows(batch.inputs.d1, batch.inputs.d1[:, :1], torch.tensor([[0, 99]]))
+
+        def loss(self, batch, rows):
+            return rows.out_second.sum()
+
+    model, x, y, scales = problem()
+    with pytest.raises(ValueError, match="bad pairs: pairs must be"):
+        Objective((BadPairs(),)).losses(model, x, y, scales)
+    with pytest.raises(ValueError, match="second, pairs"):
+        Rows(x.d1, x.d2)
+
+
+def test_a_users_term_trains_configures_checkpoints_and_resumes(tmp_path):
+    cube = Cube(image_size=9, extent=0.5, sigma=0.08)
+    train, test = generate_jets(cube, 40, seed=0, progress=False).split(8, seed=0)
+    objective = Objective((ValueTerm(), DerivativeTerm(1), CurvaturePenalty(weight=1e-2, directions=2)))
+
+    def trainer(epochs):
+        model = build_model(MLPConfig(hidden=(8,)), train.inputs.value, train.targets.value, seed=0)
+        return Trainer(model, objective, train, test, TrainConfig(epochs=epochs, batch_size=8, progress=False),
+                       checkpoint_dir=tmp_path)
+
+    first = trainer(2)
+    history = first.fit()
+    # Resume (here of a finished run: it loads the user's term's run and continues to its end).
+    resumed = trainer(2)
+    resumed.fit()
+    assert resumed.epoch == 2 and resumed.steps == first.steps and resumed.history.records == history.records
+    for a, b in zip(first.model.parameters(), resumed.model.parameters()):
+        assert torch.equal(a, b)
+    assert set(history.records[-1]["losses"]) == {"value", "d1 (full)", "curvature penalty"}
+    assert history.records[-1]["losses"]["curvature penalty"] > 0
+    state = load_checkpoint(tmp_path / CHECKPOINT_NAME)
+    assert state["objective"]["terms"][2]["kind"] == "user_terms:CurvaturePenalty"
+    assert state["normalisers"]["curvature penalty"] == pytest.approx(first.scales.energy[2])
+    with pytest.raises(ValueError, match="another objective"):
+        Trainer(first.model, Objective((ValueTerm(), DerivativeTerm(1), CurvaturePenalty(weight=2e-2, directions=2))),
+                train, test, first.config, checkpoint_dir=tmp_path).fit()
+    # TOML: the term by its import path, round trip.
+    table = config_to_dict(config_from_dict({"objective": {"terms": [
+        {"kind": "value"}, {"kind": "user_terms:CurvaturePenalty", "weight": 0.5, "directions": 3}]}}))
+    assert table["objective"]["terms"][1] == {"kind": "user_terms:CurvaturePenalty", "weight": 0.5, "directions": 3}
+    assert config_from_dict(table).objective.terms[1] == CurvaturePenalty(weight=0.5, directions=3)
+
+
+class CountingMetric:
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, model, data):
+        self.calls += 1
+        with torch.no_grad():
+            return {"mean_abs_output": float(model(data.inputs.value).abs().mean())}
+
+
+def test_metrics_are_recorded_and_checked():
+    cube = Cube(image_size=9, extent=0.5, sigma=0.08)
+    train, test = generate_jets(cube, 32, seed=0, progress=False).split(8, seed=0)
+    model = build_model(MLPConfig(hidden=(8,)), train.inputs.value, train.targets.value, seed=0)
+    from manifoldtrain.evaluation import JetRMSE
+
+    metric = CountingMetric()
+    cfg = TrainConfig(epochs=2, batch_size=8, progress=False)
+    history = Trainer(model, Objective.value(), train, test, cfg, metrics=(JetRMSE(), metric)).fit()
+    assert metric.calls == 2 and set(history.last_test) == {"rmse", "rmse_d1", "rmse_d2", "mean_abs_output"}
+    with pytest.raises(ValueError, match="more than one metric reports"):
+        Trainer(model, Objective.value(), train, test, cfg, metrics=(metric, metric)).fit()
+    with pytest.raises(TypeError, match="must return a dict"):
+        Trainer(model, Objective.value(), train, test, cfg, metrics=(lambda m, d: 1.0,)).fit()
+    relu = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(81, 4), torch.nn.ReLU(), torch.nn.Linear(4, 9))
+    with pytest.raises(TypeError, match="ReLU"):  # early, when the trainer is built
+        Trainer(relu, Objective.value(), train, test, cfg)
+    Trainer(relu, Objective.value(), train, test, cfg, metrics=(JetRMSE(order=0),))  # values only: fine
+
+
+def test_value_training_needs_no_derivative_data():
+    cube = Cube(image_size=9, extent=0.5, sigma=0.08)
+    train = generate_jets(cube, 16, seed=0, order=0, progress=False)
+    model = build_model(MLPConfig(hidden=(8,)), train.inputs.value, train.targets.value, seed=0)
+    trainer = Trainer(model, Objective.value(), train, None, TrainConfig(epochs=1, batch_size=8, progress=False))
+    assert trainer.scales.coordinate == () and len(trainer.scales.energy) == 1
+    trainer.fit()
+    with pytest.raises(ValueError, match="train: expected jets of order >= 1"):
+        Trainer(model, Objective.first_order(), train)
+
+
+def test_trainer_step_is_the_training_step():
+    """Driving Trainer.batch/step by hand gives the same weights as fit() on the same batches."""
+    cube = Cube(image_size=9, extent=0.5, sigma=0.08)
+    train = generate_jets(cube, 24, seed=0, progress=False)
+    cfg = TrainConfig(epochs=2, batch_size=8, progress=False, seed=4)
+
+    def make():
+        model = build_model(MLPConfig(hidden=(8,)), train.inputs.value, train.targets.value, seed=0)
+        return Trainer(model, Objective.second_order(directions=1), train, None, cfg)
+
+    auto = make()
+    auto.fit()
+    manual = make()
+    for _ in range(cfg.epochs):
+        for idx in torch.randperm(len(train), generator=manual.generator).split(cfg.batch_size):
+            losses = manual.step(manual.batch(idx))
+            assert set(losses) == set(manual.objective.names)
+    assert manual.steps == auto.steps == 6
+    for a, b in zip(auto.model.parameters(), manual.model.parameters()):
+        assert torch.equal(a, b)
