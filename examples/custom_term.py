@@ -51,7 +51,7 @@ class CurvaturePenalty(Term):
         return rows.out_second.pow(2).mean()
 
     def normaliser(self, scales: LossScales) -> float:
-        return scales.energy[2]
+        return scales.target_energy(2, self.name)
 
 
 class WorstError(Metric):

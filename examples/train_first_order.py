@@ -57,10 +57,10 @@ def main(argv=None) -> None:
     if args.quick:
         for old, new in QUICK.items():
             text = text.replace(old, new)
-    out = Path(args.out or tempfile.mkdtemp(prefix="first-order-"))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "input.toml").write_text(text)
-    results = run_experiment(load_config(out / "input.toml"), out)
+    work = Path(tempfile.mkdtemp(prefix="first-order-"))
+    out = Path(args.out) if args.out else work / "run"  # a run folder holds only the run's own files
+    (work / "input.toml").write_text(text)
+    results = run_experiment(load_config(work / "input.toml"), out)
     t = results["test"]
     print(f"first-order training, {results['epochs']} epochs in {results['seconds']:.0f} s: "
           f"test RMSE {t['rmse']:.3e}, d1 {t['rmse_d1']:.3e}, d2 {t['rmse_d2']:.3e}; run in {out}")

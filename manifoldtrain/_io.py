@@ -1,12 +1,35 @@
-"""Files are written atomically: to a temporary file beside the target, then renamed."""
+"""Files out, nothing lost: atomic writes that respect the umask, and output folders we own.
+
+* Files are written to a temporary file beside the target, then renamed into place: a
+  reader never sees half a file, an interrupted write leaves the old file.
+* An *output folder* (a run, the demo) is recognisable as ours by a marker file,
+  :data:`MARKER`. A command writes into a folder only if it is new, empty or already ours
+  (of the same kind), unless told ``force``; it checks that it can write there before it
+  starts work.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+#: The file that marks a folder as a manifoldtrain output folder (JSON: its kind).
+MARKER = ".manifoldtrain"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _publish_mode(path: Path, directory: bool = False) -> None:
+    """Give a file made by ``tempfile`` (mode 0600/0700) the mode the user's umask asks for."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
 
 
 @contextlib.contextmanager
@@ -14,15 +37,16 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename.
 
     On error the temporary file is removed and ``path`` is left as it was. Parent folders
-    are created.
+    are created. The file gets the permissions of the user's umask.
     """
-    path = Path(path)
+    path = Path(os.path.abspath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix or path.suffix)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        _publish_mode(tmp_path)
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
@@ -33,3 +57,82 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def check_writable(folder: Path, argument: str) -> None:
+    """Raise ``PermissionError`` naming ``argument`` unless a file can be created in ``folder``."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".write-test-")
+    except OSError as err:
+        raise PermissionError(f"{argument}: cannot write in {folder} ({err.strerror or err})") from None
+    os.close(fd)
+    os.unlink(tmp)
+
+
+def claim_output_folder(path: str | os.PathLike, kind: str, *, force: bool = False, argument: str = "out") -> Path:
+    """Make ``path`` an output folder of ``kind`` (``"run"``, ``"demo"``), or refuse.
+
+    Accepted: a folder that does not exist (created, with parents), an empty one, or one
+    that holds our marker of the same ``kind``. Anything else (a file, a folder of other
+    files, another kind of output) is refused with an error naming ``argument`` and the
+    remedy, unless ``force`` (a file is refused even then). Checks that the folder is
+    writable, then writes the marker. Returns the folder.
+
+    Raises
+    ------
+    FileExistsError
+        ``path`` is a file, or a folder that is not ours and ``force`` is false.
+    PermissionError
+        The folder (or its parent) is not writable.
+    """
+    folder = Path(os.path.abspath(path))
+    if folder.exists() and not folder.is_dir():
+        raise FileExistsError(f"{argument}: {path} is a file, not a folder; choose a folder for the {kind}'s outputs")
+    if folder.is_dir():
+        marker = folder / MARKER
+        theirs = _marker_kind(marker)
+        others = sorted(e.name for e in folder.iterdir() if e.name != MARKER)
+        if theirs is not None and theirs != kind and not force:
+            raise FileExistsError(
+                f"{argument}: {path} holds a manifoldtrain {theirs} output, not a {kind}; choose another folder, "
+                "or pass --force to write into it anyway"
+            )
+        if theirs is None and others and not force:
+            shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+            raise FileExistsError(
+                f"{argument}: {path} already holds files that are not a manifoldtrain output ({shown}); choose a new "
+                "or empty folder, or pass --force to write beside them (files of the same names are replaced)"
+            )
+    else:
+        parent = folder.parent
+        while not parent.exists():
+            parent = parent.parent
+        if not parent.is_dir():
+            raise FileExistsError(f"{argument}: {parent} is a file, so {path} cannot be a folder")
+        check_writable(parent, argument)
+        folder.mkdir(parents=True, exist_ok=True)
+    check_writable(folder, argument)
+    if _marker_kind(folder / MARKER) is None:
+        write_text_atomic(folder / MARKER, json.dumps({"format": "manifoldtrain-output", "kind": kind}) + "\n")
+    return folder
+
+
+def _marker_kind(marker: Path) -> str | None:
+    if not marker.is_file():
+        return None
+    try:
+        data = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return None
+    return data.get("kind") if isinstance(data, dict) and data.get("format") == "manifoldtrain-output" else None
+
+
+def check_not_input(output: Path, inputs: dict[str, str | os.PathLike | None]) -> None:
+    """Refuse to write ``output`` if it is one of the command's ``inputs`` (by argument name)."""
+    out = Path(os.path.abspath(output))
+    for argument, given in inputs.items():
+        if given is not None and out.exists() and Path(given).exists() and os.path.samefile(out, given):
+            raise FileExistsError(
+                f"{argument}: {given} is also an output of this command ({out.name}) and would be replaced; "
+                "copy it elsewhere first, or choose another output folder"
+            )

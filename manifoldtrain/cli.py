@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import attrs
 
@@ -18,9 +19,14 @@ def _option_name(field_name: str) -> str:
 
 
 def add_settings_arguments(parser: argparse.ArgumentParser, cls: type, group_title: str) -> None:
-    """Add one ``--option`` per field of an attrs settings class (defaults: the class's own)."""
+    """Add one ``--option`` per field of an attrs settings class (defaults: the class's own;
+    nothing for a class that is not an attrs class)."""
+    if not attrs.has(cls):
+        return
     group = parser.add_argument_group(group_title)
     for field in attrs.fields(cls):
+        if not field.init:
+            continue
         default = field.default
         if isinstance(default, tuple):
             # Tuples of floats are fixed-size settings (colours, angles); of ints or str, lists.
@@ -33,10 +39,14 @@ def add_settings_arguments(parser: argparse.ArgumentParser, cls: type, group_tit
             group.add_argument(_option_name(field.name), action=argparse.BooleanOptionalAction, default=None)
         elif isinstance(default, (int, float)) or field.type in ("float", "int", "float | None"):
             group.add_argument(_option_name(field.name), type=type(default), default=None, help=f"default: {default:g}")
+        elif isinstance(default, str):
+            group.add_argument(_option_name(field.name), default=None, help=f"default: {default}")
 
 
 def settings_from_arguments(cls: type, args: argparse.Namespace):
     """Build ``cls`` from the options given on the command line (the others keep their defaults)."""
+    if not attrs.has(cls):
+        return cls()
     given = {}
     for field in attrs.fields(cls):
         value = getattr(args, field.name, None)
@@ -45,7 +55,17 @@ def settings_from_arguments(cls: type, args: argparse.Namespace):
     return cls(**given)
 
 
-def _build_parser() -> argparse.ArgumentParser:
+def _plugin_manifolds(argv: Sequence[str]) -> dict[str, type]:
+    """Manifolds named ``package.module:ClassName`` right after ``show`` or ``generate``."""
+    found = {}
+    for k, token in enumerate(argv[:-1]):
+        name = argv[k + 1]
+        if token in ("show", "generate") and ":" in name and not name.startswith("-"):
+            found[name] = MANIFOLDS.get(name)  # a clear error if it cannot be imported
+    return found
+
+
+def _build_parser(plugins: dict[str, type] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="manifoldtrain",
         description="Train networks on the derivatives of a computable data manifold.",
@@ -53,9 +73,10 @@ def _build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     show = sub.add_parser("show", help="draw a sample of a manifold with its derivative images")
-    show_sub = show.add_subparsers(dest="manifold", required=True, metavar="MANIFOLD")
-    for name in MANIFOLDS.names:
-        cls = MANIFOLDS.get(name)
+    show_sub = show.add_subparsers(dest="manifold", required=True, metavar="MANIFOLD",
+                                   description="a registered name, or package.module:ClassName of your own")
+    manifolds = {name: MANIFOLDS.get(name) for name in MANIFOLDS.names} | dict(plugins or {})
+    for name, cls in manifolds.items():
         p = show_sub.add_parser(name, help=f"the {cls.__name__} manifold")
         p.add_argument("--out", required=True, help="image file to write (format from the suffix, e.g. .png, .pdf)")
         p.add_argument("--seed", type=int, default=0, help="seed of the sample drawn (default 0)")
@@ -63,7 +84,7 @@ def _build_parser() -> argparse.ArgumentParser:
         add_settings_arguments(p, cls, f"{cls.__name__} settings")
         p.set_defaults(handler=_cmd_show, manifold_class=cls)
     _add_demo(sub)
-    _add_generate(sub)
+    _add_generate(sub, manifolds)
     _add_train(sub)
     _add_evaluate(sub)
     return parser
@@ -72,8 +93,9 @@ def _build_parser() -> argparse.ArgumentParser:
 def _add_demo(sub) -> None:
     from manifoldtrain.demo import DemoConfig
 
-    p = sub.add_parser("demo", help="train value, first- and second-order networks on the cube and compare")
-    p.add_argument("--out", default="demo", help="output directory (default ./demo)")
+    p = sub.add_parser("demo", help="train value, first- and second-order networks on a manifold (the cube) and compare")
+    p.add_argument("--out", default="demo", help="output directory (default ./demo): new, empty, or a demo's")
+    p.add_argument("--force", action="store_true", help="write into --out even if it holds other files")
     p.add_argument("--quick", action="store_true", help="a tiny run for smoke tests (seconds, not minutes)")
     add_settings_arguments(p, DemoConfig, "demo settings")
     p.set_defaults(handler=_cmd_demo)
@@ -86,20 +108,24 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         for name, value in (("n_train", 64), ("n_test", 32), ("hidden", [16, 16]), ("seconds_per_run", 2.0)):
             if getattr(args, name) is None:
                 setattr(args, name, value)
+    from manifoldtrain._io import claim_output_folder
+
     config = settings_from_arguments(DemoConfig, args)
-    run_demo(args.out, config)
+    claim_output_folder(args.out, "demo", force=args.force, argument="--out")
+    run_demo(args.out, config, force=args.force)
     return 0
 
 
-def _add_generate(sub) -> None:
+def _add_generate(sub, manifolds: dict[str, type]) -> None:
     p = sub.add_parser("generate", help="generate a cache of jets (see manifoldtrain.data for the format)")
-    gsub = p.add_subparsers(dest="manifold", required=True, metavar="MANIFOLD")
-    for name in MANIFOLDS.names:
-        cls = MANIFOLDS.get(name)
+    gsub = p.add_subparsers(dest="manifold", required=True, metavar="MANIFOLD",
+                            description="a registered name, or package.module:ClassName of your own")
+    for name, cls in manifolds.items():
         q = gsub.add_parser(name, help=f"jets of the {cls.__name__} manifold")
         q.add_argument("--n", type=int, required=True, help="number of samples")
-        q.add_argument("--out", required=True, help="cache directory to write (replaced if it exists)")
-        q.add_argument("--seed", type=int, default=0, help="seed of the points (default 0)")
+        q.add_argument("--out", required=True, help="cache directory to write: new, empty, or a jet cache (replaced)")
+        q.add_argument("--seed", type=int, default=1,
+                       help="seed of the points (default 1: not the draw of a training run's default data.seed 0)")
         q.add_argument("--order", type=int, default=2, choices=(0, 1, 2), help="jet order (default 2)")
         q.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="storage dtype (default float32)")
         q.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -109,10 +135,11 @@ def _add_generate(sub) -> None:
 
 def _cmd_generate(args: argparse.Namespace) -> int:
     from manifoldtrain._validation import dtype_from_name
-    from manifoldtrain.data import generate_jets, save_jets
+    from manifoldtrain.data import check_cache_target, generate_jets, save_jets
 
     manifold = settings_from_arguments(args.manifold_class, args)
     dtype = dtype_from_name("--dtype", args.dtype)
+    check_cache_target(args.out, argument="--out")  # before the work
     data = generate_jets(manifold, args.n, seed=args.seed, order=args.order, dtype=dtype, progress=not args.no_progress)
     save_jets(data, args.out)
     print(f"wrote {len(data)} samples of order {args.order} to {args.out} (fingerprint {data.meta['fingerprint'][:12]})")
@@ -122,22 +149,25 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train from a TOML config (see manifoldtrain.config)")
     p.add_argument("--config", required=True, help="TOML file")
-    p.add_argument("--out", required=True, help="run directory: config, checkpoint, results")
+    p.add_argument("--out", required=True, help="run directory (new, empty, or a run's): config, checkpoint, results")
     p.add_argument("--no-resume", action="store_true", help="start over even if OUT holds a checkpoint")
+    p.add_argument("--force", action="store_true", help="write into --out even if it holds other files")
+    p.add_argument("--data", default=None, help="train on this jet cache from 'generate' (the config's data.path)")
     p.set_defaults(handler=_cmd_train)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
+    from manifoldtrain._io import check_not_input, claim_output_folder
     from manifoldtrain.config import load_config
-    from manifoldtrain.experiment import run_experiment
-    from manifoldtrain.training import CHECKPOINT_NAME
+    from manifoldtrain.experiment import RUN_OUTPUTS, run_experiment
 
     config = load_config(args.config)
-    if args.no_resume:
-        (Path(args.out) / CHECKPOINT_NAME).unlink(missing_ok=True)
-    res = run_experiment(config, args.out, resume=not args.no_resume)
+    if args.data is not None:
+        config = attrs.evolve(config, data=attrs.evolve(config.data, path=args.data))
+    for name in RUN_OUTPUTS:  # never over its own input
+        check_not_input(Path(args.out) / name, {"--config": args.config})
+    claim_output_folder(args.out, "run", force=args.force, argument="--out")
+    res = run_experiment(config, args.out, resume=not args.no_resume, force=args.force)
     print(json.dumps({"objective": res["objective"], "test": res["test"], "epochs": res["epochs"], "seconds": res["seconds"]}, indent=2))
     return 0
 
@@ -154,6 +184,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from manifoldtrain._io import write_text_atomic
     from manifoldtrain.data import load_jets
     from manifoldtrain.experiment import evaluate_checkpoint
+
+    if args.json is not None and Path(args.json).is_dir():
+        raise IsADirectoryError(f"--json: {args.json} is a folder; give the name of a JSON file to write")
 
     try:
         data = load_jets(args.data)
@@ -181,11 +214,17 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (errors in arguments exit with 2)."""
-    parser = _build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        plugins = _plugin_manifolds(argv)
+    except (TypeError, ValueError) as err:
+        print(f"manifoldtrain: error: {err}", file=sys.stderr)
+        return 2
+    parser = _build_parser(plugins)
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
-    except (ValueError, TypeError, FileNotFoundError, FloatingPointError) as err:
+    except (ValueError, TypeError, OSError, FloatingPointError) as err:
         parser.exit(2, f"manifoldtrain {args.command}: error: {err}\n")
 
 

@@ -84,6 +84,11 @@ class DataConfig:
         Seed of the points drawn from the manifold.
     split_seed : int
         Seed of the train/test split.
+    path : str or None
+        A jet cache written by ``manifoldtrain generate`` to draw the training and test sets
+        from (its first ``n_train + n_test`` samples, split by ``split_seed``), instead of
+        generating them; it must have been made from the same manifold and settings
+        (checked), of an order high enough, in ``dtype``. ``seed`` is then the cache's own.
     cache_dir : str or None
         Cache generated jets here (see :func:`manifoldtrain.data.cached_jets`); ``None``:
         generate in memory every time.
@@ -96,6 +101,7 @@ class DataConfig:
     test_order: int | None = attrs.field(default=None, validator=_check_test_order)
     seed: int = attrs.field(default=0, validator=attrs_validator(check_int, minimum=0))
     split_seed: int = attrs.field(default=0, validator=attrs_validator(check_int, minimum=0))
+    path: str | None = None
     cache_dir: str | None = None
     dtype: str = attrs.field(default="float32", validator=_check_dtype)
 

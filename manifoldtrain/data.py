@@ -35,7 +35,7 @@ from manifoldtrain._validation import check_int, check_tensor, dtype_name
 from manifoldtrain.jet import Jet
 from manifoldtrain.manifold import Manifold
 
-__all__ = ["JetDataset", "generate_jets", "load_jets", "save_jets", "cached_jets", "fingerprint"]
+__all__ = ["JetDataset", "generate_jets", "load_jets", "save_jets", "cached_jets", "fingerprint", "is_jet_cache", "check_cache_target"]
 
 FORMAT = "manifoldtrain-jets"
 FORMAT_VERSION = 1
@@ -167,12 +167,51 @@ def generate_jets(
     return JetDataset(points.to(dtype), inputs, targets, meta)
 
 
+def is_jet_cache(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a folder holding a jet cache (its ``meta.json`` says so)."""
+    meta = Path(path) / "meta.json"
+    try:
+        return meta.is_file() and json.loads(meta.read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def check_cache_target(path: str | os.PathLike, *, force: bool = False, argument: str = "path") -> Path:
+    """Check, before any work, that a jet cache may be written at ``path``; returns it (absolute).
+
+    Accepted: a path that does not exist, an empty folder, or a jet cache (replaced). A
+    regular file, or a folder of other files, is refused naming ``argument`` (the folder
+    also with ``force``: it would be replaced whole, and its files lost).
+    """
+    from manifoldtrain._io import check_writable
+
+    target = Path(os.path.abspath(path))
+    if target.exists() and not target.is_dir():
+        raise FileExistsError(f"{argument}: {path} is a file, not a jet cache; choose a new folder name")
+    if target.is_dir() and any(target.iterdir()) and not is_jet_cache(target):
+        raise FileExistsError(
+            f"{argument}: {path} is a folder of other files, not a jet cache, and would be replaced whole; "
+            "choose a new folder name"
+        )
+    if target == Path.cwd() and target.is_dir():
+        raise FileExistsError(f"{argument}: {path} is the current folder; write the cache into a folder of its own")
+    parent = target.parent
+    while not parent.exists():
+        parent = parent.parent
+    check_writable(parent, argument)
+    return target
+
+
 def save_jets(dataset: JetDataset, path: str | os.PathLike) -> Path:
     """Write ``dataset`` as a cache directory at ``path`` (atomically: complete or absent).
 
-    An existing directory at ``path`` is replaced.
+    ``path`` must not exist, or be an empty folder or a jet cache, which is replaced
+    (:func:`check_cache_target`); anything else is refused, nothing is deleted. Files and
+    folders get the permissions of the user's umask.
     """
-    path = Path(path)
+    from manifoldtrain._io import _publish_mode
+
+    path = check_cache_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
     try:
@@ -182,14 +221,22 @@ def save_jets(dataset: JetDataset, path: str | os.PathLike) -> Path:
                 arrays[f"{prefix}_{name}"] = comp
         for name, t in arrays.items():
             np.save(tmp / f"{name}.npy", t.detach().cpu().numpy())
+            _publish_mode(tmp / f"{name}.npy")
         meta = {"format": FORMAT, "version": FORMAT_VERSION, **dataset.meta}
         meta["shapes"] = {name: list(t.shape) for name, t in arrays.items()}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        _publish_mode(tmp / "meta.json")
+        _publish_mode(tmp, directory=True)
         if path.exists():
             old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old-"))
             os.replace(path, old / "data")
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
+            try:
+                os.replace(tmp, path)
+            except BaseException:
+                os.replace(old / "data", path)  # the old cache goes back where it was
+                raise
+            finally:
+                shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
     except BaseException:

@@ -10,11 +10,11 @@ from pathlib import Path
 import attrs
 import torch
 
-from manifoldtrain._io import write_text_atomic
+from manifoldtrain._io import claim_output_folder, write_text_atomic
 from manifoldtrain._validation import attrs_validator, check_float, check_int
 from manifoldtrain.config import DataConfig, ExperimentConfig
 from manifoldtrain.experiment import machine_info, make_data, run_experiment
-from manifoldtrain.manifolds import Cube
+from manifoldtrain.registry import MANIFOLDS
 from manifoldtrain.nn import MLPConfig, _check_hidden
 from manifoldtrain.objectives import Objective
 from manifoldtrain.training import TrainConfig
@@ -24,6 +24,13 @@ __all__ = ["DemoConfig", "OBJECTIVES", "run_demo", "plot_report"]
 #: The demo's objectives by name: value training, and derivative training of order 1 and 2
 #: (weights as in :meth:`Objective.second_order`).
 OBJECTIVES = {"value": Objective.value(), "first": Objective.first_order(), "second": Objective.second_order()}
+
+
+def _check_manifold(instance, attribute, value):
+    try:
+        MANIFOLDS.get(value)
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"{attribute.name}: {err}") from None
 
 
 def _check_objectives(instance, attribute, value):
@@ -49,6 +56,9 @@ class DemoConfig:
         Seeds the data, the initial weights and the batch order.
     objectives : tuple of str
         Which of ``value``, ``first``, ``second`` to train.
+    manifold : str
+        The manifold, with its default settings: a registered name (``"cube"``) or
+        ``"package.module:ClassName"`` of your own (:mod:`manifoldtrain.registry`).
     """
 
     n_train: int = attrs.field(default=1000, validator=attrs_validator(check_int, minimum=2))
@@ -59,12 +69,13 @@ class DemoConfig:
     learning_rate: float = attrs.field(default=1e-3, validator=attrs_validator(check_float, positive=True))
     seed: int = attrs.field(default=0, validator=attrs_validator(check_int, minimum=0))
     objectives: tuple[str, ...] = attrs.field(default=("value", "first", "second"), converter=tuple, validator=_check_objectives)
+    manifold: str = attrs.field(default="cube", validator=_check_manifold)
     progress: bool = True
 
     def experiment(self, objective: str) -> ExperimentConfig:
         """The run of one objective."""
         return ExperimentConfig(
-            manifold=Cube(),
+            manifold=MANIFOLDS.get(self.manifold)(),
             data=DataConfig(n_train=self.n_train, n_test=self.n_test, seed=self.seed, split_seed=self.seed),
             model=MLPConfig(hidden=self.hidden, activation="tanh"),
             objective=OBJECTIVES[objective],
@@ -82,20 +93,20 @@ class DemoConfig:
         )
 
 
-def run_demo(out_dir: str | os.PathLike = "demo", config: DemoConfig = DemoConfig(), *, echo=print) -> dict:
+def run_demo(out_dir: str | os.PathLike = "demo", config: DemoConfig = DemoConfig(), *, echo=print, force: bool = False) -> dict:
     """Train the demo's runs, print a table, write ``results.json`` and ``report.png`` to ``out_dir``.
 
     ``results.json`` holds ``"runs"``: per run ``objective``, ``test_rmse``, ``test_rmse_d1``,
     ``test_rmse_d2``, ``seconds``, ``epochs``, ``seed``; and ``"ratio_value_to_second"``, the
     clean test RMSE of value training over that of second-order training. Each run also keeps
     its own directory (config, checkpoint, history): a stopped demo resumes where it stopped.
+    ``out_dir`` must be new, empty or a demo folder already (``force``: any folder).
     """
     if not isinstance(config, DemoConfig):
         raise TypeError(f"config: expected a DemoConfig, got {type(config).__name__}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim_output_folder(out_dir, "demo", force=force, argument="out_dir")
     t0 = time.perf_counter()
-    echo(f"manifoldtrain demo: cube, {config.n_train} training / {config.n_test} test samples, "
+    echo(f"manifoldtrain demo: {config.manifold}, {config.n_train} training / {config.n_test} test samples, "
          f"MLP {list(config.hidden)} tanh, {config.seconds_per_run:g} s per objective -> {out}")
     # One data set for every run, of the highest order any of them needs.
     richest = max(config.objectives, key=lambda name: OBJECTIVES[name].max_order)
@@ -182,14 +193,14 @@ def plot_report(runs, histories, train, test, out: Path, config: DemoConfig) -> 
         ax = fig.add_subplot(grid[1, 2 * col : 2 * col + 2])
         ax.plot([lo, hi], [lo, hi], color="black", lw=0.8)
         ax.scatter(truth, pred, s=2, alpha=0.35, color=colors[name])
-        ax.set(xlabel="true corner coordinate", ylabel="predicted", title=f"{name}: test RMSE {r['test_rmse']:.2e}")
+        ax.set(xlabel="true target", ylabel="predicted", title=f"{name}: test RMSE {r['test_rmse']:.2e}")
         ax.set_aspect("equal")
     ax_curve.set(xlabel="training seconds", ylabel="test RMSE (clean)", yscale="log", title="learning curves (test)")
     ax_hist.set(xscale="log", xlabel="|predicted - true| over all 9 outputs", ylabel="count", title="error histogram (test)")
     ax_curve.legend(fontsize=9)
     ax_hist.legend(fontsize=9)
     fig.suptitle(
-        f"Cube: {config.n_train} training / {config.n_test} test samples, MLP {list(config.hidden)} tanh, "
+        f"{config.manifold}: {config.n_train} training / {config.n_test} test samples, MLP {list(config.hidden)} tanh, "
         f"{config.seconds_per_run:g} s per objective"
     )
     path = out / "report.png"

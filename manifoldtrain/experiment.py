@@ -4,27 +4,48 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 import platform
 import sys
 from pathlib import Path
 
 import torch
 
-from manifoldtrain._io import write_text_atomic
+from manifoldtrain._io import claim_output_folder, write_text_atomic
 from manifoldtrain._validation import dtype_from_name
 from manifoldtrain.config import ExperimentConfig, config_to_dict, save_config
-from manifoldtrain.data import JetDataset, cached_jets, generate_jets
+from manifoldtrain.data import JetDataset, cached_jets, generate_jets, load_jets, manifold_description
 from manifoldtrain.evaluation import Metrics, evaluate
 from manifoldtrain.nn import build_model
 from manifoldtrain.registry import MODELS
 from manifoldtrain.training import CHECKPOINT_NAME, Trainer, load_checkpoint
 
-__all__ = ["make_data", "run_experiment", "model_from_checkpoint", "evaluate_checkpoint", "machine_info", "command_line"]
+#: The files a run writes into its folder (besides its marker).
+RUN_OUTPUTS = ("config.toml", "results.json", "curves.png", CHECKPOINT_NAME)
+
+__all__ = ["RUN_OUTPUTS", "make_data", "run_experiment", "model_from_checkpoint", "evaluate_checkpoint", "machine_info", "command_line"]
+
+
+def _git_commit() -> str | None:
+    """The git commit of the library's source tree, where it is one (an editable install)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
+                             text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
 
 
 def machine_info() -> dict:
-    """Where a figure was measured: torch version, threads, processor, Python."""
+    """Where and with what a figure was measured: library, torch and Python versions, git
+    commit, threads, processor."""
+    from manifoldtrain import __version__
+
     return {
+        "manifoldtrain": __version__,
+        "git_commit": _git_commit(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "machine": platform.machine(),
@@ -49,11 +70,37 @@ def make_data(config: ExperimentConfig, *, progress: bool = True) -> tuple[JetDa
     dtype = dtype_from_name("data.dtype", d.dtype)
     n = d.n_train + d.n_test
     order = max(config.objective.max_order, d.test_order if d.test_order is not None else 0)
-    if d.cache_dir is not None:
+    if d.path is not None:
+        data = load_jets(d.path)
+        check_cache_matches(data, config.manifold, "data.path", d.path)
+        if data.order < order:
+            raise ValueError(f"data.path: {d.path} holds jets of order {data.order}; this run needs order {order} "
+                             "(generate it with a higher --order)")
+        if len(data) < n:
+            raise ValueError(f"data.path: {d.path} holds {len(data)} samples; n_train + n_test = {n}")
+        if data.inputs.dtype != dtype:
+            raise ValueError(f"data.path: {d.path} is stored in {data.inputs.dtype}, data.dtype is {d.dtype!r}")
+        data = data.subset(slice(0, n))
+        data = JetDataset(data.points, data.inputs.truncate(order), data.targets.truncate(order), data.meta)
+    elif d.cache_dir is not None:
         data = cached_jets(config.manifold, n, d.cache_dir, seed=d.seed, order=order, dtype=dtype, progress=progress)
     else:
         data = generate_jets(config.manifold, n, seed=d.seed, order=order, dtype=dtype, progress=progress)
     return data.split(d.n_test, d.split_seed)
+
+
+def check_cache_matches(data: JetDataset, manifold, argument: str, path) -> None:
+    """Raise ``ValueError`` naming ``argument`` and the first differing setting unless the jet
+    cache ``data`` was generated from ``manifold`` with the same settings."""
+    from manifoldtrain.training import _first_difference
+
+    theirs, mine = data.meta.get("manifold"), manifold_description(manifold)
+    diff = _first_difference(theirs, mine, "manifold")
+    if diff is not None:
+        raise ValueError(
+            f"{argument}: {path} was generated from another manifold or settings ({diff.replace('checkpoint', 'cache')}); "
+            "generate it with the run's manifold settings"
+        )
 
 
 def _model_spec(config: ExperimentConfig, train: JetDataset) -> dict:
@@ -89,6 +136,7 @@ def run_experiment(
     resume: bool = True,
     data: tuple[JetDataset, JetDataset] | None = None,
     progress: bool = True,
+    force: bool = False,
 ) -> dict:
     """Train ``config`` into ``out_dir`` and return its results.
 
@@ -97,28 +145,41 @@ def run_experiment(
     ``epochs``, ``history``; and ``out_dir/curves.png``, the learning curves of every term and
     every recorded test metric. With ``resume``, a run stopped half way continues from its last
     checkpoint. ``data`` may pass ``(train, test)`` directly.
+
+    ``out_dir`` must be new, empty or a run folder already (:func:`manifoldtrain._io.claim_output_folder`;
+    ``force`` writes into another folder anyway); it is checked before any work. A run that
+    starts afresh (no checkpoint to resume) first removes the results of an earlier run there.
     """
     if not isinstance(config, ExperimentConfig):
         raise TypeError(f"config: expected an ExperimentConfig, got {type(config).__name__}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(config, out / "config.toml")
+    out = claim_output_folder(out_dir, "run", force=force, argument="out_dir")
     train, test = data if data is not None else make_data(config, progress=progress)
     dtype = train.inputs.dtype
     model = build_model(config.model, train.inputs.value, train.targets.value, seed=config.model_seed).to(dtype)
     trainer = Trainer(
         model, config.objective, train, test, config.train, checkpoint_dir=out,
-        extra={"model_spec": _model_spec(config, train)},
+        extra={"model_spec": _model_spec(config, train), "model_seed": config.model_seed,
+               "data": config_to_dict(config)["data"], "manifold": manifold_description(config.manifold)},
     )
-    history = trainer.fit(resume=resume)
+    # A refused resume (other settings, a damaged checkpoint) raises here, before anything is written.
+    if not (resume and trainer.resume()):
+        for stale in RUN_OUTPUTS:
+            (out / stale).unlink(missing_ok=True)  # an earlier run's files: never beside a new run's
+    save_config(config, out / "config.toml")
+    history = trainer.fit(resume=False)  # resumed above, or starting afresh
     metrics = evaluate(model, test)
+    last = history.records[-1] if history.records else {}
     results = {
         "objective": list(config.objective.names),
         "test": metrics.to_dict(),
+        "train_loss": last.get("loss"),
+        "train_losses": last.get("losses"),
+        "normalisers": trainer.normalisers,
         "seconds": trainer.seconds,
         "epochs": trainer.epoch,
         "steps": trainer.steps,
         "history": history.records,
+        "device": str(trainer.device),
         "machine": machine_info(),
     }
     write_text_atomic(out / "results.json", json.dumps(results, indent=2) + "\n")
@@ -135,7 +196,22 @@ def evaluate_checkpoint(path: str | os.PathLike, test: JetDataset) -> Metrics:
     if path.is_dir():
         path = path / CHECKPOINT_NAME
     state = load_checkpoint(path)
-    spec = state.get("extra", {}).get("model_spec", {})
+    extra = state.get("extra", {})
+    if "manifold" in extra and test.meta.get("manifold") is not None:
+        from manifoldtrain.training import _first_difference
+
+        diff = _first_difference(test.meta["manifold"], extra["manifold"], "manifold")
+        if diff is not None:
+            diff = diff.replace("in the checkpoint", "in the test data").replace("now", "in the run")
+            raise ValueError(f"test: its jets come from another manifold or settings than the run's ({diff})")
+        run_data = extra.get("data", {})
+        if run_data.get("path") is None and test.meta.get("seed") == run_data.get("seed", 0):
+            warnings.warn(
+                f"test: drawn with seed {test.meta.get('seed')}, the seed of the run's own data: these are the run's "
+                "training points (generate a test set with another --seed)",
+                stacklevel=2,
+            )
+    spec = extra.get("model_spec", {})
     for what, jet in (("input", test.inputs), ("target", test.targets)):
         want = spec.get(f"{what}_shape")
         if want is not None and list(jet.shape) != list(want):

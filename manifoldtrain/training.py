@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -149,9 +150,15 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"path: no checkpoint at {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated, damaged, or another kind of file (torch's own advice is unsafe)
+        raise ValueError(
+            f"path: {path} is damaged or not a manifoldtrain checkpoint ({type(err).__name__}); delete or move it, "
+            "or start over (train --no-resume)"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"path: {path} is not a manifoldtrain checkpoint")
+        raise ValueError(f"path: {path} is not a manifoldtrain checkpoint; move it away, or start over (train --no-resume)")
     if state.get("version") != CHECKPOINT_VERSION:
         raise ValueError(f"path: {path} has checkpoint version {state.get('version')}, expected {CHECKPOINT_VERSION}")
     return state
@@ -252,11 +259,18 @@ class Trainer:
         return self.checkpoint_dir / CHECKPOINT_NAME if self.checkpoint_dir is not None else None
 
     def _identity(self) -> dict:
+        """Every setting that shapes the weights: what a resumed run must share with its checkpoint."""
         return {
-            "train_config": plain(self.config),
+            "train_config": {k: v for k, v in plain(self.config).items() if k != "progress"},  # the bar changes nothing
             "objective": plain(self.objective),
             "data_fingerprint": self.train.meta.get("fingerprint"),
             "n_train": len(self.train),
+            "model_architecture": {
+                "layers": repr(self.model),
+                "parameters": {k: list(v.shape) for k, v in self.model.state_dict().items()},
+                "dtype": str(self.dtype),
+            },
+            "extra": plain(self.extra),
         }
 
     def state_dict(self) -> dict:
@@ -286,22 +300,36 @@ class Trainer:
         return self.checkpoint_path
 
     def load_state_dict(self, state: dict) -> None:
-        """Continue from a checkpoint of the same run (same configs, objective and data)."""
+        """Continue from a checkpoint of the same run: the same configs, objective, data, model
+        architecture and ``extra`` (e.g. the model's config and seed); otherwise a
+        ``ValueError`` names the first setting that differs. Loaded weights must be finite."""
         for key, value in self._identity().items():
-            theirs = state.get(key)
-            if key == "train_config":  # the progress bar does not change the run
-                theirs = {k: v for k, v in (theirs or {}).items() if k != "progress"}
-                value = {k: v for k, v in value.items() if k != "progress"}
-            if theirs != value:
+            diff = _first_difference(state.get(key), value, key)
+            if diff is not None:
                 raise ValueError(
-                    f"checkpoint: it belongs to a run with another {key.replace('_', ' ')}; resume in the same "
-                    "settings, or use a new checkpoint directory"
+                    f"checkpoint: it belongs to a run with other settings ({diff}); resume with the same settings, "
+                    "start over (--no-resume, or resume=False), or use a new folder"
                 )
+        bad = [k for k, v in state["model"].items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if bad:
+            raise ValueError(f"checkpoint: its weights {bad[:3]} hold NaN or inf; start over (--no-resume) or use a new folder")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
         self.epoch, self.steps, self.seconds = state["epoch"], state["step"], state["seconds"]
         self.history = History(list(state["history"]["records"]), bool(state["history"]["finished"]))
+
+    def resume(self) -> bool:
+        """Load the checkpoint in ``checkpoint_dir`` if there is one (see :meth:`load_state_dict`)
+        and say so; returns whether it did."""
+        if self.checkpoint_path is None or not self.checkpoint_path.is_file():
+            return False
+        self.load_state_dict(load_checkpoint(self.checkpoint_path))
+        cfg = self.config
+        budget = f"{cfg.epochs} epochs" + (f" or {cfg.time_budget:g} s" if cfg.time_budget is not None else "")
+        _log(f"resuming from epoch {self.epoch} ({self.seconds:.1f} s of training) of {budget}: {self.checkpoint_path}",
+             cfg.progress)
+        return True
 
     def progress(self) -> float:
         """The fraction of the training budget spent (0..1): steps or seconds, whichever is further."""
@@ -341,11 +369,7 @@ class Trainer:
         )
         loss = sum(losses.values())
         if not bool(torch.isfinite(loss.detach())):
-            bad = {k: v.item() for k, v in losses.items()}
-            raise FloatingPointError(
-                f"loss: became {loss.item()} at epoch {self.epoch + 1}, step {self.steps + 1} (terms {bad}); "
-                "lower the learning rate, clip gradients (grad_clip) or check the data for NaN"
-            )
+            raise FloatingPointError(self._non_finite_message(losses))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip is not None:
@@ -353,6 +377,21 @@ class Trainer:
         self.optimizer.step()
         self.steps += 1
         return {k: float(v.detach()) for k, v in losses.items()}
+
+    def _non_finite_message(self, losses: dict[str, torch.Tensor]) -> str:
+        """Which terms went NaN or infinite, and the remedy that fits the cause."""
+        bad = {k: v.item() for k, v in losses.items() if not bool(torch.isfinite(v.detach()))}
+        where = f"at epoch {self.epoch + 1}, step {self.steps + 1}"
+        tiny = [k for k in bad if self.normalisers[k] < 1e-12 * max(self.normalisers.values())]
+        if tiny:
+            hint = (f"the normaliser of {tiny[0]!r} is {self.normalisers[tiny[0]]:.3g}, tiny against the other terms': "
+                    "set that term's scale by hand")
+        elif self.steps == 0:
+            hint = "the very first step: check the training data and the model's initial weights for NaN or inf"
+        else:
+            hint = "lower the learning rate or clip gradients (grad_clip)"
+        terms = ", ".join(f"{k!r} = {v}" for k, v in bad.items())
+        return f"loss: term {terms} became non-finite {where} (all terms {dict((k, v.item()) for k, v in losses.items())}); {hint}"
 
     def evaluate(self) -> dict[str, float | None]:
         """Every metric's numbers on the test data, by name (empty without test data)."""
@@ -380,8 +419,8 @@ class Trainer:
     def _fit(self, resume: bool) -> History:
         from tqdm.auto import tqdm
 
-        if resume and self.checkpoint_path is not None and self.checkpoint_path.is_file():
-            self.load_state_dict(load_checkpoint(self.checkpoint_path))
+        if resume:
+            self.resume()
         cfg = self.config
         total_steps = cfg.epochs * self.steps_per_epoch
         by_time = cfg.time_budget is not None and cfg.time_budget < total_steps * 1e-3  # a step takes >~1 ms
@@ -444,6 +483,33 @@ class Trainer:
                 "losses": losses_mean,
             }
         )
+
+
+def _log(message: str, show: bool) -> None:
+    if show:
+        from tqdm.auto import tqdm
+
+        tqdm.write(message, file=sys.stderr)
+
+
+def _first_difference(theirs, mine, path: str) -> str | None:
+    """The first place where two plain values differ, as ``path: A in the checkpoint, B now``."""
+    if isinstance(theirs, dict) and isinstance(mine, dict):
+        for key in list(mine) + [k for k in theirs if k not in mine]:
+            diff = _first_difference(theirs.get(key, "<missing>"), mine.get(key, "<missing>"), f"{path}.{key}")
+            if diff is not None:
+                return diff
+        return None
+    if isinstance(theirs, list) and isinstance(mine, list) and len(theirs) == len(mine):
+        for k, (a, b) in enumerate(zip(theirs, mine)):
+            diff = _first_difference(a, b, f"{path}[{k}]")
+            if diff is not None:
+                return diff
+        return None
+    if theirs != mine:
+        show = lambda v: (v if len(repr(v)) < 80 else repr(v)[:77] + "...")  # noqa: E731
+        return f"{path}: {show(theirs)!r} in the checkpoint, {show(mine)!r} now"
+    return None
 
 
 def _check_alike(train: JetDataset, test: JetDataset) -> None:

@@ -1,6 +1,8 @@
 """TOML configs, the experiment runner, and the generate / train / evaluate / demo commands."""
 
 import json
+import re
+import tomllib
 
 import pytest
 import torch
@@ -142,7 +144,8 @@ def test_evaluate_refuses_a_cache_of_another_shape(tmp_path, capsys):
     capsys.readouterr()
     with pytest.raises(SystemExit):
         main(["evaluate", "--run", str(tmp_path / "run"), "--data", str(tmp_path / "big")])
-    assert "test: its inputs have shape [11, 11], the model was trained on [9, 9]" in capsys.readouterr().err
+    assert "other manifold or settings than the run's (manifold.settings.image_size: 11 in the test data, 9 in the run)" \
+        in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["evaluate", "--run", str(tmp_path / "nowhere"), "--data", str(tmp_path / "big")])
     assert "--run" in capsys.readouterr().err
@@ -159,3 +162,172 @@ def test_demo_quick(tmp_path, capsys):
     assert (out / "report.png").read_bytes()[:4] == b"\x89PNG"
     text = capsys.readouterr().out
     assert "objective" in text and "value / second order" in text
+
+
+# ----------------------------------------------------------------- nothing lost
+
+GEN = ["generate", "cube", "--n", "4", "--image-size", "9", "--extent", "0.5", "--sigma", "0.08", "--no-progress"]
+
+
+def test_generate_never_replaces_what_is_not_a_jet_cache(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("mine")
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "thesis.tex").write_text("years of it")
+    for out, message in (("notes.txt", "is a file, not a jet cache"), ("work", "is a folder of other files"),
+                         (".", "folder of other files|current folder")):
+        with pytest.raises(SystemExit):
+            main([*GEN, "--out", out])
+        assert re.search(message, capsys.readouterr().err)
+    assert (tmp_path / "notes.txt").read_text() == "mine" and (work / "thesis.tex").read_text() == "years of it"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "work"]  # no debris
+    # A cache is replaced by a cache, atomically, leaving nothing beside it.
+    assert main([*GEN, "--out", "cache"]) == 0
+    assert main([*GEN, "--out", "cache", "--seed", "3"]) == 0
+    assert load_jets(tmp_path / "cache").meta["seed"] == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "notes.txt", "work"]
+
+
+def test_umask_is_respected(tmp_path, monkeypatch):
+    import os
+    import stat
+
+    monkeypatch.chdir(tmp_path)
+    old = os.umask(0o027)
+    try:
+        assert main([*GEN, "--out", "cache"]) == 0
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "cache").stat().st_mode) == 0o750
+    assert stat.S_IMODE((tmp_path / "cache" / "meta.json").stat().st_mode) == 0o640
+
+
+def test_train_and_demo_write_only_into_their_own_folders(tmp_path, capsys):
+    (tmp_path / "c.toml").write_text(TOML)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "results.json").write_text('{"my": "results"}')
+    with pytest.raises(SystemExit):
+        main(["train", "--config", str(tmp_path / "c.toml"), "--out", str(mine)])
+    assert "not a manifoldtrain output (results.json)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["demo", "--quick", "--out", str(mine)])
+    assert "--force" in capsys.readouterr().err
+    assert (mine / "results.json").read_text() == '{"my": "results"}' and sorted(p.name for p in mine.iterdir()) == ["results.json"]
+    # The run's own config.toml given as --config: never replaced, even with --force.
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(tmp_path / "c.toml"), "--out", str(run)]) == 0
+    (run / "config.toml").write_text("# my notes\n" + (run / "config.toml").read_text())
+    with pytest.raises(SystemExit):
+        main(["train", "--config", str(run / "config.toml"), "--out", str(run), "--force"])
+    assert "--config" in capsys.readouterr().err and (run / "config.toml").read_text().startswith("# my notes")
+    # A demo folder is not a run folder; a file is not a folder.
+    with pytest.raises(SystemExit):
+        main(["train", "--config", str(tmp_path / "c.toml"), "--out", str(tmp_path / "c.toml")])
+    assert "is a file, not a folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--run", str(run), "--data", str(run), "--json", str(run)])
+    assert "--json" in capsys.readouterr().err
+
+
+def test_a_fresh_run_clears_stale_results(tmp_path, monkeypatch):
+    from manifoldtrain.experiment import run_experiment
+    from manifoldtrain.training import Trainer
+
+    config = config_from_dict(tomllib.loads(TOML))
+    run_experiment(config, tmp_path / "run", progress=False)
+    assert (tmp_path / "run" / "results.json").exists()
+
+    def broken(self, **kw):
+        raise FloatingPointError("loss: went bad")
+
+    monkeypatch.setattr(Trainer, "fit", broken)
+    with pytest.raises(FloatingPointError):
+        run_experiment(config, tmp_path / "run", resume=False, progress=False)
+    assert not (tmp_path / "run" / "results.json").exists() and not (tmp_path / "run" / "curves.png").exists()
+
+
+MY_MANIFOLD = '''
+import attrs
+import torch
+from manifoldtrain import Manifold
+
+
+@attrs.frozen
+class Blob(Manifold):
+    """A Gaussian blob imaged on a grid; the target is its position."""
+
+    size: int = 9
+    width: float = 0.25
+    param_dim, point_shape, target_shape = 2, (2,), (2,)
+
+    @property
+    def input_shape(self):
+        return (self.size, self.size)
+
+    def sample(self, n, generator=None, *, dtype=None, device=None):
+        return (torch.rand(n, 2, generator=generator, dtype=torch.float64) - 0.5).to(dtype or torch.float64)
+
+    def input(self, points, theta):
+        self.check_points(points)
+        self.check_theta(points, theta)
+        c = points + theta
+        grid = torch.linspace(-1, 1, self.size, dtype=points.dtype)
+        gx, gy = grid.reshape(1, 1, -1) - c[:, :1, None], grid.reshape(1, -1, 1) - c[:, 1:, None]
+        return torch.exp(-(gx * gx + gy * gy) / (2 * self.width**2))
+
+    def target(self, points, theta):
+        self.check_points(points)
+        self.check_theta(points, theta)
+        return points + theta
+'''
+
+
+def test_a_users_manifold_in_their_own_file_works_from_the_command_line(tmp_path, monkeypatch, capsys):
+    (tmp_path / "my_blob.py").write_text(MY_MANIFOLD)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    assert main(["show", "my_blob:Blob", "--out", "blob.png", "--size", "11", "--second-order"]) == 0
+    assert (tmp_path / "blob.png").stat().st_size > 0
+    assert main(["generate", "my_blob:Blob", "--n", "24", "--seed", "7", "--out", "jets", "--no-progress"]) == 0
+    assert load_jets("jets").inputs.d2.shape == (24, 3, 9, 9)
+    for objective in ("value", "second"):
+        terms = '[[objective.terms]]\nkind = "value"\n' + (
+            '[[objective.terms]]\nkind = "derivative"\norder = 1\n[[objective.terms]]\nkind = "derivative"\norder = 2\n'
+            'weight = 0.03\n' if objective == "second" else "")
+        (tmp_path / f"{objective}.toml").write_text(
+            f'[manifold]\nkind = "my_blob:Blob"\n[data]\nn_train = 40\nn_test = 10\ntest_order = 2\n'
+            f'[model]\nkind = "mlp"\nhidden = [8]\n{terms}[train]\nepochs = 2\nbatch_size = 8\nprogress = false\n')
+        assert main(["train", "--config", f"{objective}.toml", "--out", objective]) == 0
+        assert 'kind = "my_blob:Blob"' in (tmp_path / objective / "config.toml").read_text()
+        capsys.readouterr()
+        assert main(["evaluate", "--run", objective, "--data", "jets"]) == 0
+        assert json.loads(capsys.readouterr().out)["rmse_d2"] > 0
+    assert main(["demo", "--quick", "--manifold", "my_blob:Blob", "--out", "demo", "--seconds-per-run", "0.5"]) == 0
+    assert len(json.loads((tmp_path / "demo" / "results.json").read_text())["runs"]) == 3
+    assert main(["show", "no_such_module:Blob", "--out", "x.png"]) == 2
+    assert "cannot import module 'no_such_module'" in capsys.readouterr().err
+
+
+def test_train_and_evaluate_on_generated_caches_checked_by_manifold_settings(tmp_path, capsys):
+    small = ["--image-size", "9", "--extent", "0.5", "--no-progress"]
+    assert main(["generate", "cube", "--n", "60", "--out", str(tmp_path / "train-jets"), "--sigma", "0.08", *small]) == 0
+    assert main(["generate", "cube", "--n", "60", "--out", str(tmp_path / "other"), "--sigma", "0.09", *small]) == 0
+    (tmp_path / "c.toml").write_text(TOML)
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(tmp_path / "c.toml"), "--out", str(run), "--data", str(tmp_path / "train-jets")]) == 0
+    assert load_config(run / "config.toml").data.path == str(tmp_path / "train-jets")
+    with pytest.raises(SystemExit):
+        main(["train", "--config", str(tmp_path / "c.toml"), "--out", str(tmp_path / "r2"), "--data", str(tmp_path / "other")])
+    assert "manifold.settings.sigma: 0.09 in the cache, 0.08 now" in capsys.readouterr().err
+    assert not (tmp_path / "r2" / "config.toml").exists()
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--run", str(run), "--data", str(tmp_path / "other")])
+    assert "manifold.settings.sigma: 0.09 in the test data, 0.08 in the run" in capsys.readouterr().err
+    # A cache drawn with the run's own data seed holds its training points: said out loud.
+    run2 = tmp_path / "run2"
+    assert main(["train", "--config", str(tmp_path / "c.toml"), "--out", str(run2)]) == 0
+    assert main(["generate", "cube", "--n", "20", "--seed", "2", "--out", str(tmp_path / "same"), "--sigma", "0.08", *small]) == 0
+    with pytest.warns(UserWarning, match="these are the run's training points"):
+        main(["evaluate", "--run", str(run2), "--data", str(tmp_path / "same")])

@@ -131,3 +131,40 @@ class TorusWinding(Manifold):
     def input(self, points, theta):
         xyz = self.target(points, theta)
         return torch.cat([torch.tanh(xyz), (xyz * xyz).sum(1, keepdim=True)], dim=1)
+
+
+class Blob(Manifold):
+    """A Gaussian blob at a point of the plane, imaged on a grid; the target is the point itself.
+
+    The target is *linear* in the coordinates (``y(p, theta) = p + theta``): its second
+    derivatives vanish, the degenerate case of the second-order term's normaliser.
+    """
+
+    param_dim, point_shape, target_shape = 2, (2,), (2,)
+
+    def __init__(self, size=9, width=0.25):
+        self.size, self.width = size, width
+
+    @property
+    def input_shape(self):
+        return (self.size, self.size)
+
+    def __repr__(self):
+        return f"Blob(size={self.size}, width={self.width})"
+
+    def sample(self, n, generator=None, *, dtype=None, device=None):
+        return (torch.rand(n, 2, generator=generator, dtype=torch.float64) - 0.5).to(dtype=dtype or torch.float64, device=device)
+
+    def input(self, points, theta):
+        self.check_points(points)
+        self.check_theta(points, theta)
+        c = points + theta
+        grid = torch.linspace(-1, 1, self.size, dtype=points.dtype, device=points.device)
+        gx = grid.reshape(1, 1, -1) - c[:, :1, None]
+        gy = grid.reshape(1, -1, 1) - c[:, 1:, None]
+        return torch.exp(-(gx * gx + gy * gy) / (2 * self.width**2))
+
+    def target(self, points, theta):
+        self.check_points(points)
+        self.check_theta(points, theta)
+        return points + theta

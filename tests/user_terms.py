@@ -29,4 +29,4 @@ class CurvaturePenalty(Term):
         return rows.out_second.pow(2).mean()
 
     def normaliser(self, scales) -> float:
-        return scales.energy[2]
+        return scales.target_energy(2, self.name)

@@ -20,6 +20,7 @@ The weighted, normalised losses are what :meth:`Objective.losses` returns, by te
 from __future__ import annotations
 
 import abc
+import warnings
 from typing import Any
 
 import attrs
@@ -32,18 +33,31 @@ from manifoldtrain.network_jets import taylor_rows
 __all__ = ["Term", "Rows", "Batch", "LossScales", "Objective", "random_directions"]
 
 
-def random_directions(n: int, k: int, d: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """``[n, k, d]`` float64 directions, uniform on the sphere of radius ``sqrt(d)``.
+def random_directions(
+    n: int, k: int, d: int, generator: torch.Generator | None = None, *, orthogonal: bool = True
+) -> torch.Tensor:
+    """``[n, k, d]`` float64 directions, each uniform on the sphere of radius ``sqrt(d)``.
 
     :math:`E[v v^T] = I`, so :math:`E[(e \\cdot v)^2] = |e|^2` and, for independent ``u`` and
     ``v``, :math:`E[(u^T E v)^2] = |E|_F^2`. The sphere has lighter tails than Gaussian
     directions (the norm is fixed), so the estimates vary less.
+
+    With ``orthogonal`` (the default), the ``k`` directions of a sample are orthogonal to each
+    other (rows of a uniformly random rotation, ``d`` at a time): each is still uniform on the
+    sphere, so every estimate keeps its mean, but they cannot repeat each other, and the
+    spread of an average over them shrinks (for ``k = d`` the first-order estimate is exact).
     """
     check_int("n", n, minimum=1)
     check_int("k", k, minimum=1)
     check_int("d", d, minimum=1)
-    g = torch.randn(n, k, d, generator=generator, dtype=torch.float64)
-    return g * (d**0.5 / g.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny))
+    if not orthogonal or k == 1:
+        g = torch.randn(n, k, d, generator=generator, dtype=torch.float64)
+        return g * (d**0.5 / g.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny))
+    frames = -(-k // d)
+    g = torch.randn(n, frames, d, d, generator=generator, dtype=torch.float64)
+    q, r = torch.linalg.qr(g)
+    q = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1)).unsqueeze(-2)  # Haar: a uniformly random rotation
+    return q.transpose(-2, -1).reshape(n, frames * d, d)[:, :k] * d**0.5
 
 
 def _as_blocks(value) -> tuple[torch.Tensor, ...]:
@@ -224,10 +238,32 @@ class LossScales:
         Per order of the (scaled) target jet: the variance of the value; the mean square of a
         first derivative (over samples, coordinates and outputs); the mean square of an entry
         of the full symmetric second-derivative matrix (off-diagonal pairs counted twice).
+        May be 0 (targets constant, or linear in the coordinates): see :meth:`target_energy`.
+    input_energy : tuple of float
+        The same statistics of the (scaled) input jet (per pixel instead of per output).
+
+    Degenerate targets
+    ------------------
+    A fitting term divides its loss by its target's energy. Where that energy is zero or
+    negligible (below ``1e-8`` of the reference below: targets that are constant, or linear
+    in the coordinates so that their second derivatives vanish), :meth:`target_energy`
+    falls back to the energy the target *would* have if it varied along the manifold as
+    much, relatively, as the input does,
+
+    .. math:: E^{\\mathrm{ref}}_k = E_0 \\, \\frac{E^x_k}{E^x_0},
+
+    (for order 0, constant targets: 1, the squared error in target units), and warns naming
+    the term. The term then still drives the network's derivatives towards the (vanishing)
+    targets, on the scale the inputs set, instead of dividing by zero. A term's ``scale``
+    setting overrides all of this by hand.
     """
 
     coordinate: tuple[float, ...] = attrs.field(converter=tuple)
     energy: tuple[float, ...] = attrs.field(converter=tuple)
+    input_energy: tuple[float, ...] = attrs.field(default=(), converter=tuple)
+
+    #: Energies below this fraction of the reference count as negligible.
+    NEGLIGIBLE = 1e-8
 
     @classmethod
     def from_data(cls, inputs: Jet, targets: Jet, *, chunk_size: int = 256) -> LossScales:
@@ -238,29 +274,39 @@ class LossScales:
         check_int("chunk_size", chunk_size, minimum=1)
         n, d, order = len(inputs), inputs.param_dim, min(inputs.order, targets.order)
         chunks = [slice(k, k + chunk_size) for k in range(0, n, chunk_size)]
-        tail = [1] * (targets.value.dim() - 1)
-        # Pass 1: rms of the input derivatives per coordinate, and the target mean.
-        y_sum = torch.zeros(targets.shape, dtype=torch.float64)
+        # Pass 1: rms of the input derivatives per coordinate.
         sq = torch.zeros(d or 0, dtype=torch.float64)
         for sl in chunks:
-            y_sum += targets.value[sl].double().cpu().sum(0)
             if order >= 1:
                 sq += inputs.d1[sl].double().cpu().transpose(0, 1).reshape(d, -1).pow(2).sum(1)
-        y_mean = y_sum / n
         s = 1.0 / (sq / (n * inputs.value[0].numel())).sqrt().clamp_min(1e-300) if order >= 1 else sq
         # Pass 2: mean squares of the centred value and the scaled derivatives.
-        sums = [0.0] * (order + 1)
-        for sl in chunks:
-            sums[0] += float((targets.value[sl].double().cpu() - y_mean).pow(2).sum())
-            if order >= 1:
-                sums[1] += float((targets.d1[sl].double().cpu() * s.reshape(1, d, *tail)).pow(2).sum())
-            if order >= 2:
-                i, j = triu_pairs(d)
-                y2 = targets.d2[sl].double().cpu() * (s[i] * s[j]).reshape(1, -1, *tail)
-                sums[2] += float((y2.pow(2) * pair_weights(d).reshape(1, -1, *tail)).sum())
-        m = targets.value.numel()  # samples x outputs
-        energy = [sums[0] / m] + [sums[k] / (m * d**k) for k in range(1, order + 1)]
-        return cls(tuple(s.tolist()), tuple(max(e, 1e-300) for e in energy))
+        energy = _energies(targets, s, order, chunks)
+        input_energy = _energies(inputs, s, order, chunks)
+        return cls(tuple(s.tolist()), energy, input_energy)
+
+    def target_energy(self, order: int, term: str = "term") -> float:
+        """``energy[order]``, or the reference energy where it is negligible (with a warning
+        naming ``term``; see "Degenerate targets" above)."""
+        check_int("order", order, minimum=0, maximum=self.order)
+        energy = self.energy[order]
+        if order == 0:
+            reference = 1.0
+        else:
+            known = len(self.input_energy) > order and self.input_energy[0] > 0
+            reference = self.target_energy(0, term) * (self.input_energy[order] / self.input_energy[0] if known else 1.0)
+            if not reference > 0:  # the input does not vary either: nothing to compare with
+                reference = 1.0
+        if energy >= self.NEGLIGIBLE * reference:
+            return energy
+        what = "are (near) constant" if order == 0 else (
+            f"have (near) vanishing derivatives of order {order} (e.g. targets linear in the coordinates)")
+        warnings.warn(
+            f"{term}: the training targets {what}: their energy {energy:.3g} is negligible, so the term is "
+            f"normalised by the reference {reference:.3g} instead (set the term's scale to choose)",
+            stacklevel=3,
+        )
+        return reference
 
     @property
     def order(self) -> int:
@@ -281,6 +327,25 @@ class LossScales:
             i, j = triu_pairs(len(s), device=jet.device)
             parts.append(jet.d2 * (s[i] * s[j]).reshape(1, -1, *tail))
         return Jet(*parts)
+
+
+def _energies(jet: Jet, s: torch.Tensor, order: int, chunks: list[slice]) -> tuple[float, ...]:
+    """Mean square of the centred value, of the scaled first derivatives and of the entries of
+    the full scaled second-derivative matrix, over samples (and coordinates) and features."""
+    n, d = len(jet), len(s)
+    tail = [1] * (jet.value.dim() - 1)
+    mean = sum(jet.value[sl].double().cpu().sum(0) for sl in chunks) / n
+    sums = [0.0] * (order + 1)
+    for sl in chunks:
+        sums[0] += float((jet.value[sl].double().cpu() - mean).pow(2).sum())
+        if order >= 1:
+            sums[1] += float((jet.d1[sl].double().cpu() * s.reshape(1, d, *tail)).pow(2).sum())
+        if order >= 2:
+            i, j = triu_pairs(d)
+            y2 = jet.d2[sl].double().cpu() * (s[i] * s[j]).reshape(1, -1, *tail)
+            sums[2] += float((y2.pow(2) * pair_weights(d).reshape(1, -1, *tail)).sum())
+    m = jet.value.numel()  # samples x features
+    return tuple([sums[0] / m] + [sums[k] / (m * d**k) for k in range(1, order + 1)])
 
 
 def _check_terms(instance, attribute, value):

@@ -36,6 +36,11 @@ from manifoldtrain.objectives.core import Batch, LossScales, Rows, Term
 __all__ = ["ValueTerm", "DerivativeTerm"]
 
 
+def _check_scale(instance, attribute, value):
+    if value is not None:
+        check_float(attribute.name, value, positive=True)
+
+
 @attrs.frozen
 class ValueTerm(Term):
     """:math:`N(x)` against :math:`y`, relative to the target variance.
@@ -44,9 +49,13 @@ class ValueTerm(Term):
     ----------
     weight : float
         Multiplies the term (>= 0).
+    scale : float or None
+        Divides the mean squared error (> 0). ``None`` (default): the variance of the training
+        targets (:meth:`LossScales.target_energy`, which handles constant targets).
     """
 
     weight: float = attrs.field(default=1.0, validator=attrs_validator(check_float, nonnegative=True))
+    scale: float | None = attrs.field(default=None, validator=_check_scale)
 
     data_order = 0
 
@@ -58,7 +67,7 @@ class ValueTerm(Term):
         return (batch.value - batch.targets.value).pow(2).mean()
 
     def normaliser(self, scales: LossScales) -> float:
-        return scales.energy[0]
+        return self.scale if self.scale is not None else scales.target_energy(0, self.name)
 
 
 def _check_order(instance, attribute, value):
@@ -89,12 +98,17 @@ class DerivativeTerm(Term):
         Fraction of the training budget (0..1) after which the term joins the objective
         (default 0: from the start). A curriculum: cheaper terms converge first, and steps
         before ``start`` skip this term's jet rows.
+    scale : float or None
+        Divides the mean squared error (> 0). ``None`` (default): the energy of the training
+        targets' derivatives of this order (:meth:`LossScales.target_energy`, which falls back
+        to a reference scale where they vanish, e.g. for targets linear in the coordinates).
     """
 
     order: int = attrs.field(validator=_check_order)
     weight: float = attrs.field(default=1.0, validator=attrs_validator(check_float, nonnegative=True))
     directions: int | None = attrs.field(default=None, validator=_check_directions)
     start: float = attrs.field(default=0.0, validator=attrs_validator(check_float, nonnegative=True, maximum=1.0))
+    scale: float | None = attrs.field(default=None, validator=_check_scale)
 
     @property
     def name(self) -> str:
@@ -106,9 +120,11 @@ class DerivativeTerm(Term):
         return self.order
 
     def normaliser(self, scales: LossScales) -> float:
+        if self.scale is not None:
+            return self.scale
         if scales.order < self.order:
             raise ValueError(f"{self.name}: the training data holds jets of order {scales.order}, this term needs {self.order}")
-        return scales.energy[self.order]
+        return scales.target_energy(self.order, self.name)
 
     def request(self, batch: Batch) -> Rows:
         x, k = batch.inputs, self.directions
