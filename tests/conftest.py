@@ -1,4 +1,5 @@
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,8 @@ settings.register_profile("ci", deadline=None, max_examples=10, derandomize=True
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 ROOT = Path(__file__).resolve().parents[1]
+# The examples' own pieces (a user's term, metric, manifold) are tested as users would import them.
+sys.path.insert(0, str(ROOT / "examples"))
 DATA = Path(__file__).resolve().parent / "data"
 
 

@@ -15,7 +15,7 @@ from manifoldtrain.nn import MLPConfig, build_model
 from manifoldtrain.objectives import DerivativeTerm, LossScales, Objective, Rows, Term, ValueTerm
 from manifoldtrain.training import CHECKPOINT_NAME, Trainer, TrainConfig, load_checkpoint
 
-from user_terms import CurvaturePenalty
+from custom_term import CurvaturePenalty  # examples/custom_term.py: a user's own term
 
 f64 = torch.float64
 
@@ -151,15 +151,15 @@ def test_a_users_term_trains_configures_checkpoints_and_resumes(tmp_path):
     assert set(history.records[-1]["losses"]) == {"value", "d1 (full)", "curvature penalty"}
     assert history.records[-1]["losses"]["curvature penalty"] > 0
     state = load_checkpoint(tmp_path / CHECKPOINT_NAME)
-    assert state["objective"]["terms"][2]["kind"] == "user_terms:CurvaturePenalty"
+    assert state["objective"]["terms"][2]["kind"] == "custom_term:CurvaturePenalty"
     assert state["normalisers"]["curvature penalty"] == pytest.approx(first.scales.energy[2])
     with pytest.raises(ValueError, match=r"objective.terms\[2\].weight: 0.01 in the checkpoint, 0.02 now"):
         Trainer(first.model, Objective((ValueTerm(), DerivativeTerm(1), CurvaturePenalty(weight=2e-2, directions=2))),
                 train, test, first.config, checkpoint_dir=tmp_path).fit()
     # TOML: the term by its import path, round trip.
     table = config_to_dict(config_from_dict({"objective": {"terms": [
-        {"kind": "value"}, {"kind": "user_terms:CurvaturePenalty", "weight": 0.5, "directions": 3}]}}))
-    assert table["objective"]["terms"][1] == {"kind": "user_terms:CurvaturePenalty", "weight": 0.5, "directions": 3}
+        {"kind": "value"}, {"kind": "custom_term:CurvaturePenalty", "weight": 0.5, "directions": 3}]}}))
+    assert table["objective"]["terms"][1] == {"kind": "custom_term:CurvaturePenalty", "weight": 0.5, "directions": 3}
     assert config_from_dict(table).objective.terms[1] == CurvaturePenalty(weight=0.5, directions=3)
 
 
