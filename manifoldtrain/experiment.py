@@ -71,7 +71,10 @@ def make_data(config: ExperimentConfig, *, progress: bool = True) -> tuple[JetDa
     n = d.n_train + d.n_test
     order = max(config.objective.max_order, d.test_order if d.test_order is not None else 0)
     if d.path is not None:
-        data = load_jets(d.path)
+        try:
+            data = load_jets(d.path)
+        except (FileNotFoundError, ValueError) as err:
+            raise type(err)(f"data.path: {err}") from None
         check_cache_matches(data, config.manifold, "data.path", d.path)
         if data.order < order:
             raise ValueError(f"data.path: {d.path} holds jets of order {data.order}; this run needs order {order} "
