@@ -92,16 +92,21 @@ def make_data(config: ExperimentConfig, *, progress: bool = True) -> tuple[JetDa
     return data.split(d.n_test, d.split_seed)
 
 
+def _manifold_difference(data: JetDataset, description: dict, labels: tuple[str, str]) -> str | None:
+    """The first setting in which the manifold that made ``data`` differs from ``description``
+    (:func:`~manifoldtrain.data.manifold_description`), or None."""
+    from manifoldtrain.training import _first_difference
+
+    return _first_difference(data.meta.get("manifold"), description, "manifold", labels)
+
+
 def check_cache_matches(data: JetDataset, manifold, argument: str, path) -> None:
     """Raise ``ValueError`` naming ``argument`` and the first differing setting unless the jet
     cache ``data`` was generated from ``manifold`` with the same settings."""
-    from manifoldtrain.training import _first_difference
-
-    theirs, mine = data.meta.get("manifold"), manifold_description(manifold)
-    diff = _first_difference(theirs, mine, "manifold")
+    diff = _manifold_difference(data, manifold_description(manifold), ("in the cache", "now"))
     if diff is not None:
         raise ValueError(
-            f"{argument}: {path} was generated from another manifold or settings ({diff.replace('checkpoint', 'cache')}); "
+            f"{argument}: {path} was generated from another manifold or settings ({diff}); "
             "generate it with the run's manifold settings"
         )
 
@@ -201,11 +206,8 @@ def evaluate_checkpoint(path: str | os.PathLike, test: JetDataset) -> Metrics:
     state = load_checkpoint(path)
     extra = state.get("extra", {})
     if "manifold" in extra and test.meta.get("manifold") is not None:
-        from manifoldtrain.training import _first_difference
-
-        diff = _first_difference(test.meta["manifold"], extra["manifold"], "manifold")
+        diff = _manifold_difference(test, extra["manifold"], ("in the test data", "in the run"))
         if diff is not None:
-            diff = diff.replace("in the checkpoint", "in the test data").replace("now", "in the run")
             raise ValueError(f"test: its jets come from another manifold or settings than the run's ({diff})")
         run_data = extra.get("data", {})
         if run_data.get("path") is None and test.meta.get("seed") == run_data.get("seed", 0):

@@ -492,23 +492,23 @@ def _log(message: str, show: bool) -> None:
         tqdm.write(message, file=sys.stderr)
 
 
-def _first_difference(theirs, mine, path: str) -> str | None:
-    """The first place where two plain values differ, as ``path: A in the checkpoint, B now``."""
+def _first_difference(theirs, mine, path: str, labels: tuple[str, str] = ("in the checkpoint", "now")) -> str | None:
+    """The first place where two plain values differ, as ``path: A <labels[0]>, B <labels[1]>``."""
     if isinstance(theirs, dict) and isinstance(mine, dict):
         for key in list(mine) + [k for k in theirs if k not in mine]:
-            diff = _first_difference(theirs.get(key, "<missing>"), mine.get(key, "<missing>"), f"{path}.{key}")
+            diff = _first_difference(theirs.get(key, "<missing>"), mine.get(key, "<missing>"), f"{path}.{key}", labels)
             if diff is not None:
                 return diff
         return None
     if isinstance(theirs, list) and isinstance(mine, list) and len(theirs) == len(mine):
         for k, (a, b) in enumerate(zip(theirs, mine)):
-            diff = _first_difference(a, b, f"{path}[{k}]")
+            diff = _first_difference(a, b, f"{path}[{k}]", labels)
             if diff is not None:
                 return diff
         return None
     if theirs != mine:
         show = lambda v: (v if len(repr(v)) < 80 else repr(v)[:77] + "...")  # noqa: E731
-        return f"{path}: {show(theirs)!r} in the checkpoint, {show(mine)!r} now"
+        return f"{path}: {show(theirs)!r} {labels[0]}, {show(mine)!r} {labels[1]}"
     return None
 
 

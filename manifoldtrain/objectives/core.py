@@ -320,30 +320,34 @@ class LossScales:
             return jet
         if jet.param_dim != len(self.coordinate):
             raise ValueError(f"jet: expected {len(self.coordinate)} local coordinates like the scales, got {jet.param_dim}")
-        s = torch.tensor(self.coordinate, dtype=jet.dtype, device=jet.device)
-        tail = [1] * (jet.value.dim() - 1)
-        parts = [jet.value, jet.d1 * s.reshape(1, -1, *tail)]
-        if jet.order == 2:
-            i, j = triu_pairs(len(s), device=jet.device)
-            parts.append(jet.d2 * (s[i] * s[j]).reshape(1, -1, *tail))
-        return Jet(*parts)
+        return _scaled(jet, torch.tensor(self.coordinate, dtype=jet.dtype, device=jet.device))
+
+
+def _scaled(jet: Jet, s: torch.Tensor) -> Jet:
+    """``jet`` in the coordinates scaled by ``s`` ``[d]`` (same dtype and device)."""
+    if jet.order == 0:
+        return jet
+    tail = [1] * (jet.value.dim() - 1)
+    parts = [jet.value, jet.d1 * s.reshape(1, -1, *tail)]
+    if jet.order == 2:
+        i, j = triu_pairs(len(s), device=jet.device)
+        parts.append(jet.d2 * (s[i] * s[j]).reshape(1, -1, *tail))
+    return Jet(*parts)
 
 
 def _energies(jet: Jet, s: torch.Tensor, order: int, chunks: list[slice]) -> tuple[float, ...]:
     """Mean square of the centred value, of the scaled first derivatives and of the entries of
     the full scaled second-derivative matrix, over samples (and coordinates) and features."""
     n, d = len(jet), len(s)
-    tail = [1] * (jet.value.dim() - 1)
     mean = sum(jet.value[sl].double().cpu().sum(0) for sl in chunks) / n
     sums = [0.0] * (order + 1)
     for sl in chunks:
-        sums[0] += float((jet.value[sl].double().cpu() - mean).pow(2).sum())
+        part = _scaled(jet[sl].truncate(order).to(device="cpu", dtype=torch.float64), s)
+        sums[0] += float((part.value - mean).pow(2).sum())
         if order >= 1:
-            sums[1] += float((jet.d1[sl].double().cpu() * s.reshape(1, d, *tail)).pow(2).sum())
+            sums[1] += float(part.d1.pow(2).sum())
         if order >= 2:
-            i, j = triu_pairs(d)
-            y2 = jet.d2[sl].double().cpu() * (s[i] * s[j]).reshape(1, -1, *tail)
-            sums[2] += float((y2.pow(2) * pair_weights(d).reshape(1, -1, *tail)).sum())
+            sums[2] += float((part.d2.pow(2) * pair_weights(d).reshape(1, -1, *([1] * (part.d2.dim() - 2)))).sum())
     m = jet.value.numel()  # samples x features
     return tuple([sums[0] / m] + [sums[k] / (m * d**k) for k in range(1, order + 1)])
 
