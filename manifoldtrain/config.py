@@ -43,6 +43,8 @@ from __future__ import annotations
 
 import os
 import tomllib
+import types
+import typing
 from pathlib import Path
 
 import attrs
@@ -57,7 +59,6 @@ from manifoldtrain.registry import MANIFOLDS, MODELS, TERMS, Registry
 from manifoldtrain.training import TrainConfig
 
 __all__ = ["DataConfig", "ExperimentConfig", "load_config", "config_from_dict", "config_to_dict", "save_config"]
-
 
 
 def _check_dtype(instance, attribute, value):
@@ -112,7 +113,23 @@ def _default_objective() -> Objective:
 
 @attrs.frozen
 class ExperimentConfig:
-    """Everything a training run needs: manifold, data, model, objective, training, model seed."""
+    """Everything a training run needs: manifold, data, model, objective, training, model seed.
+
+    Attributes
+    ----------
+    manifold : Manifold
+        Default ``Cube()``.
+    data : DataConfig
+        Default ``DataConfig()``.
+    model : MLPConfig or ConvNetConfig
+        Default ``MLPConfig()``.
+    objective : Objective
+        Default ``Objective.second_order()`` (a new one per config).
+    train : TrainConfig
+        Default ``TrainConfig()``.
+    model_seed : int
+        Seed of the network's initial weights (default 0).
+    """
 
     manifold: Manifold = attrs.field(factory=Cube, validator=attrs.validators.instance_of(Manifold))
     data: DataConfig = attrs.field(factory=DataConfig)
@@ -131,6 +148,55 @@ def _build(registry: Registry, table: dict, where: str):
     return _construct(cls, table, where)
 
 
+#: What a TOML value of each scalar field type must be (bools are not ints, nor numbers).
+_SCALAR_KINDS = {
+    "bool": ("a boolean (true or false, without quotes)", lambda v: isinstance(v, bool)),
+    "int": ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    "float": ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
+    "str": ("a string", lambda v: isinstance(v, str)),
+    "None": ("nothing", lambda v: v is None),
+}
+_TYPE_NAMES = {bool: "bool", int: "int", float: "float", str: "str", type(None): "None"}
+
+
+def _scalar_kinds(annotation) -> tuple[str, ...] | None:
+    """The scalar kinds (keys of ``_SCALAR_KINDS``) a field annotation allows, e.g. ``"int | None"``
+    -> ``("int", "None")``; ``None`` if it is anything else (a tuple, a class, ...): not checked here."""
+    if annotation is None:
+        return None
+    if isinstance(annotation, str):
+        parts = tuple(part.strip() for part in annotation.split("|"))
+    elif annotation in _TYPE_NAMES:
+        parts = (_TYPE_NAMES[annotation],)
+    elif typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        parts = tuple(_TYPE_NAMES.get(a, "?") for a in typing.get_args(annotation))
+    else:
+        return None
+    parts = tuple("None" if part in ("None", "NoneType") else part for part in parts)
+    return parts if all(part in _SCALAR_KINDS for part in parts) else None
+
+
+def _check_scalars(cls, values: dict, where: str) -> None:
+    """Check each value against its field's annotation where that is ``bool``, ``int``, ``float``
+    or ``str`` (or a union of them with ``None``): a TOML ``"false"`` for a bool is an error
+    naming the key, not a true value. Fields with a converter accept what it accepts."""
+    for f in attrs.fields(cls):
+        if f.name not in values or f.converter is not None:
+            continue
+        kinds = _scalar_kinds(f.type)
+        if kinds is None:
+            continue
+        v = values[f.name]
+        if any(_SCALAR_KINDS[kind][1](v) for kind in kinds):
+            continue
+        want = " or ".join(_SCALAR_KINDS[kind][0] for kind in kinds if kind != "None")
+        got = f"the string {v!r}" if isinstance(v, str) else f"{type(v).__name__} {v!r}"
+        hint = ""
+        if kinds == ("bool",) and isinstance(v, str) and v.strip().lower() in ("true", "false"):
+            hint = f"; write {f.name} = {v.strip().lower()}"
+        raise TypeError(f"{where}.{f.name}: expected {want}, got {got}{hint}")
+
+
 def _construct(cls, table: dict, where: str):
     if not attrs.has(cls):
         raise TypeError(f"{where}: {cls.__name__} must be an attrs class for configs (its fields are its settings)")
@@ -138,6 +204,7 @@ def _construct(cls, table: dict, where: str):
     unknown = sorted(set(table) - names)
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(names)}")
+    _check_scalars(cls, table, where)
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in table.items()}
     try:
         return cls(**values)

@@ -253,32 +253,45 @@ def load_jets(path: str | os.PathLike, *, expected_fingerprint: str | None = Non
     FileNotFoundError
         ``path`` or its ``meta.json`` does not exist (e.g. a generation that never finished).
     ValueError
-        Not a manifoldtrain jet cache, an unknown version, missing or misshapen arrays, or a
-        fingerprint other than ``expected_fingerprint``.
+        Not a manifoldtrain jet cache, an unknown version, missing, misshapen, truncated or
+        otherwise damaged files (each named, with the remedy: regenerate the cache with
+        ``manifoldtrain generate``), or a fingerprint other than ``expected_fingerprint``.
     """
     path = Path(path)
     meta_file = path / "meta.json"
+    remedy = f"regenerate the cache with `manifoldtrain generate` (or delete {path} to have it generated again)"
     if not meta_file.is_file():
         raise FileNotFoundError(f"path: no complete jet cache at {path} (missing {meta_file.name})")
     try:
         meta = json.loads(meta_file.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"path: {meta_file} is not valid JSON ({err})") from None
-    if meta.get("format") != FORMAT or meta.get("version") != FORMAT_VERSION:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"path: {meta_file} is not valid JSON ({err}); the cache is damaged: {remedy}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version") != FORMAT_VERSION:
         raise ValueError(f"path: {path} is not a {FORMAT} cache of version {FORMAT_VERSION}")
     if expected_fingerprint is not None and meta.get("fingerprint") != expected_fingerprint:
         raise ValueError(f"path: the cache at {path} was made with other settings (fingerprint differs)")
-    shapes = meta["shapes"]
+    shapes, order = meta.get("shapes"), meta.get("order")
+    wanted = ["points"] + [f"{prefix}_{c}" for prefix in ("input", "target") for c in _COMPONENTS[: (order or 0) + 1]]
+    if (
+        not isinstance(shapes, dict)
+        or order not in (0, 1, 2)
+        or any(not isinstance(shapes.get(name), list) for name in wanted)
+    ):
+        raise ValueError(f"path: {meta_file} lacks the order or the array shapes, or they are malformed; {remedy}")
     arrays = {}
     for name, shape in shapes.items():
         file = path / f"{name}.npy"
         if not file.is_file():
-            raise ValueError(f"path: the cache at {path} lacks {file.name}")
-        arr = np.load(file)
+            raise ValueError(f"path: the cache at {path} lacks {file.name}; {remedy}")
+        try:
+            arr = np.load(file, allow_pickle=False)
+        except (ValueError, EOFError, OSError) as err:  # truncated data or a damaged header
+            raise ValueError(f"path: {file} is truncated or damaged ({err}); {remedy}") from None
         if list(arr.shape) != shape:
-            raise ValueError(f"path: {file.name} has shape {list(arr.shape)}, meta.json says {shape}")
+            raise ValueError(f"path: {file} has shape {list(arr.shape)}, meta.json says {shape}; {remedy}")
+        if arr.dtype not in (np.float32, np.float64):
+            raise ValueError(f"path: {file} holds {arr.dtype}, expected float32 or float64; {remedy}")
         arrays[name] = torch.from_numpy(arr)
-    order = meta["order"]
     inputs = Jet(*(arrays[f"input_{c}"] for c in _COMPONENTS[: order + 1]))
     targets = Jet(*(arrays[f"target_{c}"] for c in _COMPONENTS[: order + 1]))
     meta = {k: v for k, v in meta.items() if k not in ("format", "version", "shapes")}

@@ -84,6 +84,12 @@ def chart_jet(
     return Jet(value, d1, d2)
 
 
+def _inside_transform(t: torch.Tensor) -> bool:
+    """Whether ``t`` is a ``torch.func`` transform's wrapper (data-dependent checks cannot run)."""
+    is_wrapped = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", None)
+    return True if is_wrapped is None else bool(is_wrapped(t))
+
+
 class Manifold(abc.ABC):
     """A smooth, computable data manifold: a chart of inputs and targets around each point.
 
@@ -218,19 +224,22 @@ class Manifold(abc.ABC):
         self.check_domain(points)
         return points
 
-    def check_theta(self, points: torch.Tensor, theta: object, *, finite: bool = False) -> torch.Tensor:
-        """Check ``theta``: ``[n, d]`` with the dtype and device of ``points``.
+    def check_theta(self, points: torch.Tensor, theta: object, *, finite: bool | None = None) -> torch.Tensor:
+        """Check ``theta``: ``[n, d]`` with the dtype and device of ``points``, finite.
 
-        Finiteness is checked only if ``finite`` is true (as :meth:`move` does), so that the
-        chart's checks also run inside ``torch.func`` transforms, ``vmap`` included.
+        Finiteness (a data-dependent check) is skipped inside ``torch.func`` transforms
+        (``vmap``, ``jvp``, ``grad``, ...: ``theta`` is then a transform's wrapper), so that the
+        chart's checks also run there; ``finite=True`` or ``False`` forces it on or off.
 
         Raises
         ------
         TypeError
             Not a float32/float64 tensor, or a dtype or device other than those of ``points``.
         ValueError
-            Wrong shape, or (with ``finite``) NaN or inf.
+            Wrong shape, or NaN or inf.
         """
+        if finite is None:
+            finite = isinstance(theta, torch.Tensor) and not _inside_transform(theta)
         check_tensor("theta", theta, shape=(points.shape[0], self.param_dim), finite=finite)
         if theta.dtype != points.dtype or theta.device != points.device:
             raise TypeError(

@@ -30,6 +30,7 @@ Neither forms the network's Jacobian.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import attrs
@@ -234,22 +235,102 @@ def check_jet_model(model: nn.Module) -> nn.Module:
     return model
 
 
-def _check_rows(model, value, tangents, second, pairs) -> tuple[torch.Tensor, torch.Tensor]:
-    check_tensor("value", value, finite=False)
+_ROW_NAMES = ("value", "tangents", "second")
+
+
+def _leading_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The first layers of ``model`` (through nested ``nn.Sequential``) with their paths, up to
+    and including the first one that is not ``Affine``, ``Identity``, ``Flatten`` or
+    ``Unflatten``: those that tell which inputs the model accepts."""
+    layers: list[tuple[str, nn.Module]] = []
+
+    def walk(module: nn.Module, path: str) -> bool:
+        if type(module) is nn.Sequential:
+            return all(walk(child, f"{path}.{name}") for name, child in module.named_children())
+        layers.append((path, module))
+        return isinstance(module, (Affine, nn.Identity, nn.Flatten, nn.Unflatten))
+
+    walk(model, "model")
+    return layers
+
+
+def _check_model_input(model: nn.Module, name: str, value: torch.Tensor) -> None:
+    """Check the sample shape of ``value`` (``[n, *shape]``) against the model's first layers.
+
+    Known: ``Affine`` (``scale`` and ``shift`` broadcast to the sample's shape),
+    ``Flatten``/``Unflatten``/``Identity`` (followed through), then the first ``Linear``
+    (last dim = ``in_features``) or ``Conv1d/2d/3d`` (``[in_channels, *spatial]``); any other
+    layer ends the check (the model's own errors apply).
+    """
+    layers = _leading_layers(model)
+    shape = tuple(value.shape[1:])
+    given = list(value.shape)
+
+    def fail(path, layer, want):
+        raise ValueError(
+            f"{name}: expected inputs [n, {want}] for the model (its layer {path} ({type(layer).__name__}) takes "
+            f"them), got {given}; pass inputs of the shape the model was built for (manifold.input_shape), or "
+            "build the model for these inputs"
+        )
+
+    for path, layer in layers:
+        if isinstance(layer, Affine):
+            try:
+                ok = torch.broadcast_shapes(shape, layer.scale.shape, layer.shift.shape) == torch.Size(shape)
+            except RuntimeError:
+                ok = False
+            if not ok:
+                big = layer.shift if layer.shift.dim() >= layer.scale.dim() else layer.scale
+                fail(path, layer, ", ".join(map(str, big.shape)) or "*")
+        elif isinstance(layer, nn.Flatten):
+            if layer.start_dim != 1 or layer.end_dim != -1:
+                return
+            shape = (math.prod(shape),)
+        elif isinstance(layer, nn.Unflatten):
+            dim, sizes = layer.dim, tuple(layer.unflattened_size)
+            if not isinstance(dim, int) or dim < 1 or any(not isinstance(k, int) or k < 1 for k in sizes):
+                return
+            if dim > len(shape) or shape[dim - 1] != math.prod(sizes):
+                fail(path, layer, f"... {math.prod(sizes)} at dim {dim} ...")
+            shape = shape[: dim - 1] + sizes + shape[dim:]
+        elif isinstance(layer, nn.Linear):
+            if not shape or shape[-1] != layer.in_features:
+                fail(path, layer, f"..., {layer.in_features}")
+            return
+        elif isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            spatial = 1 if isinstance(layer, nn.Conv1d) else 2 if isinstance(layer, nn.Conv2d) else 3
+            if len(shape) != spatial + 1 or shape[0] != layer.in_channels:
+                fail(path, layer, f"{layer.in_channels}, " + ", ".join(["*"] * spatial))
+            return
+        elif not isinstance(layer, nn.Identity):
+            return
+
+
+def _check_rows(model, value, tangents, second, pairs, names=_ROW_NAMES) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check the arguments of a jet-rows pass (``names``: how the caller calls them)."""
+    vname, tname, sname = names
+    check_tensor(vname, value, finite=False)
+    if value.dim() < 1:
+        raise ValueError(f"{vname}: expected a batch [n, *input_shape], got a 0-d tensor")
     n, shape = value.shape[0], tuple(value.shape[1:])
-    check_tensor("tangents", tangents, shape=(n, None, *shape), finite=False)
-    for name, t in (("tangents", tangents), ("second", second)):
+    check_tensor(tname, tangents, shape=(n, None, *shape), finite=False)
+    if second is not None:
+        check_tensor(sname, second, shape=(n, None, *shape), finite=False)
+    for name, t in ((tname, tangents), (sname, second)):
         if t is not None and (t.dtype != value.dtype or t.device != value.device):
-            raise TypeError(f"{name}: expected dtype {value.dtype} on {value.device} like value, got {t.dtype} on {t.device}")
-    param = next(iter(model.parameters()), None)
+            raise TypeError(
+                f"{name}: expected dtype {value.dtype} on {value.device} like {vname}, got {t.dtype} on {t.device}"
+            )
+    param = next((t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()), None)
     if param is not None and (param.dtype != value.dtype or param.device != value.device):
         raise TypeError(
-            f"value: the model's parameters are {param.dtype} on {param.device}, the inputs {value.dtype} on "
+            f"{vname}: the model's parameters are {param.dtype} on {param.device}, the inputs {value.dtype} on "
             f"{value.device}; move one to the other (model.to(...) or jet.to(...))"
         )
+    _check_model_input(model, vname, value)
+    _check_finite(((vname, value), (tname, tangents), (sname, second)))
     if second is None:
         return torch.zeros(0, dtype=torch.long, device=value.device), torch.zeros(0, dtype=torch.long, device=value.device)
-    check_tensor("second", second, shape=(n, None, *shape), finite=False)
     if pairs is None:
         raise ValueError("pairs: second-order rows need their pairs of first-order rows ([p, 2] indices)")
     pairs = torch.as_tensor(pairs, device=value.device)
@@ -258,6 +339,26 @@ def _check_rows(model, value, tangents, second, pairs) -> tuple[torch.Tensor, to
     if len(pairs) and (int(pairs.min()) < 0 or int(pairs.max()) >= tangents.shape[1]):
         raise ValueError(f"pairs: indices must lie in 0..{tangents.shape[1] - 1} (the first-order rows)")
     return pairs[:, 0], pairs[:, 1]
+
+
+def _check_finite(named: tuple[tuple[str, torch.Tensor | None], ...]) -> None:
+    """NaN or inf in any of the tensors is an error naming it.
+
+    The fast path is one reduction per tensor and one synchronisation: a sum is finite when
+    every entry is (NaN and inf propagate); only if it is not are the entries looked at.
+    """
+    tensors = [(name, t) for name, t in named if t is not None and t.numel()]
+    if not tensors:
+        return
+    if bool(torch.isfinite(torch.stack([t.sum() for _, t in tensors])).all()):
+        return
+    for name, t in tensors:
+        bad = int((~torch.isfinite(t)).sum())
+        if bad:
+            raise ValueError(
+                f"{name}: expected finite values, found {bad} NaN or infinite entries; check the data "
+                "(e.g. a damaged jet cache: regenerate it) or the preprocessing that produced them"
+            )
 
 
 def taylor_rows(
@@ -291,6 +392,18 @@ def taylor_rows(
     second : Tensor or None
         ``[n, p, *output_shape]``, :math:`N''(x)[t_a, t_b] + N'(x)\\, t_{ab}`.
 
+    Raises
+    ------
+    TypeError
+        A layer without a jet rule (:func:`check_jet_model`); a non-float tensor; dtype or
+        device other than the model's (its first floating-point parameter's).
+    ValueError
+        Shapes that disagree with each other or with the model's first layers (an
+        :class:`~manifoldtrain.nn.Affine` whose ``scale``/``shift`` do not broadcast to the
+        input's shape, a ``Linear`` whose ``in_features`` differ from the flattened input's
+        size, a ``Conv`` with other ``in_channels``); NaN or inf in ``value``, ``tangents`` or
+        ``second``; bad ``pairs``.
+
     Examples
     --------
     >>> from manifoldtrain.nn import Tanh
@@ -301,8 +414,12 @@ def taylor_rows(
     >>> all(torch.allclose(a, b) for a, b in zip(fast, slow))
     True
     """
+    return _taylor(model, value, tangents, second, pairs, _ROW_NAMES)
+
+
+def _taylor(model, value, tangents, second, pairs, names):
     check_jet_model(model)
-    pair_a, pair_b = _check_rows(model, value, tangents, second, pairs)
+    pair_a, pair_b = _check_rows(model, value, tangents, second, pairs, names)
     parts = [value[:, None], tangents] + ([second] if second is not None else [])
     layout = RowLayout(tangents.shape[1], pair_a, pair_b)
     out = _apply(model, torch.cat(parts, dim=1), layout)
@@ -323,9 +440,14 @@ def nested_jvp_rows(
 
     :math:`N'(x)\\, t_a` is one ``jvp`` per row; :math:`N''(x)[t_a, t_b] + N'(x)\\, t_{ab}` a
     ``jvp`` of a ``jvp`` plus a ``jvp``, all vectorised with ``vmap`` (``chunk_size`` rows at a
-    time).
+    time). Arguments and errors as :func:`taylor_rows` (the input shape is checked where the
+    model's first layers tell it).
     """
-    pair_a, pair_b = _check_rows(model, value, tangents, second, pairs)
+    return _nested(model, value, tangents, second, pairs, _ROW_NAMES, chunk_size=chunk_size)
+
+
+def _nested(model, value, tangents, second, pairs, names, *, chunk_size=None):
+    pair_a, pair_b = _check_rows(model, value, tangents, second, pairs, names)
     out = model(value)
 
     def first(t):
@@ -349,14 +471,15 @@ RowsFunction = Callable[..., tuple[torch.Tensor, torch.Tensor, "torch.Tensor | N
 def _jet_by(rows_fn: RowsFunction, model: nn.Module, input_jet: Jet) -> Jet:
     if not isinstance(input_jet, Jet):
         raise TypeError(f"input_jet: expected a Jet, got {type(input_jet).__name__}")
+    names = ("input_jet.value", "input_jet.d1", "input_jet.d2")
     if input_jet.order == 0:  # the value alone: a plain forward pass (after the same checks)
         empty = input_jet.value.new_zeros(len(input_jet), 0, *input_jet.shape)
-        _check_rows(model, input_jet.value, empty, None, None)
+        _check_rows(model, input_jet.value, empty, None, None, names)
         return Jet(model(input_jet.value))
     pairs = None
     if input_jet.order == 2:
         pairs = torch.stack(triu_pairs(input_jet.param_dim, device=input_jet.device), dim=1)
-    value, d1, d2 = rows_fn(model, input_jet.value, input_jet.d1, input_jet.d2, pairs)
+    value, d1, d2 = rows_fn(model, input_jet.value, input_jet.d1, input_jet.d2, pairs, names)
     return Jet(value, d1, d2)
 
 
@@ -377,6 +500,15 @@ def network_jet(model: nn.Module, input_jet: Jet) -> Jet:
     Jet
         Of the same order: ``[n, *output_shape]``, ``[n, d, ...]``, ``[n, d(d+1)/2, ...]``.
 
+    Raises
+    ------
+    TypeError
+        ``input_jet`` not a :class:`~manifoldtrain.jet.Jet`; a layer without a jet rule; a
+        dtype or device other than the model's.
+    ValueError
+        An input shape the model's first layers do not take, or NaN or inf in
+        ``input_jet.value``, ``input_jet.d1`` or ``input_jet.d2`` (each named).
+
     Examples
     --------
     >>> from manifoldtrain.nn import Tanh
@@ -386,9 +518,12 @@ def network_jet(model: nn.Module, input_jet: Jet) -> Jet:
     >>> all(torch.allclose(a, b) for a, b in zip(fast.components(), slow.components()))
     True
     """
-    return _jet_by(taylor_rows, model, input_jet)
+    return _jet_by(_taylor, model, input_jet)
 
 
 def network_jet_nested(model: nn.Module, input_jet: Jet) -> Jet:
-    """The network's jet by nested ``torch.func.jvp`` (:func:`nested_jvp_rows`; any model)."""
-    return _jet_by(nested_jvp_rows, model, input_jet)
+    """The network's jet by nested ``torch.func.jvp`` (:func:`nested_jvp_rows`; any model).
+
+    Arguments, result and errors as :func:`network_jet`, except that any model is accepted.
+    """
+    return _jet_by(_nested, model, input_jet)

@@ -19,6 +19,7 @@ derivative training with an error naming them.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import attrs
 import torch
@@ -173,9 +174,19 @@ def _check_activation(instance, attribute, value):
     _activation_class(value)
 
 
+def _as_tuple(value):
+    """Sequences (a TOML array, a list, a range) become tuples; anything else (``8``, a string)
+    is left as it is for the validator to name."""
+    return tuple(value) if isinstance(value, Iterable) and not isinstance(value, (str, bytes)) else value
+
+
 def _check_hidden(instance, attribute, value):
-    if not isinstance(value, tuple) or not value or not all(isinstance(h, int) and h > 0 for h in value):
-        raise ValueError(f"{attribute.name}: expected a non-empty tuple of positive ints, got {value!r}")
+    def positive_int(h):
+        return isinstance(h, int) and not isinstance(h, bool) and h > 0
+
+    if not isinstance(value, tuple) or not value or not all(positive_int(h) for h in value):
+        shown = list(value) if isinstance(value, tuple) else value
+        raise ValueError(f"{attribute.name}: expected a non-empty list of positive ints, got {shown!r}")
 
 
 @attrs.frozen
@@ -190,7 +201,7 @@ class MLPConfig:
         One of :data:`SMOOTH_ACTIVATIONS` (default ``"tanh"``).
     """
 
-    hidden: tuple[int, ...] = attrs.field(default=(512, 512, 512), converter=tuple, validator=_check_hidden)
+    hidden: tuple[int, ...] = attrs.field(default=(512, 512, 512), converter=_as_tuple, validator=_check_hidden)
     activation: str = attrs.field(default="tanh", validator=_check_activation)
 
 
@@ -208,8 +219,8 @@ class ConvNetConfig:
         One of :data:`SMOOTH_ACTIVATIONS`.
     """
 
-    channels: tuple[int, ...] = attrs.field(default=(16, 32), converter=tuple, validator=_check_hidden)
-    hidden: tuple[int, ...] = attrs.field(default=(256,), converter=tuple, validator=_check_hidden)
+    channels: tuple[int, ...] = attrs.field(default=(16, 32), converter=_as_tuple, validator=_check_hidden)
+    hidden: tuple[int, ...] = attrs.field(default=(256,), converter=_as_tuple, validator=_check_hidden)
     activation: str = attrs.field(default="tanh", validator=_check_activation)
 
 

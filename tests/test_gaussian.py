@@ -122,3 +122,62 @@ def test_gauss_legendre_cache_follows_dtype(dtype):
     t, w = G.gauss_legendre_01(8, dtype, torch.device("cpu"))
     assert t.dtype == w.dtype == dtype
     assert abs(w.sum().item() - 1.0) < 1e-6
+
+
+def _edge_integral(h, ka, kb):
+    """The fast path's split of a triangle integral: the far part plus the Owen's T ends."""
+    s2 = math.sqrt(2.0)
+    far = G.edge_far(h, ka, kb, kb - ka, torch.erf(h / s2), torch.erf(ka / s2), torch.erf(kb / s2))
+    return far + G.right_triangle_near(h, kb) - G.right_triangle_near(h, ka)
+
+
+@pytest.mark.parametrize("ka, kb", [(-3.0, 4.0), (2.0, 5.0), (-5.0, -0.5), (-20.0, 15.0), (-30.0, -10.0), (0.3, 0.9)])
+@pytest.mark.parametrize("fn", [_edge_integral, lambda h, ka, kb: G.right_triangle(h, kb) - G.right_triangle(h, ka)])
+def test_derivatives_on_the_edges_line(fn, ka, kb):
+    """At h = 0 exactly (a pixel centre on the line of an edge) forward mode must give the true
+    derivatives: sign(h) carries none, so they used to vanish (and be wrong), and atan2 at 0/0
+    gave NaN."""
+    x0 = torch.tensor([0.0, ka, kb], dtype=f64)
+    f = lambda x: fn(x[0], x[1], x[2])  # noqa: E731
+    grad = torch.func.jacfwd(f)(x0)
+    hess = torch.func.jacfwd(torch.func.jacfwd(f))(x0)
+    eps, eye = 1e-4, torch.eye(3, dtype=f64)
+    fd_grad = torch.stack([(f(x0 + eps * e) - f(x0 - eps * e)) / (2 * eps) for e in eye])
+    fd_hess = torch.stack([(torch.func.jacfwd(f)(x0 + eps * e) - torch.func.jacfwd(f)(x0 - eps * e)) / (2 * eps) for e in eye])
+    assert torch.isfinite(grad).all() and torch.isfinite(hess).all()
+    assert torch.allclose(grad, fd_grad, atol=1e-7), (grad, fd_grad)
+    assert torch.allclose(hess, fd_hess, atol=1e-6), (hess, fd_hess)
+    assert abs(grad[0].item()) > 1e-3  # the h-derivative is not trivially zero here
+    # float32 forward mode: finite too
+    g32 = torch.func.jacfwd(f)(x0.float())
+    assert torch.isfinite(g32).all() and torch.allclose(g32.double(), grad, atol=1e-4)
+
+
+def test_values_unchanged_by_the_smooth_forms():
+    """The rewritten forms give the same values as sign(h) f(|h|, |k|), bit for bit, h = 0 included."""
+    g = torch.Generator().manual_seed(0)
+    h = torch.cat([torch.randn(2000, generator=g, dtype=f64) * 6, torch.zeros(50, dtype=f64)])
+    k = torch.cat([torch.randn(2000, generator=g, dtype=f64) * 6, torch.linspace(-10, 10, 50, dtype=f64)])
+    hh, kk = h.abs(), k.abs()
+    m = torch.maximum(hh, kk)
+    r = torch.minimum(hh, kk) / torch.where(m > 0, m, torch.ones_like(m))
+    t = G.owens_t(m, r)
+    old_near = torch.sign(h) * torch.sign(k) * torch.where(kk <= hh, -t, t)
+    assert torch.equal(G.right_triangle_near(h, k), old_near)
+    u = G._triangle_u(m, r, G.QUADRATURE_NODES)
+    rect = 0.25 * torch.erf(hh / math.sqrt(2)) * torch.erf(kk / math.sqrt(2))
+    old_rt = torch.sign(h) * torch.sign(k) * torch.where(kk <= hh, u, rect - u)
+    assert torch.allclose(G.right_triangle(h, k), old_rt, rtol=0, atol=1e-16)
+    ka, kb = k, k + torch.rand(2050, generator=g, dtype=f64) * 8
+    length = kb - ka
+    x = h * h + ka * kb
+    old_angle = torch.sign(h) * torch.atan2(hh * length, x) / (2 * math.pi)
+    s2 = math.sqrt(2.0)
+    new = G.edge_far(h, ka, kb, length, torch.erf(h / s2), torch.erf(ka / s2), torch.erf(kb / s2))
+    bands = new - old_angle
+    # the bands are untouched, so the difference is the angle term's: zero (to round-off)
+    eh, ea, eb = torch.erf(h / s2), torch.erf(ka / s2), torch.erf(kb / s2)
+    sh = torch.sign(h)
+    band_b = torch.where(kb.abs() > hh, 0.25 * (eh * eb - sh * torch.sign(kb)), torch.zeros_like(h))
+    band_a = torch.where(ka.abs() > hh, 0.25 * (eh * ea - sh * torch.sign(ka)), torch.zeros_like(h))
+    assert torch.allclose(bands, band_b - band_a, rtol=0, atol=1e-15)

@@ -64,11 +64,12 @@ def gauss_legendre_01(n: int, dtype: torch.dtype, device: torch.device) -> tuple
 
 
 def owens_t(h: torch.Tensor, a: torch.Tensor, nodes: int = QUADRATURE_NODES) -> torch.Tensor:
-    r"""Owen's T function :math:`T(h, a)` for ``h >= 0`` and ``0 <= a <= 1``.
+    r"""Owen's T function :math:`T(h, a)` for ``h >= 0`` and ``|a| <= 1``.
 
     .. math:: T(h, a) = \frac{1}{2\pi} \int_0^a \frac{e^{-h^2 (1 + x^2)/2}}{1 + x^2} dx
 
-    Differentiable (it is a fixed quadrature of elementary functions).
+    Odd in ``a`` (so is the quadrature, exactly). Differentiable (it is a fixed quadrature of
+    elementary functions).
     """
     t, w = gauss_legendre_01(nodes, h.dtype, h.device)
     total = torch.zeros_like(h * a)
@@ -96,12 +97,24 @@ def right_triangle(h: torch.Tensor, k: torch.Tensor, nodes: int = QUADRATURE_NOD
     The straightforward evaluation on every element (one quadrature each), differentiable
     twice by ``torch.func``. Positive when ``h k > 0``.
     """
-    hh, kk = h.abs(), k.abs()
-    m = torch.maximum(hh, kk)
-    r = torch.minimum(hh, kk) / torch.where(m > 0, m, torch.ones_like(m))
-    u = _triangle_u(m, r, nodes)
-    rect = 0.25 * torch.erf(hh / _SQRT2) * torch.erf(kk / _SQRT2)
-    return torch.sign(h) * torch.sign(k) * torch.where(kk <= hh, u, rect - u)
+    use_h = k.abs() <= h.abs()
+    m, r = _signed_ratio(h, k, use_h)
+    u = _triangle_u(m, r, nodes)  # odd in r
+    rect = 0.25 * torch.erf(h / _SQRT2) * torch.erf(k / _SQRT2)
+    return torch.where(use_h, torch.sign(h) * u, rect - torch.sign(k) * u)
+
+
+def _signed_ratio(h: torch.Tensor, k: torch.Tensor, use_h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``m = max(|h|, |k|)`` and the *signed* ratio ``r = k/|h|`` (where ``use_h``, i.e.
+    ``|k| <= |h|``) or ``h/|k|`` (elsewhere), ``|r| <= 1``.
+
+    The terms of :func:`right_triangle` are odd in ``r``, so ``sign(h) sign(k) f(|r|)`` is
+    written ``sign(.) f(r)``: smooth across ``h = 0`` (a pixel on an edge's line), where
+    ``sign(h)`` would carry no derivative. ``m = 0`` (a pixel on a corner) divides by 1.
+    """
+    m = torch.where(use_h, h.abs(), k.abs())
+    safe = torch.where(m > 0, m, torch.ones_like(m))
+    return m, torch.where(use_h, k, h) / safe
 
 
 def edge_frame(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -147,7 +160,16 @@ def edge_far(
         \tfrac{h}{\sqrt2} \operatorname{erf}\tfrac{k}{\sqrt2} - \operatorname{sign}(hk)\big)
     """
     ah = h.abs()
-    angle = torch.sign(h) * torch.atan2(ah * length, h * h + ka * kb) / _TWO_PI
+    # sign(h) atan2(|h| L, x) is atan2(h L, x) wherever h != 0, and the latter is smooth across
+    # h = 0 (a pixel on the edge's line) except for its value on the cut h = 0, x < 0 (a pixel
+    # on the edge itself), +-pi instead of 0: subtracted there as a constant, so that forward
+    # and reverse mode see the true derivative L / x. x = 0 with h = 0 (a pixel on a corner)
+    # takes x = 1: value 0 as before, no 0/0 in the derivative.
+    x = h * h + ka * kb
+    on_line = h == 0
+    x = torch.where(on_line & (x == 0), torch.ones_like(x), x)
+    raw = torch.atan2(h * length, x)
+    angle = (raw - torch.where(on_line & (x < 0), torch.copysign(torch.full_like(raw, math.pi), raw), 0.0)) / _TWO_PI
     zero = torch.zeros_like(angle)
     sh = torch.sign(h)
     band_b = torch.where(kb.abs() > ah, 0.25 * (erf_h * erf_b - sh * torch.sign(kb)), zero)
@@ -160,15 +182,14 @@ def right_triangle_near(h: torch.Tensor, k: torch.Tensor, nodes: int = QUADRATUR
 
     Below 2e-17 wherever ``max(|h|,|k|) > T_CUTOFF``.
     """
-    hh, kk = h.abs(), k.abs()
-    m = torch.maximum(hh, kk)
-    r = torch.minimum(hh, kk) / torch.where(m > 0, m, torch.ones_like(m))
-    t = owens_t(m, r, nodes)
-    return torch.sign(h) * torch.sign(k) * torch.where(kk <= hh, -t, t)
+    use_h = k.abs() <= h.abs()
+    m, r = _signed_ratio(h, k, use_h)
+    t = owens_t(m, r, nodes)  # odd in r
+    return torch.where(use_h, -torch.sign(h) * t, torch.sign(k) * t)
 
 
-#: Edges shorter than this (in units of sigma) get their moments by quadrature: the upward
-#: recurrence loses about ``L**-6`` ulps on ``K_3``.
+#: Edges shorter than this, in units of sigma, get their moments by quadrature, since the
+#: upward recurrence loses about ``L**-6`` ulps on ``K_3``.
 SHORT_EDGE = 1.0
 
 

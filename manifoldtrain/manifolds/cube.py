@@ -17,7 +17,7 @@ from manifoldtrain.manifolds._rotation import axis_rotation, generators, rotatio
 __all__ = ["Cube"]
 
 # Faces of the unit cube (corner coordinates in units of the half size), each listed in the
-# order of CUBE_SPEC.md; face i (0-based) has colour (i + 1) / 6 by default.
+# order of the definition (docs/cube.rst); face i (0-based) has colour (i + 1) / 6 by default.
 _FACES = (
     ((1, -1, -1), (1, 1, -1), (1, 1, 1), (1, -1, 1)),
     ((-1, -1, 1), (-1, 1, 1), (-1, 1, -1), (-1, -1, -1)),
@@ -97,9 +97,10 @@ _angles_convert, _angles_validate = _tuple_of_floats(3)
 class Cube(Manifold):
     """The paper's cube: a Gaussian-blurred image of a flat-shaded cube, and its corners.
 
-    ``Cube()`` is exactly the manifold of CUBE_SPEC.md (the "CubeDiff" data set). A point is
-    a pose ``[6]`` = (rotation vector ``w`` in radians, translation ``t``); the local
-    coordinates ``theta = (x, y, z, a, b, c)`` move the posed corners as
+    ``Cube()`` is exactly the paper's "CubeDiff" manifold, defined in full in the docs (*The cube
+    renderer*, ``docs/cube.rst``). A point is a pose ``[6]`` = (rotation vector ``w`` in
+    radians, translation ``t``); the local coordinates ``theta = (x, y, z, a, b, c)`` move the
+    posed corners as
 
     .. math::
         V(\\theta) = (V_\\text{base} R(w))\\, R_x(a) R_y(b) R_z(c) + t + (x, y, z)
@@ -129,12 +130,12 @@ class Cube(Manifold):
         ``D = camera_distance`` (default 5); the picture is mirrored, by definition.
     half_size : float
         Half the edge length of the cube (default 0.2: corners at ``+-1/5``).
-    face_colors : 6 floats
-        Colour of faces 1..6 (default ``i/6``).
-    base_angles : 3 floats
-        The base orientation: corners are multiplied (row vectors) by ``Rz(base_angles[0])``,
-        then ``Rx(base_angles[1])``, then ``Ry(base_angles[2])`` (default
-        ``(pi/2, pi/4, 0.6154797)``, the cube corner-on).
+    face_colors : tuple of float
+        Six numbers: the colour of faces 1..6 (default ``i/6``).
+    base_angles : tuple of float
+        Three angles, the base orientation: corners are multiplied (row vectors) by
+        ``Rz(base_angles[0])``, then ``Rx(base_angles[1])``, then ``Ry(base_angles[2])``
+        (default ``(pi/2, pi/4, 0.6154797)``, the cube corner-on).
     max_angle : float
         Sampling: rotation angle uniform in ``[-max_angle, max_angle]`` about an axis uniform
         on the sphere (default ``pi/8``), radians, in ``[0, pi]``.
@@ -143,6 +144,14 @@ class Cube(Manifold):
     near_clip : float
         Valid points keep every corner at least this far in front of the camera,
         ``D - Z >= near_clip`` (default 0.5).
+
+    Raises
+    ------
+    TypeError, ValueError
+        A setting of the wrong type or range, naming it; and settings under which sampled
+        poses could reach the camera, ``camera_distance < sqrt(3) half_size +
+        translation_radius + near_clip`` (a cube behind or through the camera), naming
+        ``camera_distance, half_size, translation_radius, near_clip``.
 
     Examples
     --------
@@ -176,6 +185,21 @@ class Cube(Manifold):
     point_shape = (6,)
     target_shape = (9,)
     coordinate_names = ("x", "y", "z", "a", "b", "c")
+
+    def __attrs_post_init__(self) -> None:
+        # Every corner of every pose that sample() draws must lie near_clip in front of the
+        # camera. A corner is sqrt(3) half_size from the cube's centre, the centre at most
+        # translation_radius from the origin: that bound (reached when a corner points at the
+        # camera, as in the base orientation) must stay near_clip short of camera_distance.
+        reach = math.sqrt(3.0) * self.half_size + self.translation_radius
+        if self.camera_distance - reach < self.near_clip:
+            raise ValueError(
+                f"camera_distance, half_size, translation_radius, near_clip: sampled poses reach Z = "
+                f"sqrt(3) * half_size + translation_radius = {reach:.6g}, but the camera sits at "
+                f"camera_distance = {self.camera_distance:.6g} and every corner must stay near_clip = "
+                f"{self.near_clip:.6g} in front of it, which needs camera_distance >= {reach + self.near_clip:.6g}: "
+                "increase camera_distance, or reduce half_size, translation_radius or near_clip"
+            )
 
     @property
     def input_shape(self) -> tuple[int, int]:
@@ -215,7 +239,7 @@ class Cube(Manifold):
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
     ) -> torch.Tensor:
-        """Draw ``n`` poses ``[n, 6]`` from the data distribution of CUBE_SPEC.md.
+        """Draw ``n`` poses ``[n, 6]`` from the distribution of the paper's data set (``docs/cube.rst``).
 
         Rotation: axis uniform on the unit sphere, angle uniform in
         ``[-max_angle, max_angle]``. Translation: ``translation_radius`` times a point uniform

@@ -368,6 +368,12 @@ def _check_terms(instance, attribute, value):
         raise ValueError(f"{attribute.name}: each term may appear once, got {names}")
     if all(t.start > 0 for t in value):
         raise ValueError(f"{attribute.name}: at least one term must start at 0")
+    if not any(t.weight > 0 for t in value):
+        weights = ", ".join(f"{t.name}.weight = {t.weight}" for t in value)
+        raise ValueError(
+            f"{attribute.name}: every term's weight is 0 ({weights}), so the objective trains nothing; "
+            "give at least one term a weight > 0"
+        )
 
 
 @attrs.frozen
@@ -505,9 +511,19 @@ class Objective:
 
 
 def _check_weights(weights, k: int) -> tuple[float, ...]:
-    if not isinstance(weights, (tuple, list)) or len(weights) != k:
-        raise ValueError(f"weights: expected {k} numbers, got {weights!r}")
-    return tuple(weights)
+    """``weights`` of :meth:`Objective.first_order` (``k = 2``) or :meth:`Objective.second_order`
+    (``k = 3``): ``k`` finite numbers ``>= 0``, not all 0; returned as floats."""
+    what = ("value", "d1", "d2")[:k]
+    if not isinstance(weights, (tuple, list)):
+        raise TypeError(f"weights: expected a tuple of {k} numbers ({', '.join(what)}), got {type(weights).__name__}")
+    if len(weights) != k:
+        raise ValueError(f"weights: expected {k} numbers ({', '.join(what)}), got {len(weights)}: {tuple(weights)!r}")
+    out = tuple(check_float(f"weights[{i}] ({name})", w, nonnegative=True) for i, (name, w) in enumerate(zip(what, weights)))
+    if not any(out):
+        raise ValueError(
+            f"weights: expected at least one weight > 0, got {out}: an objective of zero weights trains nothing"
+        )
+    return out
 
 
 def _run_rows(batch: Batch, requests: dict[str, Rows | None], rows_fn) -> dict[str, Rows | None]:
