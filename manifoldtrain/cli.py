@@ -65,11 +65,38 @@ def _plugin_manifolds(argv: Sequence[str]) -> dict[str, type]:
     return found
 
 
+def _add_compute_options(p: argparse.ArgumentParser) -> None:
+    """``--device`` and ``--threads``, on every command that computes (see :func:`_apply_compute_options`)."""
+    group = p.add_argument_group("where to compute")
+    group.add_argument("--device", default=None, metavar="DEVICE",
+                       help="cpu (the default), cuda or cuda:N; an error if CUDA is not available")
+    group.add_argument("--threads", type=int, default=None, metavar="N",
+                       help="CPU threads for torch (torch.set_num_threads; default: torch's choice)")
+
+
+def _apply_compute_options(args: argparse.Namespace):
+    """Check ``--device`` (returned as a torch.device, or None if not given) and set ``--threads``."""
+    from manifoldtrain._validation import check_int
+    from manifoldtrain.experiment import check_device
+
+    if args.threads is not None:
+        check_int("--threads", args.threads, minimum=1)
+    device = check_device(args.device, "--device") if args.device is not None else None
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    return device
+
+
 def _build_parser(plugins: dict[str, type] | None = None) -> argparse.ArgumentParser:
+    from manifoldtrain import __version__
+
     parser = argparse.ArgumentParser(
         prog="manifoldtrain",
         description="Train networks on the derivatives of a computable data manifold.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     show = sub.add_parser("show", help="draw a sample of a manifold with its derivative images")
@@ -87,6 +114,7 @@ def _build_parser(plugins: dict[str, type] | None = None) -> argparse.ArgumentPa
     _add_generate(sub, manifolds)
     _add_train(sub)
     _add_evaluate(sub)
+    _add_export(sub)
     return parser
 
 
@@ -98,12 +126,15 @@ def _add_demo(sub) -> None:
     p.add_argument("--force", action="store_true", help="write into --out even if it holds other files")
     p.add_argument("--quick", action="store_true", help="a tiny run for smoke tests (seconds, not minutes)")
     add_settings_arguments(p, DemoConfig, "demo settings")
+    _add_compute_options(p)
     p.set_defaults(handler=_cmd_demo)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from manifoldtrain.demo import DemoConfig, run_demo
+    from manifoldtrain.experiment import using_device
 
+    device = _apply_compute_options(args)
     if args.quick:
         for name, value in (("n_train", 64), ("n_test", 32), ("hidden", [16, 16]), ("seconds_per_run", 2.0)):
             if getattr(args, name) is None:
@@ -112,7 +143,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     config = settings_from_arguments(DemoConfig, args)
     claim_output_folder(args.out, "demo", force=args.force, argument="--out")
-    run_demo(args.out, config, force=args.force)
+    with using_device(device):  # the runs' models and training data; the data are drawn on the CPU
+        run_demo(args.out, config, force=args.force)
     return 0
 
 
@@ -130,6 +162,7 @@ def _add_generate(sub, manifolds: dict[str, type]) -> None:
         q.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="storage dtype (default float32)")
         q.add_argument("--no-progress", action="store_true", help="no progress bar")
         add_settings_arguments(q, cls, f"{cls.__name__} settings")
+        _add_compute_options(q)
         q.set_defaults(handler=_cmd_generate, manifold_class=cls)
 
 
@@ -137,10 +170,12 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from manifoldtrain._validation import dtype_from_name
     from manifoldtrain.data import check_cache_target, generate_jets, save_jets
 
+    device = _apply_compute_options(args)
     manifold = settings_from_arguments(args.manifold_class, args)
     dtype = dtype_from_name("--dtype", args.dtype)
     check_cache_target(args.out, argument="--out")  # before the work
-    data = generate_jets(manifold, args.n, seed=args.seed, order=args.order, dtype=dtype, progress=not args.no_progress)
+    data = generate_jets(manifold, args.n, seed=args.seed, order=args.order, dtype=dtype, progress=not args.no_progress,
+                         device=device)
     save_jets(data, args.out)
     print(f"wrote {len(data)} samples of order {args.order} to {args.out} (fingerprint {data.meta['fingerprint'][:12]})")
     return 0
@@ -153,30 +188,46 @@ def _add_train(sub) -> None:
     p.add_argument("--no-resume", action="store_true", help="start over even if OUT holds a checkpoint")
     p.add_argument("--force", action="store_true", help="write into --out even if it holds other files")
     p.add_argument("--data", default=None, help="train on this jet cache from 'generate' (the config's data.path)")
+    p.add_argument("--seed", type=int, default=None, metavar="N",
+                   help="the run's seed: sets model_seed (initial weights), train.seed (batch order, random "
+                        "directions, validation samples) and, unless the data come from a cache (--data, data.path), "
+                        "data.seed (the points drawn); the train/test split (data.split_seed) is kept")
+    _add_compute_options(p)
     p.set_defaults(handler=_cmd_train)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from manifoldtrain._io import check_not_input, claim_output_folder
+    from manifoldtrain._validation import check_int
     from manifoldtrain.config import load_config
     from manifoldtrain.experiment import RUN_OUTPUTS, run_experiment
 
+    device = _apply_compute_options(args)
     config = load_config(args.config)
     if args.data is not None:
         config = attrs.evolve(config, data=attrs.evolve(config.data, path=args.data))
+    if args.seed is not None:
+        seed = check_int("--seed", args.seed, minimum=0)
+        data = config.data if config.data.path is not None else attrs.evolve(config.data, seed=seed)
+        config = attrs.evolve(config, model_seed=seed, train=attrs.evolve(config.train, seed=seed), data=data)
     for name in RUN_OUTPUTS:  # never over its own input
         check_not_input(Path(args.out) / name, {"--config": args.config})
     claim_output_folder(args.out, "run", force=args.force, argument="--out")
-    res = run_experiment(config, args.out, resume=not args.no_resume, force=args.force)
-    print(json.dumps({"objective": res["objective"], "test": res["test"], "epochs": res["epochs"], "seconds": res["seconds"]}, indent=2))
+    res = run_experiment(config, args.out, resume=not args.no_resume, force=args.force, device=device)
+    summary = {"objective": res["objective"], "test": res["test"], "epochs": res["epochs"], "seconds": res["seconds"]}
+    if res["best_epoch"] is not None:
+        summary.update(checkpoint=res["checkpoint"], best_epoch=res["best_epoch"], stopped_early=res["stopped_early"])
+    print(json.dumps(summary, indent=2))
     return 0
 
 
 def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="clean and derivative RMSE of a trained run on a jet cache")
-    p.add_argument("--run", required=True, help="run directory (or checkpoint file) written by 'train' or 'demo'")
+    p.add_argument("--run", required=True, help="run directory (its best.pt where it has one, else its checkpoint.pt), "
+                                                "or a checkpoint file, written by 'train' or 'demo'")
     p.add_argument("--data", required=True, help="jet cache directory written by 'generate'")
     p.add_argument("--json", default=None, help="also write the metrics to this JSON file")
+    _add_compute_options(p)
     p.set_defaults(handler=_cmd_evaluate)
 
 
@@ -185,6 +236,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from manifoldtrain.data import load_jets
     from manifoldtrain.experiment import evaluate_checkpoint
 
+    device = _apply_compute_options(args)
     if args.json is not None and Path(args.json).is_dir():
         raise IsADirectoryError(f"--json: {args.json} is a folder; give the name of a JSON file to write")
 
@@ -193,13 +245,42 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as err:
         raise type(err)(f"--data {args.data}: {err}") from None
     try:
-        metrics = evaluate_checkpoint(args.run, data).to_dict()
+        metrics = evaluate_checkpoint(args.run, data, device=device).to_dict()
     except (FileNotFoundError, ValueError) as err:
         raise type(err)(f"--run {args.run}: {err}") from None
     text = json.dumps(metrics, indent=2)
     print(text)
     if args.json:
         write_text_atomic(args.json, text + "\n")
+    return 0
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="write a trained network as a torch.export program (runs without manifoldtrain)")
+    p.add_argument("--run", required=True, help="run directory (its best.pt where it has one, else its checkpoint.pt), "
+                                                "or a checkpoint file, written by 'train' or 'demo'")
+    p.add_argument("--out", required=True, help="file to write (e.g. model.pt2): new, or an earlier export (replaced)")
+    p.add_argument("--force", action="store_true", help="replace --out even if it is not an earlier export")
+    p.set_defaults(handler=_cmd_export)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from manifoldtrain.export import export_info, export_run
+
+    def named(err: Exception) -> Exception:  # the library names its arguments run / out; here they are options
+        text = str(err)
+        for name in ("run", "out"):
+            if text.startswith(f"{name}: "):
+                return type(err)(f"--{text}")
+        return type(err)(f"--run {args.run}: {text}")
+
+    try:
+        path = export_run(args.run, args.out, force=args.force)
+    except (FileNotFoundError, FileExistsError, IsADirectoryError, PermissionError, ValueError) as err:
+        raise named(err) from None
+    info = export_info(path)
+    print(f"wrote {path}: inputs [n, {', '.join(map(str, info['input_shape']))}] {info['dtype']} -> "
+          f"[n, {', '.join(map(str, info['target_shape']))}], from {info['checkpoint']} (epoch {info['epoch']})")
     return 0
 
 

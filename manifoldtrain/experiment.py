@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import os
+import re
 import warnings
 import platform
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -18,12 +22,69 @@ from manifoldtrain.data import JetDataset, cached_jets, generate_jets, load_jets
 from manifoldtrain.evaluation import Metrics, evaluate
 from manifoldtrain.nn import build_model
 from manifoldtrain.registry import MODELS
-from manifoldtrain.training import CHECKPOINT_NAME, Trainer, load_checkpoint
+from manifoldtrain.training import BEST_NAME, CHECKPOINT_NAME, METRICS_NAME, Trainer, load_checkpoint
 
 #: The files a run writes into its folder (besides its marker).
-RUN_OUTPUTS = ("config.toml", "results.json", "curves.png", CHECKPOINT_NAME)
+RUN_OUTPUTS = ("config.toml", "results.json", "curves.png", CHECKPOINT_NAME, BEST_NAME, METRICS_NAME)
 
-__all__ = ["RUN_OUTPUTS", "make_data", "run_experiment", "model_from_checkpoint", "evaluate_checkpoint", "machine_info", "command_line"]
+__all__ = ["RUN_OUTPUTS", "make_data", "run_experiment", "model_from_checkpoint", "evaluate_checkpoint", "machine_info",
+           "command_line", "check_device", "using_device", "run_checkpoint"]
+
+_DEVICE: contextvars.ContextVar[torch.device | None] = contextvars.ContextVar("manifoldtrain_device", default=None)
+
+
+def check_device(device: str | torch.device, argument: str = "device") -> torch.device:
+    """The torch device called ``device`` (``"cpu"``, ``"cuda"`` or ``"cuda:N"``), checked to exist here.
+
+    Raises
+    ------
+    ValueError
+        Another name, or CUDA asked for where it is not available (or no device ``N``); the
+        message names ``argument``.
+    """
+    if isinstance(device, torch.device):
+        device = str(device)
+    if not isinstance(device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise ValueError(f"{argument}: expected 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            why = "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA device is visible"
+            raise ValueError(f"{argument}: {device!r} asked for, but CUDA is not available here ({why}; torch "
+                             f"{torch.__version__}); use 'cpu'")
+        index = int(device.split(":")[1]) if ":" in device else None
+        count = torch.cuda.device_count()
+        if index is not None and index >= count:
+            raise ValueError(f"{argument}: {device!r} asked for, but this machine has {count} CUDA device(s), "
+                             f"cuda:0 to cuda:{count - 1}")
+    return torch.device(device)
+
+
+@contextlib.contextmanager
+def using_device(device: str | torch.device | None) -> Iterator[None]:
+    """Inside the block, :func:`run_experiment` called without ``device`` trains on ``device``
+    (checked by :func:`check_device`; ``None`` changes nothing). For callers that run
+    experiments through code that does not pass a device on, such as the demo."""
+    token = _DEVICE.set(check_device(device) if device is not None else _DEVICE.get())
+    try:
+        yield
+    finally:
+        _DEVICE.reset(token)
+
+
+def run_checkpoint(path: str | os.PathLike) -> Path:
+    """The checkpoint file that holds a run's model: ``path`` itself if it is a file; for a run
+    folder its ``best.pt`` (the model of lowest validation RMSE) where it has one, else its
+    ``checkpoint.pt`` (the last model). Raises ``FileNotFoundError`` if there is neither."""
+    path = Path(path)
+    if not path.is_dir():
+        if not path.exists():
+            raise FileNotFoundError(f"path: no run folder or checkpoint file at {path}")
+        return path
+    for name in (BEST_NAME, CHECKPOINT_NAME):
+        if (path / name).is_file():
+            return path / name
+    raise FileNotFoundError(f"path: {path} holds no checkpoint ({CHECKPOINT_NAME}); "
+                            "is it a run folder written by 'train'?")
 
 
 def _git_commit() -> str | None:
@@ -145,14 +206,24 @@ def run_experiment(
     data: tuple[JetDataset, JetDataset] | None = None,
     progress: bool = True,
     force: bool = False,
+    device: str | torch.device | None = None,
 ) -> dict:
     """Train ``config`` into ``out_dir`` and return its results.
 
     Writes ``out_dir/config.toml``, ``out_dir/checkpoint.pt`` (see :mod:`manifoldtrain.training`),
-    ``out_dir/results.json``: ``objective`` (term names), ``test`` (metrics), ``seconds``,
-    ``epochs``, ``history``; and ``out_dir/curves.png``, the learning curves of every term and
-    every recorded test metric. With ``resume``, a run stopped half way continues from its last
-    checkpoint. ``data`` may pass ``(train, test)`` directly.
+    ``out_dir/metrics.csv`` (one row per evaluation), with a validation set
+    (``config.train.validation > 0``) ``out_dir/best.pt``, and ``out_dir/results.json``:
+    ``objective`` (term names), ``test`` (metrics of the model in ``checkpoint``),
+    ``checkpoint`` (``"best.pt"``, the model of lowest validation RMSE, with a validation set;
+    else ``"checkpoint.pt"``, the last model), ``best_epoch`` and ``validation`` (that model's
+    epoch and validation metrics; None without a validation set), ``stopped_early``,
+    ``seconds``, ``epochs``, ``history``; and ``out_dir/curves.png``, the learning curves of
+    every term and every recorded test metric. With ``resume``, a run stopped half way
+    continues from its last checkpoint. ``data`` may pass ``(train, test)`` directly.
+
+    ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:N"``; default: the one set by
+    :func:`using_device`, else the CPU) is where the model and the training data go; the data
+    are drawn on the CPU whatever the device, so every device trains on the same samples.
 
     ``out_dir`` must be new, empty or a run folder already (:func:`manifoldtrain._io.claim_output_folder`;
     ``force`` writes into another folder anyway); it is checked before any work. A run that
@@ -160,10 +231,12 @@ def run_experiment(
     """
     if not isinstance(config, ExperimentConfig):
         raise TypeError(f"config: expected an ExperimentConfig, got {type(config).__name__}")
+    device = check_device(device) if device is not None else (_DEVICE.get() or torch.device("cpu"))
     out = claim_output_folder(out_dir, "run", force=force, argument="out_dir")
     train, test = data if data is not None else make_data(config, progress=progress)
     dtype = train.inputs.dtype
     model = build_model(config.model, train.inputs.value, train.targets.value, seed=config.model_seed).to(dtype)
+    model = model.to(device)
     trainer = Trainer(
         model, config.objective, train, test, config.train, checkpoint_dir=out,
         extra={"model_spec": _model_spec(config, train), "model_seed": config.model_seed,
@@ -175,11 +248,19 @@ def run_experiment(
             (out / stale).unlink(missing_ok=True)  # an earlier run's files: never beside a new run's
     save_config(config, out / "config.toml")
     history = trainer.fit(resume=False)  # resumed above, or starting afresh
+    best = trainer.best
+    if best is not None:  # the figures of the model chosen on the validation set
+        model.load_state_dict(best["model"])
     metrics = evaluate(model, test)
     last = history.records[-1] if history.records else {}
     results = {
         "objective": list(config.objective.names),
         "test": metrics.to_dict(),
+        "checkpoint": BEST_NAME if best is not None else CHECKPOINT_NAME,
+        "best_epoch": best["epoch"] if best is not None else None,
+        "validation": best["validation"] if best is not None else None,
+        "n_validation": len(trainer.validation) if trainer.validation is not None else 0,
+        "stopped_early": trainer.stopped_early,
         "train_loss": last.get("loss"),
         "train_losses": last.get("losses"),
         "normalisers": trainer.normalisers,
@@ -198,12 +279,14 @@ def run_experiment(
     return results
 
 
-def evaluate_checkpoint(path: str | os.PathLike, test: JetDataset) -> Metrics:
-    """Metrics of the model in a checkpoint file (or a run directory holding one) on ``test``."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / CHECKPOINT_NAME
-    state = load_checkpoint(path)
+def evaluate_checkpoint(
+    path: str | os.PathLike, test: JetDataset, *, device: str | torch.device | None = None
+) -> Metrics:
+    """Metrics of the model in a checkpoint file, or of a run folder's model (:func:`run_checkpoint`:
+    its ``best.pt`` where it has one, else its ``checkpoint.pt``), on ``test``, computed on
+    ``device`` (default CPU; see :func:`check_device`)."""
+    device = check_device(device) if device is not None else torch.device("cpu")
+    state = load_checkpoint(run_checkpoint(path))
     extra = state.get("extra", {})
     if "manifold" in extra and test.meta.get("manifold") is not None:
         diff = _manifold_difference(test, extra["manifold"], ("in the test data", "in the run"))
@@ -221,6 +304,6 @@ def evaluate_checkpoint(path: str | os.PathLike, test: JetDataset) -> Metrics:
         want = spec.get(f"{what}_shape")
         if want is not None and list(jet.shape) != list(want):
             raise ValueError(f"test: its {what}s have shape {list(jet.shape)}, the model was trained on {list(want)}")
-    model = model_from_checkpoint(state)
+    model = model_from_checkpoint(state).to(device)
     return evaluate(model, test.to(next(model.parameters()).dtype))
 

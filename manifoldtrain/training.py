@@ -6,14 +6,36 @@ Checkpoints
 ``checkpoint_every`` epochs and at the end. It holds plain data only and loads with
 ``torch.load(..., weights_only=True)``: model and optimiser state, the generator that orders
 batches and draws random directions, epoch, step count, training seconds, history, the
-configs, the loss scales and each term's normaliser, and the training data's fingerprint. :meth:`Trainer.fit` with ``resume=True`` continues from it:
-a run killed at any moment and resumed finishes with the same weights as an uninterrupted
-run (with an epoch budget; a wall-clock budget depends on the machine's speed).
+configs, the loss scales and each term's normaliser, the training data's fingerprint and,
+with a validation set, the best model so far (its weights, epoch and validation numbers) and
+how many evaluations have passed without improvement. :meth:`Trainer.fit` with
+``resume=True`` continues from it: a run killed at any moment and resumed finishes with the
+same weights as an uninterrupted run (with an epoch budget; a wall-clock budget depends on
+the machine's speed).
+
+Validation, best model, early stopping
+--------------------------------------
+With ``TrainConfig.validation > 0`` a fraction of the training data is held out (the same
+samples for the same ``seed``) and scored with the Trainer's metrics at every evaluation.
+The model of lowest validation ``rmse`` so far is written to ``checkpoint_dir/best.pt``
+(:data:`BEST_NAME`; atomically, in the checkpoint's format, without the optimiser and
+generator: it is a model to use, not a run to resume). With ``patience``, training stops
+once that many evaluations in a row have not improved on it.
+
+Metrics file
+------------
+``checkpoint_dir/metrics.csv`` (:data:`METRICS_NAME`) holds one row per evaluation: epoch,
+step, training seconds, learning rate, the training loss and each term's, every test metric
+(``test.NAME``) and every validation metric (``validation.NAME``). It is rewritten
+atomically from the history at every evaluation, so a resumed run continues it without
+duplicate rows.
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import math
 import os
 import sys
@@ -24,7 +46,7 @@ from pathlib import Path
 import attrs
 import torch
 
-from manifoldtrain._io import atomic_path
+from manifoldtrain._io import atomic_path, write_text_atomic
 from manifoldtrain._plain import plain
 from manifoldtrain._validation import attrs_validator, check_float, check_int
 from manifoldtrain.data import JetDataset, check_dataset
@@ -33,9 +55,17 @@ from manifoldtrain.jet import Jet
 from manifoldtrain.network_jets import check_jet_model, taylor_rows
 from manifoldtrain.objectives import LossScales, Objective
 
-__all__ = ["TrainConfig", "Trainer", "History", "load_checkpoint", "CHECKPOINT_NAME"]
+__all__ = ["TrainConfig", "Trainer", "History", "load_checkpoint", "metrics_table", "write_metrics_csv",
+           "CHECKPOINT_NAME", "BEST_NAME", "METRICS_NAME"]
 
+#: The checkpoint to resume from, in ``checkpoint_dir``.
 CHECKPOINT_NAME = "checkpoint.pt"
+#: The model of lowest validation RMSE, in ``checkpoint_dir`` (with ``TrainConfig.validation > 0``).
+BEST_NAME = "best.pt"
+#: One row per evaluation, in ``checkpoint_dir``.
+METRICS_NAME = "metrics.csv"
+#: The validation metric that chooses the best model (lowest is best).
+BEST_METRIC = "rmse"
 CHECKPOINT_FORMAT = "manifoldtrain-checkpoint"
 CHECKPOINT_VERSION = 2
 
@@ -43,6 +73,26 @@ CHECKPOINT_VERSION = 2
 def _optional_positive(instance, attribute, value):
     if value is not None:
         check_float(attribute.name, value, positive=True)
+
+
+def _check_validation(instance, attribute, value):
+    check_float(attribute.name, value, nonnegative=True)
+    if value >= 1:
+        raise ValueError(f"{attribute.name}: expected a fraction of the training data in [0, 1), got {value}")
+
+
+def _check_patience(instance, attribute, value):
+    if value is None:
+        return
+    check_int(attribute.name, value, minimum=1)
+    if instance.validation == 0:
+        raise ValueError(f"{attribute.name}: early stopping needs a validation set; set validation > 0 (e.g. 0.1), "
+                         "or leave patience unset")
+
+
+#: TrainConfig fields added after checkpoint version 2 was defined, with the values that
+#: reproduce the training of a checkpoint that predates them.
+_NEW_FIELD_DEFAULTS = {"validation": 0.0, "patience": None}
 
 
 @attrs.frozen
@@ -78,7 +128,16 @@ class TrainConfig:
     checkpoint_every : int
         Write a checkpoint every this many epochs (default 1).
     seed : int
-        Seeds the batch order and the random directions (default 0).
+        Seeds the batch order and the random directions, and chooses the validation samples
+        (default 0).
+    validation : float
+        Fraction of the training data held out as a validation set (default 0: none), at
+        least one sample when above 0. It is scored with the Trainer's metrics at every
+        evaluation; the model of lowest validation ``rmse`` is kept as ``best.pt`` beside the
+        checkpoint.
+    patience : int or None
+        Early stopping: stop once this many evaluations in a row have not lowered the
+        validation ``rmse`` (needs ``validation > 0``; default None: never stop early).
     progress : bool
         Show a progress bar with the live loss (default True).
     """
@@ -95,6 +154,8 @@ class TrainConfig:
     eval_interval: float | None = attrs.field(default=None, validator=_optional_positive)
     checkpoint_every: int = attrs.field(default=1, validator=attrs_validator(check_int, minimum=1))
     seed: int = attrs.field(default=0, validator=attrs_validator(check_int, minimum=0))
+    validation: float = attrs.field(default=0.0, validator=_check_validation)
+    patience: int | None = attrs.field(default=None, validator=_check_patience)
     progress: bool = True
 
     def learning_rate_at(self, fraction: float) -> float:
@@ -111,7 +172,8 @@ class TrainConfig:
 class History:
     """What happened, one record per epoch: ``epoch``, ``step``, ``seconds`` (training time),
     ``lr``, ``loss`` (mean training objective over the epoch), ``losses`` (per term) and, when
-    evaluated, ``test`` (every metric's numbers by name, e.g. ``rmse``)."""
+    evaluated, ``test`` (every metric's numbers by name, e.g. ``rmse``) and, with a validation
+    set, ``validation`` (the same metrics on it)."""
 
     records: list = attrs.field(factory=list)
     finished: bool = False
@@ -178,8 +240,10 @@ class Trainer:
     test : JetDataset, optional
         Scored by ``metrics`` every ``config.eval_every`` epochs and at the end.
     config : TrainConfig
+        With ``config.validation > 0``, that fraction of ``train`` is held out as
+        :attr:`validation` (chosen by ``config.seed``) and :attr:`train` is the rest.
     checkpoint_dir : path, optional
-        Where checkpoints go (none are written without it).
+        Where checkpoints, ``best.pt`` and ``metrics.csv`` go (none are written without it).
     extra : dict, optional
         JSON-able data stored in checkpoints (e.g. how to rebuild the model).
     metrics : sequence of callables
@@ -193,8 +257,9 @@ class Trainer:
     Notes
     -----
     The training jets are truncated to the objective's order and put in scaled coordinates
-    (:meth:`LossScales.scale_jet`) once, here; :meth:`batch` gathers from them and
-    :meth:`step` takes one optimiser step on a batch. :meth:`fit` is the loop around them.
+    (:meth:`LossScales.scale_jet`) once, here, and moved to the model's device; :meth:`batch`
+    gathers from them and :meth:`step` takes one optimiser step on a batch. :meth:`fit` is the
+    loop around them.
     """
 
     def __init__(
@@ -218,7 +283,8 @@ class Trainer:
             raise TypeError(f"config: expected a TrainConfig, got {type(config).__name__}")
         self.model = model
         self.objective = objective
-        self.train = check_dataset("train", train, order=objective.max_order)
+        train = check_dataset("train", train, order=objective.max_order)
+        self.train, self.validation = _hold_out(train, config.validation, config.seed)
         self.test = check_dataset("test", test) if test is not None else None
         if self.test is not None:
             _check_alike(self.train, self.test)
@@ -226,8 +292,9 @@ class Trainer:
         for m in self.metrics:
             if not callable(m):
                 raise TypeError(f"metrics: expected callables (model, data) -> dict, got {type(m).__name__}")
-            if self.test is not None and callable(getattr(m, "check", None)):
-                m.check(model, self.test)
+            for data in (self.test, self.validation):
+                if data is not None and callable(getattr(m, "check", None)):
+                    m.check(model, data)
         if rows_fn is taylor_rows and objective.max_order >= 1:
             check_jet_model(model)
         self.rows_fn = rows_fn
@@ -237,17 +304,23 @@ class Trainer:
         order = objective.max_order
         self.scales = LossScales.from_data(self.train.inputs, self.train.targets)
         self.normalisers = objective.normalisers(self.scales)
-        # Scaled once: every step gathers from these.
-        self._train_inputs = self.scales.scale_jet(self.train.inputs.truncate(order))
-        self._train_targets = self.scales.scale_jet(self.train.targets.truncate(order))
         param = next(iter(model.parameters()))
         self.device, self.dtype = param.device, param.dtype
+        # Scaled once, on the model's device: every step gathers from these.
+        self._train_inputs = self.scales.scale_jet(self.train.inputs.truncate(order)).to(device=self.device)
+        self._train_targets = self.scales.scale_jet(self.train.targets.truncate(order)).to(device=self.device)
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.history = History()
         self.epoch = 0
         self.steps = 0
         self.seconds = 0.0
+        #: The best model so far (lowest validation rmse): ``epoch``, ``step``, ``seconds``,
+        #: ``metric``, ``value``, ``validation`` (every metric) and ``model`` (its weights, on
+        #: the CPU); None before the first evaluation or without a validation set.
+        self.best: dict | None = None
+        #: Evaluations since the best one (early stopping ends the run at ``config.patience``).
+        self.since_best = 0
         self._bar_by_time = False
 
     @property
@@ -257,6 +330,21 @@ class Trainer:
     @property
     def checkpoint_path(self) -> Path | None:
         return self.checkpoint_dir / CHECKPOINT_NAME if self.checkpoint_dir is not None else None
+
+    @property
+    def best_path(self) -> Path | None:
+        """Where the best model goes (``checkpoint_dir/best.pt``), or None without a checkpoint directory."""
+        return self.checkpoint_dir / BEST_NAME if self.checkpoint_dir is not None else None
+
+    @property
+    def metrics_path(self) -> Path | None:
+        """Where the metrics of every evaluation go (``checkpoint_dir/metrics.csv``)."""
+        return self.checkpoint_dir / METRICS_NAME if self.checkpoint_dir is not None else None
+
+    @property
+    def stopped_early(self) -> bool:
+        """Whether early stopping has ended the run (``config.patience`` evaluations without improvement)."""
+        return self.config.patience is not None and self.since_best >= self.config.patience
 
     def _identity(self) -> dict:
         """Every setting that shapes the weights: what a resumed run must share with its checkpoint."""
@@ -285,11 +373,44 @@ class Trainer:
             "step": self.steps,
             "seconds": self.seconds,
             "history": {"records": self.history.records, "finished": self.history.finished},
+            "best": self.best,
+            "since_best": self.since_best,
             "scales": plain(self.scales),
             "normalisers": dict(self.normalisers),
             "extra": self.extra,
             **self._identity(),
         }
+
+    def best_state_dict(self) -> dict:
+        """The best model so far as a checkpoint of its epoch (what ``best.pt`` holds): the
+        checkpoint's format, with the best weights, that epoch's counters and history, and
+        ``kind = "best"``; no optimiser or generator (it is not a run to resume)."""
+        if self.best is None:
+            raise ValueError("best: no best model yet (it needs a validation set and an evaluation)")
+        state = self.state_dict()
+        del state["optimizer"], state["generator"], state["since_best"]
+        best = self.best
+        records = [r for r in self.history.records if r["epoch"] <= best["epoch"]]
+        state.update(
+            kind="best", model=best["model"], epoch=best["epoch"], step=best["step"], seconds=best["seconds"],
+            history={"records": records, "finished": False}, best={k: v for k, v in best.items() if k != "model"},
+        )
+        return state
+
+    def save_best(self) -> Path:
+        """Write ``best.pt`` atomically from :attr:`best`; returns its path."""
+        if self.best_path is None:
+            raise ValueError("checkpoint_dir: the trainer was made without a checkpoint directory")
+        with atomic_path(self.best_path) as tmp:
+            torch.save(self.best_state_dict(), tmp)
+        return self.best_path
+
+    def write_metrics(self) -> Path:
+        """Rewrite ``metrics.csv`` atomically from the history (one row per evaluation); returns its path."""
+        if self.metrics_path is None:
+            raise ValueError("checkpoint_dir: the trainer was made without a checkpoint directory")
+        write_metrics_csv(self.history.records, self.metrics_path, terms=self.objective.names)
+        return self.metrics_path
 
     def save_checkpoint(self) -> Path:
         """Write the checkpoint atomically; returns its path."""
@@ -303,8 +424,14 @@ class Trainer:
         """Continue from a checkpoint of the same run: the same configs, objective, data, model
         architecture and ``extra`` (e.g. the model's config and seed); otherwise a
         ``ValueError`` names the first setting that differs. Loaded weights must be finite."""
+        if state.get("kind") == "best":
+            raise ValueError(f"checkpoint: it is a best-model file ({BEST_NAME}), which cannot be resumed; resume from "
+                             f"{CHECKPOINT_NAME}")
         for key, value in self._identity().items():
-            diff = _first_difference(state.get(key), value, key)
+            theirs = state.get(key)
+            if key == "train_config" and isinstance(theirs, dict):  # written before these settings existed
+                theirs = {**_NEW_FIELD_DEFAULTS, **theirs}
+            diff = _first_difference(theirs, value, key)
             if diff is not None:
                 raise ValueError(
                     f"checkpoint: it belongs to a run with other settings ({diff}); resume with the same settings, "
@@ -318,6 +445,8 @@ class Trainer:
         self.generator.set_state(state["generator"])
         self.epoch, self.steps, self.seconds = state["epoch"], state["step"], state["seconds"]
         self.history = History(list(state["history"]["records"]), bool(state["history"]["finished"]))
+        self.best = state.get("best")
+        self.since_best = int(state.get("since_best", 0))
 
     def resume(self) -> bool:
         """Load the checkpoint in ``checkpoint_dir`` if there is one (see :meth:`load_state_dict`)
@@ -325,6 +454,11 @@ class Trainer:
         if self.checkpoint_path is None or not self.checkpoint_path.is_file():
             return False
         self.load_state_dict(load_checkpoint(self.checkpoint_path))
+        # best.pt and metrics.csv may be ahead of the checkpoint (written at a later evaluation
+        # before the run stopped): make them agree with it again.
+        if self.best is not None:
+            self.save_best()
+        self.write_metrics()
         cfg = self.config
         budget = f"{cfg.epochs} epochs" + (f" or {cfg.time_budget:g} s" if cfg.time_budget is not None else "")
         _log(f"resuming from epoch {self.epoch} ({self.seconds:.1f} s of training) of {budget}: {self.checkpoint_path}",
@@ -341,11 +475,13 @@ class Trainer:
 
     def _out_of_budget(self) -> bool:
         cfg = self.config
-        return self.epoch >= cfg.epochs or (cfg.time_budget is not None and self.seconds >= cfg.time_budget)
+        return (self.epoch >= cfg.epochs or (cfg.time_budget is not None and self.seconds >= cfg.time_budget)
+                or self.stopped_early)
 
     def batch(self, indices: torch.Tensor) -> tuple[Jet, Jet]:
         """The training samples at ``indices`` (``[b]`` long), scaled, on the model's device and
         dtype, of the objective's order: what :meth:`step` takes."""
+        indices = indices.to(self._train_inputs.device)
         x = self._train_inputs[indices].to(device=self.device, dtype=self.dtype)
         y = self._train_targets[indices].to(device=self.device, dtype=self.dtype)
         return x, y
@@ -393,13 +529,15 @@ class Trainer:
         terms = ", ".join(f"{k!r} = {v}" for k, v in bad.items())
         return f"loss: term {terms} became non-finite {where} (all terms {dict((k, v.item()) for k, v in losses.items())}); {hint}"
 
-    def evaluate(self) -> dict[str, float | None]:
-        """Every metric's numbers on the test data, by name (empty without test data)."""
+    def evaluate(self, data: JetDataset | None = None) -> dict[str, float | None]:
+        """Every metric's numbers on ``data`` (default: the test data), by name (empty
+        without test data)."""
         out: dict[str, float | None] = {}
-        if self.test is None:
+        data = self.test if data is None else data
+        if data is None:
             return out
         for metric in self.metrics:
-            values = check_metric_values(metric, metric(self.model, self.test))
+            values = check_metric_values(metric, metric(self.model, data))
             clash = sorted(set(values) & set(out))
             if clash:
                 raise ValueError(f"metrics: more than one metric reports {clash}; names must be unique")
@@ -437,19 +575,49 @@ class Trainer:
                 self._train_epoch(bar)
                 due_eval = bool(cfg.eval_every) and self.epoch % cfg.eval_every == 0
                 if cfg.eval_interval is not None:
-                    last = max((r["seconds"] for r in self.history.records[:-1] if "test" in r), default=0.0)
+                    last = max((r["seconds"] for r in self.history.records[:-1] if _evaluated(r)), default=0.0)
                     due_eval = due_eval or self.seconds - last >= cfg.eval_interval
-                if self.test is not None and (due_eval or self._out_of_budget()):
-                    self.history.records[-1]["test"] = self.evaluate()
-                    shown = {k: f"{v:.2e}" for k, v in self.history.last_test.items() if v is not None}
-                    bar.set_postfix(loss=f"{self.history.records[-1]['loss']:.3e}", **dict(list(shown.items())[:2]))
+                if (self.test is not None or self.validation is not None) and (due_eval or self._out_of_budget()):
+                    record = self.history.records[-1]
+                    shown = {}
+                    if self.test is not None:
+                        record["test"] = self.evaluate()
+                        shown = {k: f"{v:.2e}" for k, v in record["test"].items() if v is not None}
+                    if self.validation is not None:
+                        record["validation"] = self.evaluate(self.validation)
+                        self._track_best(record)
+                        shown = {f"val_{BEST_METRIC}": f"{record['validation'][BEST_METRIC]:.2e}", **shown}
+                    bar.set_postfix(loss=f"{record['loss']:.3e}", **dict(list(shown.items())[:2]))
+                    if self.metrics_path is not None:
+                        self.write_metrics()
                 self.history.finished = self._out_of_budget()
                 if self.checkpoint_path is not None and (self.epoch % cfg.checkpoint_every == 0 or self.history.finished):
                     self.save_checkpoint()
         finally:
             bar.close()
         self.history.finished = True
+        if self.metrics_path is not None:
+            self.write_metrics()
         return self.history
+
+    def _track_best(self, record: dict) -> None:
+        """After a validation: keep the model if it is the best so far (and write ``best.pt``,
+        before the checkpoint that records it), else count one more evaluation without improvement."""
+        value = record["validation"].get(BEST_METRIC)
+        if value is None:
+            raise ValueError(f"metrics: choosing the best model needs a metric named {BEST_METRIC!r} (e.g. JetRMSE) "
+                             f"on the validation set; the metrics gave {sorted(record['validation'])}")
+        if self.best is not None and not value < self.best["value"]:
+            self.since_best += 1
+            return
+        self.best = {
+            "epoch": self.epoch, "step": self.steps, "seconds": self.seconds, "metric": BEST_METRIC, "value": value,
+            "validation": dict(record["validation"]),
+            "model": {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()},
+        }
+        self.since_best = 0
+        if self.best_path is not None:
+            self.save_best()
 
     def _train_epoch(self, bar) -> None:
         cfg = self.config
@@ -483,6 +651,56 @@ class Trainer:
                 "losses": losses_mean,
             }
         )
+
+
+def _evaluated(record: dict) -> bool:
+    return "test" in record or "validation" in record
+
+
+def _hold_out(train: JetDataset, fraction: float, seed: int) -> tuple[JetDataset, JetDataset | None]:
+    """``(train, validation)``: ``fraction`` of ``train`` held out (at least one sample), chosen by ``seed``."""
+    if fraction == 0:
+        return train, None
+    n_val = max(1, round(fraction * len(train)))
+    if len(train) - n_val < 1:
+        raise ValueError(f"config.validation: holding out {fraction:g} of {len(train)} training samples leaves none to "
+                         "train on; lower it or use more data")
+    rest, held = train.split(n_val, seed)  # a generator of its own: the batch order's is untouched
+    return rest, held
+
+
+def metrics_table(records: Sequence[dict], terms: Sequence[str] = ()) -> tuple[list[str], list[list]]:
+    """The evaluations in ``records`` (:attr:`History.records`) as a table: ``(columns, rows)``.
+
+    Columns: ``epoch``, ``step``, ``seconds``, ``lr``, ``loss``, ``loss.TERM`` for each term
+    (``terms`` first, then any others in order of appearance), ``test.NAME`` for each test
+    metric and ``validation.NAME`` for each validation metric. One row per record that was
+    evaluated; a number that does not apply is ``None``.
+    """
+    rows_of = [r for r in records if _evaluated(r)]
+    term_names = list(dict.fromkeys([*terms, *(k for r in records for k in r.get("losses", {}))]))
+    test_names = list(dict.fromkeys(k for r in rows_of for k in r.get("test", {})))
+    val_names = list(dict.fromkeys(k for r in rows_of for k in r.get("validation", {})))
+    columns = ["epoch", "step", "seconds", "lr", "loss", *(f"loss.{t}" for t in term_names),
+               *(f"test.{m}" for m in test_names), *(f"validation.{m}" for m in val_names)]
+    rows = []
+    for r in rows_of:
+        rows.append([r.get("epoch"), r.get("step"), r.get("seconds"), r.get("lr"), r.get("loss"),
+                     *(r.get("losses", {}).get(t) for t in term_names),
+                     *(r.get("test", {}).get(m) for m in test_names),
+                     *(r.get("validation", {}).get(m) for m in val_names)])
+    return columns, rows
+
+
+def write_metrics_csv(records: Sequence[dict], path: str | os.PathLike, *, terms: Sequence[str] = ()) -> None:
+    """Write :func:`metrics_table` of ``records`` as CSV to ``path`` atomically (``None``: an empty cell)."""
+    columns, rows = metrics_table(records, terms)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow(["" if v is None else repr(v) if isinstance(v, float) else v for v in row])
+    write_text_atomic(path, buffer.getvalue())
 
 
 def _log(message: str, show: bool) -> None:
