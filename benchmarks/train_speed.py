@@ -8,7 +8,13 @@ full step (batch gather, loss, backward, optimiser) for
 * ``first`` and ``second`` with nested ``torch.func.jvp`` (the straightforward path);
 * ``second`` along ``k`` random pairs of directions, ``k = 1, 2, 4`` (both derivative terms
   random, unbiased: ``1 + 3k`` jet rows);
-* ``second`` with the full first order and a random second order (``1 + 6 + 3k`` rows).
+* ``second`` with the full first order and a random second order (``1 + 6 + 3k`` rows);
+* the robustness objectives of :mod:`manifoldtrain.robustness.suite` at strength 0.03:
+  ``invariance-noise`` (values plus one noisy forward and backward pass), ``invariance-jacobian``
+  (values plus 2 random input directions in the jet pass), ``oracle-random`` (second order plus
+  2 random perturbations matched to the Taylor oracle) and ``oracle-hessian`` (second order plus
+  the top direction of the error operator, 2 subspace iterations of one ``vjp`` and one ``jvp``);
+  ``second`` is their derivative-training baseline.
 
 Every variant runs the public ``Trainer.batch`` and ``Trainer.step`` (batch gather of the
 orders the objective uses, loss, backward, AdamW), timed per step.
@@ -47,7 +53,14 @@ from manifoldtrain.objectives import DerivativeTerm, Objective, ValueTerm
 from manifoldtrain.training import Trainer, TrainConfig, flush_denormals
 
 
-def step_costs(train, hidden, batch_size, steps, seed=0) -> list[dict]:
+def robust_variants() -> list[tuple]:
+    from manifoldtrain.robustness.suite import robustness_objective
+
+    names = ("invariance-noise", "invariance-jacobian", "oracle-random", "oracle-hessian")
+    return [(name, "taylor", robustness_objective(name, 0.03), taylor_rows) for name in names]
+
+
+def step_costs(train, hidden, batch_size, steps, seed=0, robust_only=False) -> list[dict]:
     variants = [
         ("value", "-", Objective.value(), taylor_rows),
         ("first", "taylor", Objective.first_order(), taylor_rows),
@@ -60,6 +73,9 @@ def step_costs(train, hidden, batch_size, steps, seed=0) -> list[dict]:
         ("second", "full d1, random d2 k=1",
          Objective((ValueTerm(), DerivativeTerm(1), DerivativeTerm(2, 0.03, directions=1))), taylor_rows),
     ]
+    if robust_only:
+        variants = [variants[0], variants[2]]
+    variants += robust_variants()
     rows = []
     for objective_name, impl, objective, rows_fn in variants:
         model = build_model(MLPConfig(hidden=hidden), train.inputs.value, train.targets.value, seed=seed)
@@ -133,6 +149,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=None, help="write the results as JSON here (atomically)")
     parser.add_argument("--no-time-to-accuracy", action="store_true", help="step costs and estimate spreads only")
+    parser.add_argument("--robust-only", action="store_true",
+                        help="step costs of value, second and the robustness objectives only (implies --no-time-to-accuracy)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.quick:
@@ -144,16 +162,16 @@ def main(argv=None) -> int:
         train, test = data.split(n_test, seed=0)
         print(f"step cost, MLP {list(hidden)} tanh, batch {batch}, torch {torch.__version__}, {args.threads} threads")
         print("| objective | implementation | us/sample | x value step |\n|---|---|---|---|")
-        rows = step_costs(train, hidden, batch, steps)
+        rows = step_costs(train, hidden, batch, steps, robust_only=args.robust_only)
         for r in rows:
             print(f"| {r['objective']} | {r['implementation']} | {r['seconds_per_sample'] * 1e6:.0f} | {r['ratio_to_value']:.1f}x |")
-        spread = estimate_spread(train, hidden, draws=20 if args.quick else 200)
+        spread = [] if args.robust_only else estimate_spread(train, hidden, draws=20 if args.quick else 200)
         print("random-direction estimates, one batch of 256, untrained network: relative sd over draws")
         for r in spread:
             print(f"  order {r['order']}, k={r['k']}: sd {r['relative_sd']:.2f} x the full term "
                   f"(mean {r['mean']:.3g}, full {r['full']:.3g})")
         tta = None
-        if not args.no_time_to_accuracy:
+        if not (args.no_time_to_accuracy or args.robust_only):
             print(f"time to accuracy, {n_train} training samples, {budget:g} s each:")
             tta = time_to_accuracy(train, test, hidden, budget, batch)
             t2 = tta["second_seconds_to_match"]

@@ -108,6 +108,7 @@ def _build_parser(plugins: dict[str, type] | None = None) -> argparse.ArgumentPa
         p.add_argument("--out", required=True, help="image file to write (format from the suffix, e.g. .png, .pdf)")
         p.add_argument("--seed", type=int, default=0, help="seed of the sample drawn (default 0)")
         p.add_argument("--second-order", action="store_true", help="also draw the second-derivative images")
+        p.add_argument("--force", action="store_true", help="replace --out if it exists")
         add_settings_arguments(p, cls, f"{cls.__name__} settings")
         p.set_defaults(handler=_cmd_show, manifold_class=cls)
     _add_demo(sub)
@@ -115,6 +116,7 @@ def _build_parser(plugins: dict[str, type] | None = None) -> argparse.ArgumentPa
     _add_train(sub)
     _add_evaluate(sub)
     _add_export(sub)
+    _add_robustness(sub)
     return parser
 
 
@@ -203,7 +205,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from manifoldtrain.experiment import RUN_OUTPUTS, run_experiment
 
     device = _apply_compute_options(args)
-    config = load_config(args.config)
+    try:
+        config = load_config(args.config)
+    except (FileNotFoundError, ValueError, TypeError) as err:  # name the option, as the user typed it
+        named = f"--config {args.config}: {err}"
+        kind = type(err) if type(err) in (FileNotFoundError, ValueError, TypeError) else ValueError
+        raise kind(named) from None
     if args.data is not None:
         config = attrs.evolve(config, data=attrs.evolve(config.data, path=args.data))
     if args.seed is not None:
@@ -227,6 +234,7 @@ def _add_evaluate(sub) -> None:
                                                 "or a checkpoint file, written by 'train' or 'demo'")
     p.add_argument("--data", required=True, help="jet cache directory written by 'generate'")
     p.add_argument("--json", default=None, help="also write the metrics to this JSON file")
+    p.add_argument("--force", action="store_true", help="replace --json if it exists")
     _add_compute_options(p)
     p.set_defaults(handler=_cmd_evaluate)
 
@@ -237,8 +245,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from manifoldtrain.experiment import evaluate_checkpoint
 
     device = _apply_compute_options(args)
-    if args.json is not None and Path(args.json).is_dir():
-        raise IsADirectoryError(f"--json: {args.json} is a folder; give the name of a JSON file to write")
+    if args.json is not None:
+        _check_output_file("--json", args.json, "a JSON file", force=args.force)
 
     try:
         data = load_jets(args.data)
@@ -284,13 +292,116 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_robustness(sub) -> None:
+    from manifoldtrain.robustness.suite import SuiteConfig
+
+    p = sub.add_parser(
+        "robustness",
+        help="compare value, invariance and oracle training (the quick robustness benchmark), or score a trained run",
+        description="Without --run: train value, invariance (a sweep of strengths) and oracle networks on the same data "
+                    "and budget and compare their accuracy and robustness (~10 minutes on 2 cores with the defaults); "
+                    "writes OUT/results.json, OUT/tradeoff.png and OUT/worst_case.png. With --run: every robustness "
+                    "figure of one trained run on its test set, written to RUN/robustness.json and RUN/worst_case.png.",
+    )
+    p.add_argument("--out", default="robustness", help="output directory of the comparison (default ./robustness)")
+    p.add_argument("--force", action="store_true", help="write into --out (or replace --json) even if it holds other files")
+    p.add_argument("--run", default=None, help="score this trained run folder instead of running the comparison")
+    p.add_argument("--json", default=None, help="with --run: also write the figures to this JSON file")
+    group = p.add_argument_group("comparison settings (with --run, the evaluation ones apply)")
+    for field in attrs.fields(SuiteConfig):
+        default = field.default
+        if isinstance(default, tuple):
+            group.add_argument(_option_name(field.name), type=type(default[0]), nargs="+", default=None, metavar="X",
+                               help=f"default: {' '.join(str(v) for v in default)}")
+        elif isinstance(default, bool):
+            group.add_argument(_option_name(field.name), action=argparse.BooleanOptionalAction, default=None)
+        elif isinstance(default, (int, float)):
+            group.add_argument(_option_name(field.name), type=type(default), default=None, help=f"default: {default:g}")
+        else:
+            group.add_argument(_option_name(field.name), default=None, help=f"default: {default}")
+    _add_compute_options(p)
+    p.set_defaults(handler=_cmd_robustness)
+
+
+def _cmd_robustness(args: argparse.Namespace) -> int:
+    from manifoldtrain.robustness.suite import SuiteConfig, run_suite
+
+    from manifoldtrain.experiment import using_device
+
+    device = _apply_compute_options(args)
+    config = settings_from_arguments(SuiteConfig, args)
+    if args.run is None:
+        if args.json is not None:
+            raise ValueError("--json: only with --run (the comparison writes OUT/results.json)")
+        from manifoldtrain._io import claim_output_folder
+
+        claim_output_folder(args.out, "robustness", force=args.force, argument="--out")  # named as the option
+        with using_device(device):
+            run_suite(args.out, config, force=args.force)
+        return 0
+    return _robustness_of_run(args, config, device)
+
+
+def _robustness_of_run(args: argparse.Namespace, config, device) -> int:
+    from manifoldtrain._io import write_text_atomic
+    from manifoldtrain.plotting import plot_worst_case
+    from manifoldtrain.robustness.suite import evaluate_run
+
+    run = Path(args.run)
+    if args.json is not None:
+        target = Path(args.json)
+        if target.is_dir():
+            raise IsADirectoryError(f"--json: {args.json} is a folder; give the name of a JSON file to write")
+        if target.exists() and not args.force:
+            raise FileExistsError(f"--json: {args.json} exists; choose another file, or pass --force to replace it")
+    try:
+        report = evaluate_run(run, noise_levels=config.noise_levels, budgets=config.budgets,
+                              eval_samples=config.eval_samples, attack_samples=config.attack_samples,
+                              attack_steps=config.attack_steps, seed=config.seed, progress=config.progress,
+                              device=device)
+    except (FileNotFoundError, ValueError) as err:
+        raise type(err)(f"--run {args.run}: {err}") from None
+    worst = report.pop("worst_case")
+    text = json.dumps(report, indent=2)
+    print(text)
+    write_text_atomic(run / "robustness.json", text + "\n")
+    budget = max(config.budgets) if config.budgets else 1.0
+    plot_worst_case(worst["input"], [(run.name, worst["amplification"], worst["direction"])], budget, run / "worst_case.png")
+    if args.json is not None:
+        write_text_atomic(args.json, text + "\n")
+    print(f"wrote {run / 'robustness.json'} and {run / 'worst_case.png'}" + (f" and {args.json}" if args.json else ""))
+    return 0
+
+
 def _cmd_show(args: argparse.Namespace) -> int:
     from manifoldtrain.plotting import show
 
+    _check_output_file("--out", args.out, "an image file", force=args.force)
+    _check_image_format("--out", args.out)
     manifold = settings_from_arguments(args.manifold_class, args)
     show(manifold, args.out, seed=args.seed, second_order=args.second_order)
     print(f"wrote {args.out}")
     return 0
+
+
+def _check_output_file(argument: str, path: str, what: str, *, force: bool) -> None:
+    """Refuse, before any work, to write ``path`` over a folder, or over a file unless ``force``."""
+    target = Path(path)
+    if target.is_dir():
+        raise IsADirectoryError(f"{argument}: {path} is a folder; give the name of {what} to write")
+    if target.exists() and not force:
+        raise FileExistsError(f"{argument}: {path} exists; choose another file, or pass --force to replace it")
+
+
+def _check_image_format(argument: str, path: str) -> None:
+    """Refuse an image file name whose suffix matplotlib cannot write (none means png)."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    suffix = Path(path).suffix.lstrip(".").lower()
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if suffix and suffix not in formats:
+        raise ValueError(f"{argument}: {path}: cannot write images of format {suffix!r}; end the name with one of "
+                         f"{', '.join('.' + f for f in sorted(formats))}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

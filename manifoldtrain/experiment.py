@@ -25,7 +25,9 @@ from manifoldtrain.registry import MODELS
 from manifoldtrain.training import BEST_NAME, CHECKPOINT_NAME, METRICS_NAME, Trainer, load_checkpoint
 
 #: The files a run writes into its folder (besides its marker).
-RUN_OUTPUTS = ("config.toml", "results.json", "curves.png", CHECKPOINT_NAME, BEST_NAME, METRICS_NAME)
+RUN_OUTPUTS = ("config.toml", "results.json", "curves.png", CHECKPOINT_NAME, BEST_NAME, METRICS_NAME,
+               # written into a run folder by `manifoldtrain robustness` (--run, and the comparison's runs)
+               "robustness.json", "worst_case.png", "robustness_eval.json")
 
 __all__ = ["RUN_OUTPUTS", "make_data", "run_experiment", "model_from_checkpoint", "evaluate_checkpoint", "machine_info",
            "command_line", "check_device", "using_device", "run_checkpoint"]

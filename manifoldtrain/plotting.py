@@ -11,7 +11,7 @@ from manifoldtrain._io import atomic_path
 from manifoldtrain._validation import check_int
 from manifoldtrain.jet import Jet, triu_pairs
 
-__all__ = ["plot_image_jet", "save_figure", "show"]
+__all__ = ["plot_image_jet", "save_figure", "show", "plot_history", "plot_tradeoff", "plot_worst_case"]
 
 
 def plot_image_jet(
@@ -169,4 +169,83 @@ def plot_history(records: list[dict], path: str | os.PathLike, *, title: str = "
         ax.set(xlabel="training seconds", ylabel=name, yscale="log" if positive else "linear", title=f"test: {name}")
     if title:
         fig.suptitle(title)
+    save_figure(fig, path)
+
+
+_OBJECTIVE_COLORS = {"value": "tab:blue", "second": "tab:green", "invariance-noise": "tab:orange",
+                     "invariance-jacobian": "tab:red", "oracle-random": "tab:purple", "oracle-hessian": "tab:brown"}
+
+
+def plot_tradeoff(runs: list[dict], path: str | os.PathLike, *, title: str = "") -> None:
+    """Clean test RMSE against worst-case amplification, one point per run (the robustness
+    trade-off); invariance runs of one width joined in order of strength. ``runs`` are the
+    entries of a robustness results file (``objective``, ``width``, ``strength``, ``test_rmse``,
+    ``amplification``). Written atomically to ``path``."""
+    from matplotlib.figure import Figure
+
+    if not runs:
+        raise ValueError("runs: nothing to plot")
+    fig = Figure(figsize=(7.5, 5.5), layout="constrained")
+    ax = fig.add_subplot(1, 1, 1)
+    widths = sorted({r["width"] for r in runs})
+    markers = dict(zip(widths, "os^Dv<>"))
+    seen = set()
+    for r in runs:
+        name = r["objective"]
+        label = name if name not in seen else None
+        seen.add(name)
+        ax.scatter(r["amplification"], r["test_rmse"], color=_OBJECTIVE_COLORS.get(name, "black"),
+                   marker=markers[r["width"]], s=45, label=label, zorder=3)
+        if r.get("strength") is not None:
+            ax.annotate(f"{r['strength']:g}", (r["amplification"], r["test_rmse"]), fontsize=7,
+                        xytext=(4, 3), textcoords="offset points")
+    for name in {r["objective"] for r in runs if r["objective"].startswith("invariance")}:
+        for w in widths:
+            line = sorted((r["strength"], r["amplification"], r["test_rmse"]) for r in runs
+                          if r["objective"] == name and r["width"] == w)
+            if len(line) > 1:
+                ax.plot([a for _, a, _ in line], [e for _, _, e in line], color=_OBJECTIVE_COLORS.get(name, "black"),
+                        lw=0.8, alpha=0.6)
+    for w in widths:
+        ax.scatter([], [], marker=markers[w], color="gray", label=f"width {w}")
+    ax.set(xscale="log", yscale="log", xlabel="worst-case amplification  median ||E||_2  (lower: more robust)",
+           ylabel="clean test RMSE  (lower: more accurate)", title=title or "accuracy against robustness")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    save_figure(fig, path)
+
+
+def plot_worst_case(image: torch.Tensor, panels: list[tuple[str, float, torch.Tensor]], budget: float,
+                    path: str | os.PathLike) -> None:
+    """The worst-case perturbation of each network next to the input it perturbs.
+
+    ``image`` is one input (``[H, W]`` or a vector); ``panels`` are ``(label, amplification,
+    direction)`` with ``direction`` the unit worst-case perturbation (input-shaped). Each row
+    shows the input, the perturbation scaled to the L2 ``budget`` and the perturbed input.
+    Written atomically to ``path``.
+    """
+    from matplotlib.figure import Figure
+
+    if not panels:
+        raise ValueError("panels: nothing to plot")
+    img = image.detach().double().cpu()
+    fig = Figure(figsize=(11, 3.3 * len(panels)), layout="constrained")
+    for row, (label, amp, direction) in enumerate(panels):
+        delta = budget * direction.detach().double().cpu()
+        shown = [(img, "input", False), (delta, f"worst-case perturbation, |delta| = {budget:g}", True),
+                 (img + delta, "perturbed input", False)]
+        for col, (a, name, signed) in enumerate(shown):
+            ax = fig.add_subplot(len(panels), 3, 3 * row + col + 1)
+            if col == 0:
+                ax.set_ylabel(f"{label}\n||E||_2 = {amp:.3g}", fontsize=9)
+            if a.dim() == 2:
+                lim = float(a.abs().max()) or 1.0
+                im = ax.imshow(a.numpy(), cmap="RdBu_r" if signed else "gray", vmin=-lim if signed else None,
+                               vmax=lim if signed else None)
+                fig.colorbar(im, ax=ax, shrink=0.8)
+                ax.set_xticks([])
+                ax.set_yticks([])
+            else:
+                ax.plot(a.reshape(-1).numpy())
+            ax.set_title(f"{label}: {name}" if col == 1 else name, fontsize=9)
     save_figure(fig, path)

@@ -23,7 +23,9 @@ from manifoldtrain._plain import qualified_name
 from manifoldtrain.manifold import Manifold
 from manifoldtrain.manifolds import Cube
 from manifoldtrain.nn import ConvNetConfig, MLPConfig
-from manifoldtrain.objectives import DerivativeTerm, Term, ValueTerm
+from manifoldtrain.objectives import (
+    DerivativeTerm, HessianOracleTerm, JacobianInvarianceTerm, NoiseInvarianceTerm, OracleTerm, Term, ValueTerm,
+)
 
 __all__ = ["Registry", "MANIFOLDS", "MODELS", "TERMS"]
 
@@ -102,7 +104,12 @@ MODELS = Registry("model")
 MODELS.register("mlp", MLPConfig)
 MODELS.register("convnet", ConvNetConfig)
 
-#: Objective terms by name: ``value``, ``derivative``.
+#: Objective terms by name: ``value``, ``derivative``, ``invariance-noise``,
+#: ``invariance-jacobian``, ``oracle``, ``oracle-hessian``.
 TERMS = Registry("term", Term)
 TERMS.register("value", ValueTerm)
 TERMS.register("derivative", DerivativeTerm)
+TERMS.register("invariance-noise", NoiseInvarianceTerm)
+TERMS.register("invariance-jacobian", JacobianInvarianceTerm)
+TERMS.register("oracle", OracleTerm)
+TERMS.register("oracle-hessian", HessianOracleTerm)

@@ -168,3 +168,11 @@ class Blob(Manifold):
         self.check_points(points)
         self.check_theta(points, theta)
         return points + theta
+
+
+import attrs  # noqa: E402
+
+
+@attrs.frozen
+class SettingsSphere(Sphere):
+    """The sphere as an attrs class (no settings), so that configs and checkpoints can name it."""

@@ -3,7 +3,10 @@
 :mod:`manifoldtrain.objectives.core` holds the term protocol (:class:`Term`, :class:`Rows`,
 :class:`Batch`), the training data's statistics (:class:`LossScales`) and the
 :class:`Objective`; :mod:`manifoldtrain.objectives.fitting` the fitting terms
-(:class:`ValueTerm`, :class:`DerivativeTerm`).
+(:class:`ValueTerm`, :class:`DerivativeTerm`); :mod:`manifoldtrain.objectives.robust` the
+robustness terms (:class:`NoiseInvarianceTerm`, :class:`JacobianInvarianceTerm`: the
+conventional invariance baseline; :class:`OracleTerm`, :class:`HessianOracleTerm`: oracle
+training).
 
 Balancing the orders
 --------------------
@@ -24,5 +27,9 @@ every term means "every order counts equally". Weights still multiply each term.
 
 from manifoldtrain.objectives.core import Batch, LossScales, Objective, Rows, Term, random_directions
 from manifoldtrain.objectives.fitting import DerivativeTerm, ValueTerm
+from manifoldtrain.objectives.robust import HessianOracleTerm, JacobianInvarianceTerm, NoiseInvarianceTerm, OracleTerm
 
-__all__ = ["Term", "Rows", "Batch", "ValueTerm", "DerivativeTerm", "Objective", "LossScales", "random_directions"]
+__all__ = [
+    "Term", "Rows", "Batch", "ValueTerm", "DerivativeTerm", "Objective", "LossScales", "random_directions",
+    "NoiseInvarianceTerm", "JacobianInvarianceTerm", "OracleTerm", "HessianOracleTerm",
+]

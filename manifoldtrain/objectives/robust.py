@@ -1,0 +1,247 @@
+"""Robustness terms: invariance (the conventional baseline) and oracle training.
+
+Each term perturbs the input by :math:`\\delta` and says what the network's answer should do:
+
+* :class:`NoiseInvarianceTerm`: noise augmentation with the clean target,
+  :math:`\\lVert N(x + \\delta) - y \\rVert^2`, i.e. the answer must not change;
+* :class:`JacobianInvarianceTerm`: its first-order form, the Jacobian penalty
+  :math:`\\lVert N'(x)\\, \\delta \\rVert^2` along random directions (Hoffman et al., 2019, who
+  project on random *output* directions with a ``vjp``; here the directions are in the input
+  and ride on the objective's one forward-mode pass, an estimate of the same
+  :math:`\\lVert N'(x) \\rVert_F^2`);
+* :class:`OracleTerm`: the network's change matched to the oracle's,
+  :math:`\\lVert N'(x)\\, \\delta - Y J^+ \\delta \\rVert^2 = \\lVert E \\delta \\rVert^2`
+  (order 1), or with the second-order terms of both for larger :math:`\\delta` (order 2);
+* :class:`HessianOracleTerm`: the same along the top right singular vectors of the error
+  operator :math:`E` (the top eigenvectors of :math:`E^T E`, the Hessian of
+  :math:`\\tfrac12 \\lVert N(x + \\delta) - O(x + \\delta) \\rVert^2` at :math:`\\delta = 0`),
+  found by a few subspace iterations per batch: the worst case, targeted directly.
+
+Random perturbations are Gaussian, :math:`\\delta = \\sigma g` with :math:`g` standard normal
+per input entry (:math:`E[\\delta \\delta^T] = \\sigma^2 I`), so the random terms are unbiased:
+over draws, :class:`JacobianInvarianceTerm` has mean :math:`\\sigma^2 \\lVert N'(x) \\rVert_F^2 / m`
+and :class:`OracleTerm` (order 1) :math:`\\sigma^2 \\lVert E \\rVert_F^2 / m` (per sample,
+:math:`m` outputs; ``tests/test_robustness.py`` checks both statistically), and the linearised
+noise term is the Jacobian term: :math:`E\\lVert N(x + \\delta) - y \\rVert^2 = \\lVert N(x) - y
+\\rVert^2 + \\sigma^2 \\lVert N'(x) \\rVert_F^2 + O(\\sigma^4)`.
+
+``strength`` is :math:`\\sigma`, in input units per entry (the noise level of the evaluation
+protocol). Every term is divided by the variance of the training targets, like
+:class:`~manifoldtrain.objectives.ValueTerm`, so that weight 1 weighs it like the value loss.
+Costs per sample and step, in passes of the network (``benchmarks/train_speed.py`` measures them):
+noise ``k`` forward and backward passes; Jacobian and oracle ``k`` jet rows in the shared pass
+(order 2: ``2k``); Hessian-aligned ``k`` rows plus ``iterations x k`` ``vjp`` and ``jvp``.
+"""
+
+from __future__ import annotations
+
+import attrs
+import torch
+
+from manifoldtrain._validation import attrs_validator, check_float, check_int
+from manifoldtrain.objectives.core import Batch, LossScales, Rows, Term
+from manifoldtrain.robustness.operator import ErrorOperator, spectral_norm
+from manifoldtrain.robustness.oracle import LinearisedOracle
+
+__all__ = ["NoiseInvarianceTerm", "JacobianInvarianceTerm", "OracleTerm", "HessianOracleTerm", "gaussian_perturbations"]
+
+
+def gaussian_perturbations(batch: Batch, k: int, strength: float) -> torch.Tensor:
+    """``[n, k, *input_shape]`` Gaussian perturbations :math:`\\sigma g` for the batch (drawn on
+    the CPU with ``batch.generator``, then moved to the batch's dtype and device)."""
+    x = batch.inputs.value
+    g = torch.randn(x.shape[0], k, *x.shape[1:], generator=batch.generator, dtype=torch.float64)
+    return (strength * g).to(dtype=x.dtype, device=x.device)
+
+
+def _check_scale(instance, attribute, value):
+    if value is not None:
+        check_float(attribute.name, value, positive=True)
+
+
+def _strength():
+    return attrs.field(validator=attrs_validator(check_float, positive=True))
+
+
+def _weight():
+    return attrs.field(default=1.0, validator=attrs_validator(check_float, nonnegative=True))
+
+
+def _count():
+    return attrs.field(default=1, validator=attrs_validator(check_int, minimum=1))
+
+
+def _start():
+    return attrs.field(default=0.0, validator=attrs_validator(check_float, nonnegative=True, maximum=1.0))
+
+
+class _RobustTerm(Term):
+    """Shared: normalised by the target variance (or ``scale``), like the value term."""
+
+    def normaliser(self, scales: LossScales) -> float:
+        return self.scale if self.scale is not None else scales.target_energy(0, self.name)
+
+
+@attrs.frozen
+class NoiseInvarianceTerm(_RobustTerm):
+    """Noise augmentation with the clean target: :math:`\\lVert N(x + \\sigma g) - y \\rVert^2`.
+
+    The conventional baseline: it asks the answer not to change under noise, which is wrong
+    along the manifold (where the right answer moves) and right across it.
+
+    Attributes
+    ----------
+    strength : float
+        :math:`\\sigma` (> 0), the noise level per input entry, in input units.
+    weight : float
+    samples : int
+        Noisy copies per sample and step (each a forward and backward pass).
+    start : float
+    scale : float or None
+        Divides the mean squared error (default: the training targets' variance).
+    """
+
+    strength: float = _strength()
+    weight: float = _weight()
+    samples: int = _count()
+    start: float = _start()
+    scale: float | None = attrs.field(default=None, validator=_check_scale)
+
+    @property
+    def name(self) -> str:
+        return "invariance-noise"
+
+    def loss(self, batch: Batch, rows: Rows | None) -> torch.Tensor:
+        x = batch.inputs.value
+        noisy = x.unsqueeze(1) + gaussian_perturbations(batch, self.samples, self.strength)
+        out = batch.model(noisy.reshape(-1, *x.shape[1:])).reshape(len(x), self.samples, *batch.targets.shape)
+        return (out - batch.targets.value.unsqueeze(1)).pow(2).mean()
+
+
+@attrs.frozen
+class JacobianInvarianceTerm(_RobustTerm):
+    """The Jacobian penalty :math:`\\lVert N'(x)\\, \\sigma g \\rVert^2` along ``k`` random
+    Gaussian directions: an unbiased estimate of :math:`\\sigma^2 \\lVert N'(x) \\rVert_F^2 / m`.
+
+    Attributes
+    ----------
+    strength : float
+        :math:`\\sigma` (> 0), per input entry.
+    weight : float
+    directions : int
+        ``k``, jet rows per sample and step.
+    start : float
+    scale : float or None
+    """
+
+    strength: float = _strength()
+    weight: float = _weight()
+    directions: int = _count()
+    start: float = _start()
+    scale: float | None = attrs.field(default=None, validator=_check_scale)
+
+    @property
+    def name(self) -> str:
+        return "invariance-jacobian"
+
+    def request(self, batch: Batch) -> Rows:
+        return Rows(gaussian_perturbations(batch, self.directions, self.strength))
+
+    def loss(self, batch: Batch, rows: Rows) -> torch.Tensor:
+        return rows.out_first.pow(2).mean()
+
+
+@attrs.frozen
+class OracleTerm(_RobustTerm):
+    """The network's response to random perturbations matched to the oracle's.
+
+    Order 1: :math:`\\lVert N'(x)\\, \\delta - Y J^+ \\delta \\rVert^2 = \\lVert E \\delta \\rVert^2`,
+    an unbiased estimate of :math:`\\sigma^2 \\lVert E \\rVert_F^2 / m` (``k`` jet rows). Order 2:
+    :math:`\\lVert N'(x)\\, \\delta + \\tfrac12 N''(x)[\\delta, \\delta] - (O_2(x + \\delta) - y) \\rVert^2`
+    with the second-order Taylor oracle (:class:`~manifoldtrain.robustness.LinearisedOracle`),
+    for perturbations too large for the first order (``2k`` rows; needs jets of order 2).
+
+    Attributes
+    ----------
+    strength : float
+        :math:`\\sigma` (> 0), per input entry.
+    weight : float
+    directions : int
+        ``k`` random perturbations per sample and step.
+    order : int
+        1 or 2.
+    start : float
+    scale : float or None
+    """
+
+    strength: float = _strength()
+    weight: float = _weight()
+    directions: int = _count()
+    order: int = attrs.field(default=1, validator=attrs_validator(check_int, minimum=1, maximum=2))
+    start: float = _start()
+    scale: float | None = attrs.field(default=None, validator=_check_scale)
+
+    @property
+    def name(self) -> str:
+        return "oracle" if self.order == 1 else "oracle (order 2)"
+
+    @property
+    def data_order(self) -> int:
+        return self.order
+
+    def request(self, batch: Batch) -> Rows:
+        delta = gaussian_perturbations(batch, self.directions, self.strength)
+        oracle = LinearisedOracle(batch.inputs, batch.targets)
+        if self.order == 1:
+            return Rows(delta, state=oracle.first(delta))
+        k = self.directions
+        pairs = torch.arange(k).unsqueeze(1).expand(k, 2).contiguous()
+        return Rows(delta, torch.zeros_like(delta), pairs, state=oracle.second(delta))
+
+    def loss(self, batch: Batch, rows: Rows) -> torch.Tensor:
+        change = rows.out_first if self.order == 1 else rows.out_first + 0.5 * rows.out_second
+        return (change - rows.state).pow(2).mean()
+
+
+@attrs.frozen
+class HessianOracleTerm(_RobustTerm):
+    """:math:`\\lVert E \\delta \\rVert^2` along the top ``k`` right singular vectors of the
+    error operator (:math:`\\delta = \\sigma v`, :math:`|v| = 1`), found by ``iterations``
+    subspace iterations from a random start (:func:`~manifoldtrain.robustness.spectral_norm`, on
+    the network with its parameters detached). At convergence the loss is
+    :math:`\\sigma^2 \\sum_{j \\le k} s_j^2 / (k m)`: the worst-case amplification, squared.
+
+    Attributes
+    ----------
+    strength : float
+        :math:`\\sigma` (> 0): the length of each perturbation is :math:`\\sigma`.
+    weight : float
+    directions : int
+        ``k``, the number of top directions.
+    iterations : int
+        Subspace iterations per step (each ``k`` ``vjp`` and ``k`` ``jvp``).
+    start : float
+    scale : float or None
+    """
+
+    strength: float = _strength()
+    weight: float = _weight()
+    directions: int = _count()
+    iterations: int = attrs.field(default=2, validator=attrs_validator(check_int, minimum=1))
+    start: float = _start()
+    scale: float | None = attrs.field(default=None, validator=_check_scale)
+
+    data_order = 1
+
+    @property
+    def name(self) -> str:
+        return "oracle (hessian)"
+
+    def request(self, batch: Batch) -> Rows:
+        operator = ErrorOperator(batch.model, batch.inputs, batch.targets)
+        top = spectral_norm(operator, block=self.directions, iterations=self.iterations, tol=0.0, generator=batch.generator)
+        delta = self.strength * top.vectors
+        return Rows(delta, state=operator.oracle.first(delta))
+
+    def loss(self, batch: Batch, rows: Rows) -> torch.Tensor:
+        return (rows.out_first - rows.state).pow(2).mean()

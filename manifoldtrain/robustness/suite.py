@@ -1,0 +1,399 @@
+"""The robustness comparison: value, invariance and oracle training on the same data and budget.
+
+:func:`run_suite` trains every objective of a :class:`SuiteConfig` (invariance over a sweep
+of strengths: the trade-off curve) at each network width, on one shared data set and the same
+wall-clock budget, evaluates each network with :func:`~manifoldtrain.robustness.evaluate_robustness`,
+and writes ``results.json``, ``tradeoff.png`` (clean RMSE against amplification, one point per
+run) and ``worst_case.png``. ``manifoldtrain robustness`` runs its quick defaults;
+``benchmarks/robustness.py`` the full sweep. :func:`evaluate_run` scores one trained run folder.
+
+The objectives, by name (:data:`OBJECTIVES`):
+
+* ``value``: values only;
+* ``invariance-noise``: values, plus noise augmentation with the clean target at ``strength``;
+* ``invariance-jacobian``: values, plus the Jacobian penalty at ``strength`` (2 directions);
+* ``oracle-random``: second-order derivative training (:meth:`Objective.second_order`), plus the
+  oracle term along 2 random perturbations at ``strength``;
+* ``oracle-hessian``: second-order derivative training, plus the oracle term along the top
+  direction of the error operator (2 subspace iterations per step) at ``strength``;
+* ``second``: second-order derivative training alone (the ablation: what the oracle term adds).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import attrs
+import torch
+
+from manifoldtrain._io import claim_output_folder, write_text_atomic
+from manifoldtrain._plain import digest
+from manifoldtrain._validation import attrs_validator, check_float, check_int
+from manifoldtrain.data import JetDataset
+from manifoldtrain.nn import _check_hidden
+from manifoldtrain.objectives import (
+    HessianOracleTerm, JacobianInvarianceTerm, NoiseInvarianceTerm, Objective, OracleTerm, ValueTerm,
+)
+from manifoldtrain.robustness.evaluation import amplification, evaluate_robustness
+from manifoldtrain.robustness.oracle import _finite_levels
+
+__all__ = ["OBJECTIVES", "robustness_objective", "SuiteConfig", "run_suite", "evaluate_run", "format_runs"]
+
+
+def _second(*extra) -> Objective:
+    return Objective(Objective.second_order().terms + tuple(extra))
+
+
+#: The compared objectives by name: ``strength -> Objective`` (``None`` for objectives
+#: without a strength).
+OBJECTIVES: dict[str, Callable[[float | None], Objective]] = {
+    "value": lambda s: Objective.value(),
+    "second": lambda s: Objective.second_order(),
+    "invariance-noise": lambda s: Objective((ValueTerm(), NoiseInvarianceTerm(s))),
+    "invariance-jacobian": lambda s: Objective((ValueTerm(), JacobianInvarianceTerm(s, directions=2))),
+    "oracle-random": lambda s: _second(OracleTerm(s, directions=2)),
+    "oracle-hessian": lambda s: _second(HessianOracleTerm(s, directions=1, iterations=2)),
+}
+
+_NEEDS_STRENGTH = {"invariance-noise", "invariance-jacobian", "oracle-random", "oracle-hessian"}
+
+
+def robustness_objective(name: str, strength: float | None = None) -> Objective:
+    """The objective called ``name`` (see the module docstring) at ``strength``."""
+    if name not in OBJECTIVES:
+        raise ValueError(f"objective: expected one of {sorted(OBJECTIVES)}, got {name!r}")
+    if name in _NEEDS_STRENGTH:
+        check_float("strength", strength, positive=True)
+    return OBJECTIVES[name](strength)
+
+
+def _check_names(instance, attribute, value):
+    if not value or any(v not in OBJECTIVES for v in value):
+        raise ValueError(f"{attribute.name}: expected names among {sorted(OBJECTIVES)}, got {value!r}")
+
+
+def _levels(name, default):
+    return attrs.field(default=default, converter=lambda v: _finite_levels(name, v))
+
+
+def _check_positive_levels(instance, attribute, value):
+    if not value or any(v <= 0 for v in value):
+        raise ValueError(f"{attribute.name}: expected at least one strength, each > 0, got {value!r}")
+
+
+@attrs.frozen
+class SuiteConfig:
+    """Settings of the robustness comparison (defaults: the quick version, ~10 minutes on 2 cores).
+
+    Attributes
+    ----------
+    manifold : str
+        A registered manifold name or ``"package.module:ClassName"``, with default settings.
+    n_train, n_test : int
+        Training samples (shared by every run) and test samples (robustness figures are
+        computed on the first ``eval_samples`` of them).
+    widths : tuple of int
+        Hidden width of the MLPs compared (``depth`` tanh layers each).
+    depth : int
+    seconds_per_run : float
+        Wall-clock training budget of every run.
+    batch_size, learning_rate : int, float
+    objectives : tuple of str
+        Names from :data:`OBJECTIVES`.
+    invariance_strengths : tuple of float
+        The sweep of noise levels (per input entry) of the invariance runs.
+    oracle_strengths : tuple of float
+        Noise levels (per input entry) of the oracle terms.
+    noise_levels : tuple of float
+        Evaluation noise levels (per input entry) of the noisy RMSE.
+    budgets : tuple of float
+        L2 budgets of the adversarial error.
+    eval_samples, attack_samples : int
+        Test samples for the amplification and noisy RMSE, and for the attack.
+    attack_steps : int
+        Gradient-ascent steps of the attack.
+    seed : int
+        Data, initial weights, batch order, noise.
+    dtype : str
+    progress : bool
+    """
+
+    manifold: str = "cube"
+    n_train: int = attrs.field(default=1000, validator=attrs_validator(check_int, minimum=2))
+    n_test: int = attrs.field(default=200, validator=attrs_validator(check_int, minimum=1))
+    widths: tuple[int, ...] = attrs.field(default=(128,), converter=tuple, validator=_check_hidden)
+    depth: int = attrs.field(default=3, validator=attrs_validator(check_int, minimum=1))
+    seconds_per_run: float = attrs.field(default=40.0, validator=attrs_validator(check_float, positive=True))
+    batch_size: int = attrs.field(default=64, validator=attrs_validator(check_int, minimum=1))
+    learning_rate: float = attrs.field(default=1e-3, validator=attrs_validator(check_float, positive=True))
+    objectives: tuple[str, ...] = attrs.field(
+        default=("value", "invariance-noise", "invariance-jacobian", "oracle-random", "oracle-hessian"),
+        converter=tuple, validator=_check_names)
+    invariance_strengths: tuple[float, ...] = attrs.field(
+        default=(0.03, 0.3), converter=lambda v: _finite_levels("invariance_strengths", v), validator=_check_positive_levels)
+    oracle_strengths: tuple[float, ...] = attrs.field(
+        default=(1.0,), converter=lambda v: _finite_levels("oracle_strengths", v), validator=_check_positive_levels)
+    noise_levels: tuple[float, ...] = _levels("noise_levels", (0.003, 0.01, 0.03))
+    budgets: tuple[float, ...] = _levels("budgets", (0.1, 0.3, 1.0))
+    eval_samples: int = attrs.field(default=100, validator=attrs_validator(check_int, minimum=1))
+    attack_samples: int = attrs.field(default=30, validator=attrs_validator(check_int, minimum=1))
+    attack_steps: int = attrs.field(default=5, validator=attrs_validator(check_int, minimum=0))
+    seed: int = attrs.field(default=0, validator=attrs_validator(check_int, minimum=0))
+    dtype: str = "float32"
+    progress: bool = True
+
+    def __attrs_post_init__(self):
+        from manifoldtrain.registry import MANIFOLDS
+
+        try:
+            MANIFOLDS.get(self.manifold)
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"manifold: {err}") from None
+
+    def runs(self) -> list[tuple[str, int, float | None]]:
+        """``(objective, width, strength)`` of every run, in order."""
+        out = []
+        for width in self.widths:
+            for name in self.objectives:
+                if name.startswith("invariance"):
+                    out += [(name, width, s) for s in self.invariance_strengths]
+                elif name in _NEEDS_STRENGTH:
+                    out += [(name, width, s) for s in self.oracle_strengths]
+                else:
+                    out.append((name, width, None))
+        return out
+
+    def experiment(self, name: str, width: int, strength: float | None):
+        """The :class:`~manifoldtrain.config.ExperimentConfig` of one run."""
+        from manifoldtrain.config import DataConfig, ExperimentConfig
+        from manifoldtrain.nn import MLPConfig
+        from manifoldtrain.registry import MANIFOLDS
+        from manifoldtrain.training import TrainConfig
+
+        return ExperimentConfig(
+            manifold=MANIFOLDS.get(self.manifold)(),
+            data=DataConfig(n_train=self.n_train, n_test=self.n_test, test_order=2, seed=self.seed,
+                            split_seed=self.seed, dtype=self.dtype),
+            model=MLPConfig(hidden=(width,) * self.depth, activation="tanh"),
+            objective=robustness_objective(name, strength),
+            train=TrainConfig(epochs=1_000_000, time_budget=self.seconds_per_run, batch_size=self.batch_size,
+                              learning_rate=self.learning_rate, eval_every=0, seed=self.seed, progress=self.progress),
+            model_seed=self.seed,
+        )
+
+
+def _run_name(name: str, width: int, strength: float | None) -> str:
+    return f"{name}-w{width}" + (f"-s{strength:g}" if strength is not None else "")
+
+
+def _evaluation_settings(config: SuiteConfig) -> dict:
+    return {k: getattr(config, k) for k in ("noise_levels", "budgets", "eval_samples", "attack_samples", "attack_steps", "seed")}
+
+
+def _robustness(model, manifold, test: JetDataset, config: SuiteConfig) -> dict:
+    few = test.subset(slice(0, config.eval_samples))
+    metrics = evaluate_robustness(model, manifold, few, noise_levels=config.noise_levels, budgets=(), seed=config.seed)
+    attack = test.subset(slice(0, config.attack_samples))
+    adv = evaluate_robustness(model, manifold, attack, noise_levels=(), budgets=config.budgets,
+                              steps=config.attack_steps, seed=config.seed)
+    out = metrics.to_dict()
+    out["adversarial_error"] = adv.to_dict()["adversarial_error"]
+    out["oracle_failures"] += adv.oracle_failures
+    return out
+
+
+def run_suite(out_dir: str | os.PathLike = "robustness", config: SuiteConfig | None = None, *, echo=print,
+              force: bool = False) -> dict:
+    """Train and evaluate every run of ``config`` into ``out_dir``; return the results.
+
+    ``results.json`` holds ``"runs"``: per run ``objective``, ``width``, ``strength`` (``None``
+    for objectives without one), ``test_rmse``, ``amplification``, ``invariance_part``,
+    ``sensitivity_part``, ``noisy_rmse`` and ``noisy_rmse_clean`` (noise level -> RMSE),
+    ``adversarial_error`` (budget -> RMS error), ``oracle_failures``, ``seconds``, ``epochs``;
+    and ``"summary"`` (:func:`summarise`: invariance against oracle runs, ratios > 1 favour
+    the oracle). Each run keeps its folder under ``runs/`` (config, checkpoint, robustness_eval.json): a
+    stopped suite resumes where it stopped.
+    """
+    from manifoldtrain.experiment import machine_info, make_data, model_from_checkpoint, run_checkpoint, run_experiment
+    from manifoldtrain.plotting import plot_tradeoff, plot_worst_case
+    from manifoldtrain.training import load_checkpoint
+
+    config = SuiteConfig() if config is None else config
+    if not isinstance(config, SuiteConfig):
+        raise TypeError(f"config: expected a SuiteConfig, got {type(config).__name__}")
+    out = claim_output_folder(out_dir, "robustness", force=force, argument="out_dir")
+    t0 = time.perf_counter()
+    plan = config.runs()
+    echo(f"manifoldtrain robustness: {config.manifold}, {config.n_train} training samples, widths {list(config.widths)}, "
+         f"{len(plan)} runs of {config.seconds_per_run:g} s -> {out}")
+    first = config.experiment(*plan[0])
+    train, test = make_data(first, progress=config.progress)
+    manifold = first.manifold
+    settings = _evaluation_settings(config)
+    runs = []
+    for name, width, strength in plan:
+        label = _run_name(name, width, strength)
+        echo(f"  {label}: training ...")
+        run_dir = out / "runs" / label
+        res = run_experiment(config.experiment(name, width, strength), run_dir, data=(train, test),
+                             progress=config.progress)
+        cache = run_dir / "robustness_eval.json"
+        key = digest({"settings": settings, "steps": res["steps"]})
+        robust = None
+        if cache.is_file():
+            try:
+                saved = json.loads(cache.read_text())
+                robust = saved["robustness"] if saved.get("key") == key else None
+            except (OSError, ValueError, KeyError):
+                robust = None
+        if robust is None:
+            echo(f"  {label}: evaluating robustness ...")
+            model = model_from_checkpoint(load_checkpoint(run_checkpoint(run_dir)))
+            robust = _robustness(model, manifold, test, config)
+            write_text_atomic(cache, json.dumps({"key": key, "robustness": robust}, indent=2) + "\n")
+        runs.append({"objective": name, "width": width, "strength": strength, **robust,
+                     "seconds": res["seconds"], "epochs": res["epochs"]})
+        echo("  " + format_runs(runs[-1:]).splitlines()[-1])
+    results = {"runs": runs, "summary": summarise(runs, config), "config": attrs.asdict(config),
+               "total_seconds": time.perf_counter() - t0, "machine": machine_info()}
+    write_text_atomic(out / "results.json", json.dumps(results, indent=2) + "\n")
+    plot_tradeoff(runs, out / "tradeoff.png", title=f"{config.manifold}: clean accuracy against worst-case amplification")
+    # The worst case of the most and the least robust network, on the first test sample.
+    by_amp = sorted(runs, key=lambda r: r["amplification"])
+    panels = []
+    for r in (by_amp[-1], by_amp[0]):
+        model = model_from_checkpoint(load_checkpoint(run_checkpoint(out / "runs" / _run_name(r["objective"], r["width"], r["strength"]))))
+        amp = amplification(model, test.subset(slice(0, 1)), seed=config.seed)
+        panels.append((_run_name(r["objective"], r["width"], r["strength"]), float(amp.full[0]), amp.vectors[0]))
+    budget = max(config.budgets) if config.budgets else 1.0
+    plot_worst_case(test.inputs.value[0], panels, budget, out / "worst_case.png")
+    echo(format_runs(runs))
+    for k, v in results["summary"].items():
+        echo(f"  {k}: {v:.3g}" if isinstance(v, float) else f"  {k}: {v}")
+    echo(f"wrote {out / 'results.json'}, {out / 'tradeoff.png'} and {out / 'worst_case.png'} "
+         f"({results['total_seconds']:.0f} s)")
+    return results
+
+
+def summarise(runs: list[dict], config: SuiteConfig) -> dict:
+    """The paper's comparison, per width: the most accurate invariance run against the most
+    accurate oracle run (clean RMSE), and the most robust invariance run against the most
+    robust oracle run (amplification, and adversarial error at the middle budget). Ratios are
+    invariance / oracle: above 1 favours the oracle."""
+    budget = f"{config.budgets[len(config.budgets) // 2]:g}" if config.budgets else None
+    out: dict = {}
+    for width in config.widths:
+        inv = [r for r in runs if r["width"] == width and r["objective"].startswith("invariance")]
+        ora = [r for r in runs if r["width"] == width and r["objective"].startswith("oracle")]
+        if not inv or not ora:
+            continue
+        name = lambda r: _run_name(r["objective"], width, r["strength"])  # noqa: E731
+        acc_i, acc_o = (min(rs, key=lambda r: r["test_rmse"]) for rs in (inv, ora))
+        rob_i, rob_o = (min(rs, key=lambda r: r["amplification"]) for rs in (inv, ora))
+        out[f"w{width}: clean RMSE, {name(acc_i)} / {name(acc_o)}"] = acc_i["test_rmse"] / acc_o["test_rmse"]
+        out[f"w{width}: amplification, {name(rob_i)} / {name(rob_o)}"] = rob_i["amplification"] / rob_o["amplification"]
+        if budget is not None:
+            out[f"w{width}: adversarial error at {budget}, {name(rob_i)} / {name(rob_o)}"] = (
+                rob_i["adversarial_error"][budget] / rob_o["adversarial_error"][budget])
+    return out
+
+
+def format_runs(runs: list[dict]) -> str:
+    """The runs as a plain-text table."""
+    budgets = list(runs[0]["adversarial_error"]) if runs else []
+    levels = list(runs[0]["noisy_rmse"]) if runs else []
+    head = f"{'run':<34} {'RMSE':>9} {'amplif.':>9} {'invar.':>9} {'sensit.':>9}"
+    head += "".join(f" {'noisy@' + k:>12}" for k in levels) + "".join(f" {'adv@' + k:>10}" for k in budgets)
+    lines = [head]
+    for r in runs:
+        line = (f"{_run_name(r['objective'], r['width'], r['strength']):<34} {r['test_rmse']:9.2e} {r['amplification']:9.2e} "
+                f"{r['invariance_part']:9.2e} {r['sensitivity_part']:9.2e}")
+        line += "".join(f" {r['noisy_rmse'][k]:12.2e}" for k in levels)
+        line += "".join(f" {r['adversarial_error'][k]:10.2e}" for k in budgets)
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _test_set(config, order: int, progress: bool) -> JetDataset:
+    """The run's test set, with jets of ``order``: the same points as
+    :func:`~manifoldtrain.experiment.make_data` draws and splits, but only the test samples'
+    jets are computed (a cache, ``data.path`` or ``data.cache_dir``, is read as the run read it)."""
+    from manifoldtrain._validation import dtype_from_name
+    from manifoldtrain.data import manifold_description
+    from manifoldtrain.experiment import make_data
+    from manifoldtrain.jet import Jet
+
+    d = config.data
+    if d.path is not None or d.cache_dir is not None:
+        config = attrs.evolve(config, data=attrs.evolve(d, test_order=max(order, d.test_order or 0)))
+        return make_data(config, progress=progress)[1]
+    n = d.n_train + d.n_test
+    points = config.manifold.sample(n, torch.Generator().manual_seed(d.seed), dtype=torch.float64)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(d.split_seed))
+    chosen = points[perm[: d.n_test].sort().values]
+    dtype = dtype_from_name("data.dtype", d.dtype)
+    parts = [config.manifold.jets(chunk, order) for chunk in chosen.split(256)]  # as generate_jets computes them
+    inputs = Jet(*(torch.cat(c).to(dtype) for c in zip(*(x.components() for x, _ in parts))))
+    targets = Jet(*(torch.cat(c).to(dtype) for c in zip(*(y.components() for _, y in parts))))
+    return JetDataset(chosen.to(dtype), inputs, targets, {"manifold": manifold_description(config.manifold), "seed": d.seed})
+
+
+def evaluate_run(
+    run_dir: str | os.PathLike,
+    *,
+    noise_levels=(0.003, 0.01, 0.03),
+    budgets=(0.1, 0.3, 1.0),
+    eval_samples: int = 100,
+    attack_samples: int = 30,
+    attack_steps: int = 5,
+    seed: int = 0,
+    manifold=None,
+    progress: bool = False,
+    device: str | torch.device | None = None,
+) -> dict:
+    """Every robustness figure of the trained run in ``run_dir`` on its own test set.
+
+    The run's ``config.toml`` says how to rebuild its test data (regenerated, with jets of
+    order >= 1) and its manifold; ``manifold``, if given, must be the run's (its settings are
+    compared with the checkpoint's). ``device``: where to evaluate (default: the CPU). Returns the :class:`~manifoldtrain.robustness.RobustnessMetrics`
+    as a dict, plus the worst-case direction of the first test sample (``"worst_case"``: image,
+    direction, amplification) for :func:`~manifoldtrain.plotting.plot_worst_case`.
+    """
+    from manifoldtrain.config import load_config
+    from manifoldtrain.data import manifold_description
+    from manifoldtrain.experiment import make_data, model_from_checkpoint, run_checkpoint
+    from manifoldtrain.manifold import Manifold
+    from manifoldtrain.training import CHECKPOINT_NAME, _first_difference, load_checkpoint
+
+    run_dir = Path(run_dir)
+    if not (run_dir / CHECKPOINT_NAME).is_file() or not (run_dir / "config.toml").is_file():
+        raise FileNotFoundError(f"run: {run_dir} is not a trained run folder (no {CHECKPOINT_NAME} and config.toml); "
+                                "train one with `manifoldtrain train --out DIR`")
+    config = load_config(run_dir / "config.toml")
+    state = load_checkpoint(run_checkpoint(run_dir))  # its best model where it kept one
+    if manifold is not None:
+        if not isinstance(manifold, Manifold):
+            raise TypeError(f"manifold: expected a Manifold, got {type(manifold).__name__}")
+        diff = _first_difference(state.get("extra", {}).get("manifold"), manifold_description(manifold), "manifold",
+                                 ("in the checkpoint", "given"))
+        if diff is not None:
+            raise ValueError(f"manifold: the run was trained on another manifold or settings ({diff})")
+    manifold = config.manifold if manifold is None else manifold
+    test = _test_set(config, max(1, config.data.test_order or 0), progress)
+    model = model_from_checkpoint(state)
+    if device is not None:
+        model, test = model.to(device), test.to(device)
+    few = test.subset(slice(0, eval_samples))
+    metrics = evaluate_robustness(model, manifold, few, noise_levels=noise_levels, budgets=(), seed=seed)
+    adv = evaluate_robustness(model, manifold, test.subset(slice(0, attack_samples)), noise_levels=(),
+                              budgets=budgets, steps=attack_steps, seed=seed)
+    out = metrics.to_dict()
+    out["adversarial_error"] = adv.to_dict()["adversarial_error"]
+    out["oracle_failures"] += adv.oracle_failures
+    amp = amplification(model, test.subset(slice(0, 1)), seed=seed)
+    out["worst_case"] = {"input": test.inputs.value[0], "direction": amp.vectors[0], "amplification": float(amp.full[0])}
+    return out
