@@ -246,7 +246,7 @@ def load_config(path: str | os.PathLike) -> ExperimentConfig:
         raise FileNotFoundError(f"path: no config file at {path}")
     try:
         data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as err:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:  # a binary file: not TOML either
         raise ValueError(f"path: {path} is not valid TOML ({err})") from None
     return config_from_dict(data)
 

@@ -221,6 +221,12 @@ class Term(abc.ABC):
         return 1.0
 
 
+def _check_floats(attribute, values: tuple, positive: bool = False) -> None:
+    """Validate a tuple of finite numbers >= 0 (> 0 with ``positive``) of :class:`LossScales`."""
+    for k, v in enumerate(values):
+        check_float(f"{attribute.name}[{k}]", v, positive=positive, nonnegative=True)
+
+
 @attrs.frozen
 class LossScales:
     """Statistics of the training data that put every term on one scale.
@@ -258,9 +264,11 @@ class LossScales:
     setting overrides all of this by hand.
     """
 
-    coordinate: tuple[float, ...] = attrs.field(converter=tuple)
-    energy: tuple[float, ...] = attrs.field(converter=tuple)
-    input_energy: tuple[float, ...] = attrs.field(default=(), converter=tuple)
+    coordinate: tuple[float, ...] = attrs.field(converter=tuple, validator=lambda i, a, v: _check_floats(a, v, True))
+    energy: tuple[float, ...] = attrs.field(converter=tuple, validator=lambda i, a, v: _check_floats(a, v))
+    input_energy: tuple[float, ...] = attrs.field(
+        default=(), converter=tuple, validator=lambda i, a, v: _check_floats(a, v)
+    )
 
     #: Energies below this fraction of the reference count as negligible.
     NEGLIGIBLE = 1e-8
@@ -272,6 +280,10 @@ class LossScales:
         if not isinstance(inputs, Jet) or not isinstance(targets, Jet):
             raise TypeError("inputs, targets: expected Jets")
         check_int("chunk_size", chunk_size, minimum=1)
+        order = min(inputs.order, targets.order)
+        if len(targets) != len(inputs) or (order >= 1 and targets.param_dim != inputs.param_dim):
+            raise ValueError(f"targets: expected the jets of the same {len(inputs)} samples and {inputs.param_dim} "
+                             f"coordinates as inputs, got {len(targets)} samples and {targets.param_dim} coordinates")
         n, d, order = len(inputs), inputs.param_dim, min(inputs.order, targets.order)
         chunks = [slice(k, k + chunk_size) for k in range(0, n, chunk_size)]
         # Pass 1: rms of the input derivatives per coordinate.
