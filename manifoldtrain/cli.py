@@ -329,7 +329,11 @@ def _cmd_robustness(args: argparse.Namespace) -> int:
     from manifoldtrain.experiment import using_device
 
     device = _apply_compute_options(args)
-    config = settings_from_arguments(SuiteConfig, args)
+    try:
+        config = settings_from_arguments(SuiteConfig, args)
+    except (TypeError, ValueError) as err:  # the settings' names are options here: budgets -> --budgets
+        name, sep, rest = str(err).partition(": ")
+        raise type(err)(f"{_option_name(name)}: {rest}" if sep and name.isidentifier() else str(err)) from None
     if args.run is None:
         if args.json is not None:
             raise ValueError("--json: only with --run (the comparison writes OUT/results.json)")

@@ -216,8 +216,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated, damaged, or another kind of file (torch's own advice is unsafe)
         raise ValueError(
-            f"path: {path} is damaged or not a manifoldtrain checkpoint ({type(err).__name__}); delete or move it, "
-            "or start over (train --no-resume)"
+            f"path: {path} is damaged or not a manifoldtrain checkpoint ({type(err).__name__}); if you meant another "
+            "file, check the path; if it is a run's damaged checkpoint, move it aside or start over (train --no-resume)"
         ) from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"path: {path} is not a manifoldtrain checkpoint; move it away, or start over (train --no-resume)")

@@ -439,9 +439,9 @@ def test_cli_robustness_of_a_run(sphere_run, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, match", [
-    (["--budgets", "-1"], "budgets: expected finite numbers >= 0"),
-    (["--noise-levels", "nan"], "noise_levels: expected finite numbers >= 0"),
-    (["--objectives", "value", "robustest"], "objectives: expected names among"),
+    (["--budgets", "-1"], "--budgets: expected finite numbers >= 0"),
+    (["--noise-levels", "nan"], "--noise-levels: expected finite numbers >= 0"),
+    (["--objectives", "value", "robustest"], "--objectives: expected names among"),
     (["--json", "x.json"], "--json: only with --run"),
 ])
 def test_cli_robustness_bad_input(argv, match, capsys, tmp_path, monkeypatch):

@@ -439,8 +439,8 @@ CASES: list[Case] = [
     Case(
         "evaluate-run-user-file", "CLI",
         "evaluate --run notes.txt --data j",
-        "--run notes.txt: path: notes.txt is damaged or not a manifoldtrain checkpoint (IndexError); delete or move "
-        "it, or start over (train --no-resume)",
+        "--run notes.txt: path: notes.txt is damaged or not a manifoldtrain checkpoint (IndexError); if you meant "
+        "another file, check the path; if it is a run's damaged checkpoint, move it aside or start over",
         "CLEAR",
         cli(["evaluate", "--run", "{file}", "--data", "{cache}"], r"--run .*notes\.txt"),
     ),
@@ -492,8 +492,8 @@ CASES: list[Case] = [
     Case(
         "export-run-user-file", "CLI",
         "export --run notes.txt --out m.pt2",
-        "--run notes.txt: path: notes.txt is damaged or not a manifoldtrain checkpoint (IndexError); delete or move "
-        "it, or start over (train --no-resume)",
+        "--run notes.txt: path: notes.txt is damaged or not a manifoldtrain checkpoint (IndexError); if you meant "
+        "another file, check the path; if it is a run's damaged checkpoint, move it aside or start over",
         "CLEAR",
         cli(["export", "--run", "{file}", "--out", "{tmp}/m.pt2"], r"--run .*notes\.txt"),
     ),
@@ -501,23 +501,23 @@ CASES: list[Case] = [
     Case(
         "robustness-budgets-negative", "CLI",
         "robustness --run r --budgets -1",
-        "budgets: expected finite numbers >= 0, got -1.0",
+        "--budgets: expected finite numbers >= 0, got -1.0",
         "CLEAR",
         cli(["robustness", "--run", "{run}", "--budgets", "-1"], r"budgets"),
     ),
     Case(
         "robustness-noise-nan", "CLI",
         "robustness --run r --noise-levels nan",
-        "noise_levels: expected finite numbers >= 0, got nan",
+        "--noise-levels: expected finite numbers >= 0, got nan",
         "CLEAR",
-        cli(["robustness", "--run", "{run}", "--noise-levels", "nan"], r"noise_levels"),
+        cli(["robustness", "--run", "{run}", "--noise-levels", "nan"], r"--noise-levels: expected finite"),
     ),
     Case(
         "robustness-eval-samples-zero", "CLI",
         "robustness --run r --eval-samples 0",
-        "eval_samples: expected an int >= 1, got 0",
+        "--eval-samples: expected an int >= 1, got 0",
         "CLEAR",
-        cli(["robustness", "--run", "{run}", "--eval-samples", "0"], r"eval_samples"),
+        cli(["robustness", "--run", "{run}", "--eval-samples", "0"], r"--eval-samples: expected an int"),
     ),
     Case("robustness-json-user-file", "CLI", "robustness --run r --json notes.txt",
          "--json: notes.txt exists; choose another file, or pass --force to replace it", "CLEAR",
