@@ -299,7 +299,12 @@ def exact_oracle(
     # Rounding in the rendered input makes distances uncertain by ~eps |x|: a step is kept
     # unless it adds more than that (steps that overshoot add far more and are halved).
     slack = 100 * torch.finfo(points.dtype).eps * target_norm
-    p = points if start is None else manifold.check_points(start)
+    p = points
+    if start is not None:
+        try:
+            p = manifold.check_points(start)
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"start: {err}") from None
     if p.shape != points.shape:
         raise ValueError(f"start: expected shape {list(points.shape)} like points, got {list(p.shape)}")
     if start_jet is not None:
