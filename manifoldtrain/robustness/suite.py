@@ -87,7 +87,7 @@ def _check_positive_levels(instance, attribute, value):
 
 @attrs.frozen
 class SuiteConfig:
-    """Settings of the robustness comparison (defaults: the quick version, ~10 minutes on 2 cores).
+    """Settings of the robustness comparison (defaults: the quick version, about 6 minutes on 2 cores).
 
     Attributes
     ----------
