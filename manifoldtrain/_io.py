@@ -69,6 +69,18 @@ def check_writable(folder: Path, argument: str) -> None:
     os.unlink(tmp)
 
 
+def check_parent_writable(target: Path, argument: str, shown: object, what: str) -> None:
+    """Check that ``target`` (which need not exist yet, nor its parents) can be created: its
+    nearest existing ancestor must be a writable folder. Errors name ``argument`` and show
+    the path as ``shown`` (as the user gave it); ``what`` says what it would be."""
+    parent = target.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise FileExistsError(f"{argument}: {parent} is a file, so {shown} cannot be {what}")
+    check_writable(parent, argument)
+
+
 def claim_output_folder(path: str | os.PathLike, kind: str, *, force: bool = False, argument: str = "out") -> Path:
     """Make ``path`` an output folder of ``kind`` (``"run"``, ``"demo"``), or refuse.
 
@@ -104,12 +116,7 @@ def claim_output_folder(path: str | os.PathLike, kind: str, *, force: bool = Fal
                 "or empty folder, or pass --force to write beside them (files of the same names are replaced)"
             )
     else:
-        parent = folder.parent
-        while not parent.exists():
-            parent = parent.parent
-        if not parent.is_dir():
-            raise FileExistsError(f"{argument}: {parent} is a file, so {path} cannot be a folder")
-        check_writable(parent, argument)
+        check_parent_writable(folder, argument, path, "a folder")
         folder.mkdir(parents=True, exist_ok=True)
     check_writable(folder, argument)
     if _marker_kind(folder / MARKER) is None:

@@ -353,11 +353,7 @@ def _robustness_of_run(args: argparse.Namespace, config, device) -> int:
 
     run = Path(args.run)
     if args.json is not None:
-        target = Path(args.json)
-        if target.is_dir():
-            raise IsADirectoryError(f"--json: {args.json} is a folder; give the name of a JSON file to write")
-        if target.exists() and not args.force:
-            raise FileExistsError(f"--json: {args.json} exists; choose another file, or pass --force to replace it")
+        _check_output_file("--json", args.json, "a JSON file", force=args.force)
     try:
         report = evaluate_run(run, noise_levels=config.noise_levels, budgets=config.budgets,
                               eval_samples=config.eval_samples, attack_samples=config.attack_samples,

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from manifoldtrain._io import atomic_path, check_not_input, check_writable
+from manifoldtrain._io import atomic_path, check_not_input, check_parent_writable
 
 __all__ = ["EXPORT_FORMAT", "export_run", "export_model", "is_export", "export_info"]
 
@@ -63,12 +63,7 @@ def _check_target(out: Path, force: bool, argument: str) -> None:
     if out.exists() and not force and not is_export(out):
         raise FileExistsError(f"{argument}: {out} exists and is not a manifoldtrain export; choose another name, "
                               "or pass --force to replace it")
-    parent = out.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise FileExistsError(f"{argument}: {parent} is a file, so {out} cannot be written")
-    check_writable(parent, argument)
+    check_parent_writable(out, argument, out, "written")
 
 
 def export_model(

@@ -38,7 +38,7 @@ from manifoldtrain.nn import _check_hidden
 from manifoldtrain.objectives import (
     HessianOracleTerm, JacobianInvarianceTerm, NoiseInvarianceTerm, Objective, OracleTerm, ValueTerm,
 )
-from manifoldtrain.robustness.evaluation import amplification, evaluate_robustness
+from manifoldtrain.robustness.evaluation import adversarial_error, amplification, evaluate_robustness
 from manifoldtrain.robustness.oracle import _finite_levels
 
 __all__ = ["OBJECTIVES", "robustness_objective", "SuiteConfig", "run_suite", "evaluate_run", "format_runs"]
@@ -194,16 +194,21 @@ def _evaluation_settings(config: SuiteConfig) -> dict:
     return {k: getattr(config, k) for k in ("noise_levels", "budgets", "eval_samples", "attack_samples", "attack_steps", "seed")}
 
 
-def _robustness(model, manifold, test: JetDataset, config: SuiteConfig) -> dict:
-    few = test.subset(slice(0, config.eval_samples))
-    metrics = evaluate_robustness(model, manifold, few, noise_levels=config.noise_levels, budgets=(), seed=config.seed)
-    attack = test.subset(slice(0, config.attack_samples))
-    adv = evaluate_robustness(model, manifold, attack, noise_levels=(), budgets=config.budgets,
-                              steps=config.attack_steps, seed=config.seed)
-    out = metrics.to_dict()
-    out["adversarial_error"] = adv.to_dict()["adversarial_error"]
-    out["oracle_failures"] += adv.oracle_failures
+def _scores(model, manifold, test: JetDataset, *, noise_levels, budgets, eval_samples: int, attack_samples: int,
+            attack_steps: int, seed: int) -> dict:
+    """:class:`~manifoldtrain.robustness.RobustnessMetrics` as a dict: everything on the first
+    ``eval_samples`` test samples, the adversarial error (the costly part) on the first
+    ``attack_samples``."""
+    few = test.subset(slice(0, eval_samples))
+    out = evaluate_robustness(model, manifold, few, noise_levels=noise_levels, budgets=(), seed=seed).to_dict()
+    adv = adversarial_error(model, manifold, test.subset(slice(0, attack_samples)), budgets, steps=attack_steps, seed=seed)
+    out["adversarial_error"] = {f"{k:g}": v["rms"] for k, v in adv.items()}
+    out["oracle_failures"] += sum(v["failed"] for v in adv.values())
     return out
+
+
+def _robustness(model, manifold, test: JetDataset, config: SuiteConfig) -> dict:
+    return _scores(model, manifold, test, **_evaluation_settings(config))
 
 
 def run_suite(out_dir: str | os.PathLike = "robustness", config: SuiteConfig | None = None, *, echo=print,
@@ -387,13 +392,8 @@ def evaluate_run(
     model = model_from_checkpoint(state)
     if device is not None:
         model, test = model.to(device), test.to(device)
-    few = test.subset(slice(0, eval_samples))
-    metrics = evaluate_robustness(model, manifold, few, noise_levels=noise_levels, budgets=(), seed=seed)
-    adv = evaluate_robustness(model, manifold, test.subset(slice(0, attack_samples)), noise_levels=(),
-                              budgets=budgets, steps=attack_steps, seed=seed)
-    out = metrics.to_dict()
-    out["adversarial_error"] = adv.to_dict()["adversarial_error"]
-    out["oracle_failures"] += adv.oracle_failures
+    out = _scores(model, manifold, test, noise_levels=noise_levels, budgets=budgets, eval_samples=eval_samples,
+                  attack_samples=attack_samples, attack_steps=attack_steps, seed=seed)
     amp = amplification(model, test.subset(slice(0, 1)), seed=seed)
     out["worst_case"] = {"input": test.inputs.value[0], "direction": amp.vectors[0], "amplification": float(amp.full[0])}
     return out
