@@ -29,10 +29,11 @@ def add_settings_arguments(parser: argparse.ArgumentParser, cls: type, group_tit
             continue
         default = field.default
         if isinstance(default, tuple):
-            # Tuples of floats are fixed-size settings (colours, angles); of ints or str, lists.
+            # Tuples of floats are fixed-size settings (colours, angles) unless the field's
+            # metadata says {"nargs": "+"}; tuples of ints or str are lists.
             kind = type(default[0])
             group.add_argument(
-                _option_name(field.name), type=kind, nargs=len(default) if kind is float else "+",
+                _option_name(field.name), type=kind, nargs=field.metadata.get("nargs", len(default) if kind is float else "+"),
                 metavar="X", default=None, help=f"default: {' '.join(str(v) for v in default)}",
             )
         elif isinstance(default, bool):
@@ -184,7 +185,12 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train from a TOML config (see manifoldtrain.config)")
+    p = sub.add_parser(
+        "train", help="train from a TOML config (see manifoldtrain.config)",
+        description="Train from a TOML config. Under torchrun (torchrun --nproc_per_node=N $(which manifoldtrain) "
+                    "train ...) the N processes train one model together, data-parallel (batch_size is the global "
+                    "batch; gloo on the CPU, nccl with --device cuda); rank 0 writes --out.",
+    )
     p.add_argument("--config", required=True, help="TOML file")
     p.add_argument("--out", required=True, help="run directory (new, empty, or a run's): config, checkpoint, results")
     p.add_argument("--no-resume", action="store_true", help="start over even if OUT holds a checkpoint")
@@ -217,13 +223,30 @@ def _cmd_train(args: argparse.Namespace) -> int:
         seed = check_int("--seed", args.seed, minimum=0)
         data = config.data if config.data.path is not None else attrs.evolve(config.data, seed=seed)
         config = attrs.evolve(config, model_seed=seed, train=attrs.evolve(config.train, seed=seed), data=data)
-    for name in RUN_OUTPUTS:  # never over its own input
-        check_not_input(Path(args.out) / name, {"--config": args.config})
-    claim_output_folder(args.out, "run", force=args.force, argument="--out")
-    res = run_experiment(config, args.out, resume=not args.no_resume, force=args.force, device=device)
+    from manifoldtrain.distributed import DistributedContext
+
+    # Under torchrun: join the other processes (after the checks above, which fail alike everywhere).
+    ctx = DistributedContext.from_environment(device, argument="--device")
+
+    def claim() -> None:  # rank 0 only; its error, if any, stops every process
+        for name in RUN_OUTPUTS:  # never over its own input
+            check_not_input(Path(args.out) / name, {"--config": args.config})
+        claim_output_folder(args.out, "run", force=args.force, argument="--out")
+
+    try:
+        with ctx.failure_guard():
+            ctx.run_on_main(claim)
+            res = run_experiment(config, args.out, resume=not args.no_resume, force=args.force,
+                                 device=ctx.device if ctx.is_distributed else device, distributed=ctx)
+    finally:
+        ctx.shutdown()
+    if not ctx.is_main:
+        return 0
     summary = {"objective": res["objective"], "test": res["test"], "epochs": res["epochs"], "seconds": res["seconds"]}
     if res["best_epoch"] is not None:
         summary.update(checkpoint=res["checkpoint"], best_epoch=res["best_epoch"], stopped_early=res["stopped_early"])
+    if ctx.is_distributed:
+        summary.update(world_size=ctx.world_size)
     print(json.dumps(summary, indent=2))
     return 0
 

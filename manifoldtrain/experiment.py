@@ -18,7 +18,9 @@ import torch
 from manifoldtrain._io import claim_output_folder, write_text_atomic
 from manifoldtrain._validation import dtype_from_name
 from manifoldtrain.config import ExperimentConfig, config_to_dict, save_config
-from manifoldtrain.data import JetDataset, cached_jets, generate_jets, load_jets, manifold_description
+from manifoldtrain.data import (JetDataset, cached_jets, fingerprint, generate_jets, load_jets,
+                                manifold_description)
+from manifoldtrain.distributed import DistributedContext
 from manifoldtrain.evaluation import Metrics, evaluate
 from manifoldtrain.nn import build_model
 from manifoldtrain.registry import MODELS
@@ -129,6 +131,12 @@ def make_data(config: ExperimentConfig, *, progress: bool = True) -> tuple[JetDa
     Jets are generated up to the order needed: the objective's, or ``data.test_order`` if
     higher (value training generates values only).
     """
+    return _make_data(config, progress=progress, write_cache=True)
+
+
+def _make_data(config: ExperimentConfig, *, progress: bool, write_cache: bool) -> tuple[JetDataset, JetDataset]:
+    """:func:`make_data`; without ``write_cache`` a missing cache is generated but not written
+    (the processes of a distributed run other than rank 0: one writer per cache)."""
     d = config.data
     dtype = dtype_from_name("data.dtype", d.dtype)
     n = d.n_train + d.n_test
@@ -148,6 +156,12 @@ def make_data(config: ExperimentConfig, *, progress: bool = True) -> tuple[JetDa
             raise ValueError(f"data.path: {d.path} is stored in {data.inputs.dtype}, data.dtype is {d.dtype!r}")
         data = data.subset(slice(0, n))
         data = JetDataset(data.points, data.inputs.truncate(order), data.targets.truncate(order), data.meta)
+    elif d.cache_dir is not None and not write_cache:
+        key = fingerprint(config.manifold, n, d.seed, order, dtype, torch.float64)
+        if (Path(d.cache_dir) / key / "meta.json").is_file():  # complete: caches are renamed into place
+            data = load_jets(Path(d.cache_dir) / key, expected_fingerprint=key)
+        else:
+            data = generate_jets(config.manifold, n, seed=d.seed, order=order, dtype=dtype, progress=progress)
     elif d.cache_dir is not None:
         data = cached_jets(config.manifold, n, d.cache_dir, seed=d.seed, order=order, dtype=dtype, progress=progress)
     else:
@@ -209,6 +223,7 @@ def run_experiment(
     progress: bool = True,
     force: bool = False,
     device: str | torch.device | None = None,
+    distributed: DistributedContext | None = None,
 ) -> dict:
     """Train ``config`` into ``out_dir`` and return its results.
 
@@ -230,12 +245,43 @@ def run_experiment(
     ``out_dir`` must be new, empty or a run folder already (:func:`manifoldtrain._io.claim_output_folder`;
     ``force`` writes into another folder anyway); it is checked before any work. A run that
     starts afresh (no checkpoint to resume) first removes the results of an earlier run there.
+
+    ``distributed`` (default: :meth:`DistributedContext.from_environment
+    <manifoldtrain.distributed.DistributedContext.from_environment>` on ``device``, i.e. the
+    processes that ``torchrun`` started, else this one) trains one model on several
+    processes (see :mod:`manifoldtrain.distributed`): every process calls this function with
+    the same arguments, each trains on ``device`` (``cuda``: its own GPU), only rank 0 writes
+    into ``out_dir`` (and needs to see it; a jet cache, ``data.cache_dir`` or ``data.path``,
+    must be readable by all), and every process returns once rank 0 has written the results.
+    ``results.json`` records ``world_size``, the number of processes.
     """
     if not isinstance(config, ExperimentConfig):
         raise TypeError(f"config: expected an ExperimentConfig, got {type(config).__name__}")
-    device = check_device(device) if device is not None else (_DEVICE.get() or torch.device("cpu"))
-    out = claim_output_folder(out_dir, "run", force=force, argument="out_dir")
-    train, test = data if data is not None else make_data(config, progress=progress)
+    if distributed is not None and not isinstance(distributed, DistributedContext):
+        raise TypeError(f"distributed: expected a DistributedContext or None, got {type(distributed).__name__}")
+    if distributed is not None and distributed.is_distributed:
+        if device is not None and check_device(device).type != distributed.device.type:
+            raise ValueError(f"device: {str(device)!r}, but the distributed context trains on {distributed.device}")
+        device = distributed.device
+    else:
+        device = check_device(device) if device is not None else (_DEVICE.get() or torch.device("cpu"))
+    ctx = distributed if distributed is not None else DistributedContext.from_environment(device)
+    device = ctx.device if ctx.is_distributed else device
+    with ctx.failure_guard():
+        results = _run(config, out_dir, ctx, resume=resume, data=data, progress=progress, force=force, device=device)
+        ctx.barrier()  # every process returns once rank 0 has written the results
+    return results
+
+
+def _run(config: ExperimentConfig, out_dir, ctx: DistributedContext, *, resume: bool,
+         data: tuple[JetDataset, JetDataset] | None, progress: bool, force: bool, device: torch.device) -> dict:
+    """:func:`run_experiment`, its arguments checked, on each of ``ctx``'s processes."""
+    main = ctx.is_main
+    out = ctx.run_on_main(lambda: claim_output_folder(out_dir, "run", force=force, argument="out_dir"))
+    if data is not None:
+        train, test = data
+    else:
+        train, test = _make_data(config, progress=progress and main, write_cache=main)
     dtype = train.inputs.dtype
     model = build_model(config.model, train.inputs.value, train.targets.value, seed=config.model_seed).to(dtype)
     model = model.to(device)
@@ -243,12 +289,14 @@ def run_experiment(
         model, config.objective, train, test, config.train, checkpoint_dir=out,
         extra={"model_spec": _model_spec(config, train), "model_seed": config.model_seed,
                "data": config_to_dict(config)["data"], "manifold": manifold_description(config.manifold)},
+        distributed=ctx,
     )
     # A refused resume (other settings, a damaged checkpoint) raises here, before anything is written.
-    if not (resume and trainer.resume()):
+    if not (resume and trainer.resume()) and main:
         for stale in RUN_OUTPUTS:
             (out / stale).unlink(missing_ok=True)  # an earlier run's files: never beside a new run's
-    save_config(config, out / "config.toml")
+    if main:
+        save_config(config, out / "config.toml")
     history = trainer.fit(resume=False)  # resumed above, or starting afresh
     best = trainer.best
     if best is not None:  # the figures of the model chosen on the validation set
@@ -271,8 +319,11 @@ def run_experiment(
         "steps": trainer.steps,
         "history": history.records,
         "device": str(trainer.device),
+        "world_size": ctx.world_size,
         "machine": machine_info(),
     }
+    if not main:
+        return results
     write_text_atomic(out / "results.json", json.dumps(results, indent=2) + "\n")
     if history.records:
         from manifoldtrain.plotting import plot_history

@@ -11,7 +11,23 @@ with a validation set, the best model so far (its weights, epoch and validation 
 how many evaluations have passed without improvement. :meth:`Trainer.fit` with
 ``resume=True`` continues from it: a run killed at any moment and resumed finishes with the
 same weights as an uninterrupted run (with an epoch budget; a wall-clock budget depends on
-the machine's speed).
+the machine's speed). The checkpoint also records how many processes wrote it (``world_size``),
+for information only: a run resumes on any number of processes.
+
+Several processes
+-----------------
+With a :class:`~manifoldtrain.distributed.DistributedContext` of several processes
+(``distributed=``, e.g. under ``torchrun``) the trainer trains one model on all of them: every
+step's global batch of ``batch_size`` samples comes from one batch order (the same generator,
+identical on every process), each process computes the losses on its shard and the gradients
+are summed with weights shard / global batch, so that the step is the single-process step
+(exactly so for an objective without random directions, up to rounding). Random directions
+come from a generator of each process's own (:func:`~manifoldtrain.distributed.direction_seed`).
+Every process holds the whole training set and computes the same loss scales (rank 0's are
+used, and the others are checked against them). Evaluations run on every process and rank 0's
+numbers are used, so that the best model and early stopping are decided alike everywhere;
+the training time is agreed (the largest of the processes'), so that every process stops at
+the same step. Only rank 0 writes files and shows progress.
 
 Validation, best model, early stopping
 --------------------------------------
@@ -50,6 +66,7 @@ from manifoldtrain._io import atomic_path, write_text_atomic
 from manifoldtrain._plain import plain
 from manifoldtrain._validation import attrs_validator, check_float, check_int
 from manifoldtrain.data import JetDataset, check_dataset
+from manifoldtrain.distributed import DistributedContext, _mark_agreed, direction_seed
 from manifoldtrain.evaluation import JetRMSE, check_metric_values
 from manifoldtrain.jet import Jet
 from manifoldtrain.network_jets import check_jet_model, taylor_rows
@@ -253,6 +270,13 @@ class Trainer:
     rows_fn : callable
         The network's jet rows: :func:`~manifoldtrain.network_jets.taylor_rows` (default) or
         :func:`~manifoldtrain.network_jets.nested_jvp_rows`.
+    distributed : DistributedContext, optional
+        The processes that train this model together
+        (:meth:`~manifoldtrain.distributed.DistributedContext.from_environment` under
+        ``torchrun``); default: this process alone. With several processes, making the
+        trainer, :meth:`fit`, :meth:`resume` and :meth:`step` are collectives (every process
+        calls them), the model must be on the context's device, and ``model`` is overwritten
+        with rank 0's parameters.
 
     Notes
     -----
@@ -274,6 +298,7 @@ class Trainer:
         extra: dict | None = None,
         metrics: Sequence[Callable] = (JetRMSE(),),
         rows_fn: Callable = taylor_rows,
+        distributed: DistributedContext | None = None,
     ):
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
@@ -281,6 +306,17 @@ class Trainer:
             raise TypeError(f"objective: expected an Objective, got {type(objective).__name__}")
         if not isinstance(config, TrainConfig):
             raise TypeError(f"config: expected a TrainConfig, got {type(config).__name__}")
+        if distributed is not None and not isinstance(distributed, DistributedContext):
+            raise TypeError(f"distributed: expected a DistributedContext or None, got {type(distributed).__name__}")
+        param = next(iter(model.parameters()), None)
+        if param is None:
+            raise ValueError("model: it has no parameters to train")
+        if distributed is None:
+            distributed = DistributedContext.single(param.device)
+        elif distributed.backend == "nccl" and param.device != distributed.device:
+            raise ValueError(f"model: it is on {param.device}, but this process trains on {distributed.device} "
+                             f"(rank {distributed.rank}, backend nccl); move it there first")
+        self.distributed = distributed
         self.model = model
         self.objective = objective
         train = check_dataset("train", train, order=objective.max_order)
@@ -303,14 +339,21 @@ class Trainer:
         self.extra = dict(extra or {})
         order = objective.max_order
         self.scales = LossScales.from_data(self.train.inputs, self.train.targets)
+        if distributed.is_distributed:
+            self.scales = self._agree_on_data(self.scales)
         self.normalisers = objective.normalisers(self.scales)
-        param = next(iter(model.parameters()))
         self.device, self.dtype = param.device, param.dtype
         # Scaled once, on the model's device: every step gathers from these.
         self._train_inputs = self.scales.scale_jet(self.train.inputs.truncate(order)).to(device=self.device)
         self._train_targets = self.scales.scale_jet(self.train.targets.truncate(order)).to(device=self.device)
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+        #: Orders the batches (identical on every process); with one process it also draws
+        #: the random directions, as it always has.
         self.generator = torch.Generator().manual_seed(config.seed)
+        self._rank_generator: torch.Generator | None = None
+        if distributed.is_distributed:
+            self._reseed_directions(0)
+            distributed.broadcast_parameters(model)
         self.history = History()
         self.epoch = 0
         self.steps = 0
@@ -322,6 +365,40 @@ class Trainer:
         #: Evaluations since the best one (early stopping ends the run at ``config.patience``).
         self.since_best = 0
         self._bar_by_time = False
+
+    @property
+    def direction_generator(self) -> torch.Generator:
+        """The generator of this process's random directions: :attr:`generator` for one
+        process; with several, one of each process's own, reseeded at every epoch by
+        :func:`~manifoldtrain.distributed.direction_seed`."""
+        return self.generator if self._rank_generator is None else self._rank_generator
+
+    def _reseed_directions(self, epoch: int) -> None:
+        ctx = self.distributed
+        self._rank_generator = torch.Generator().manual_seed(direction_seed(self.config.seed, ctx.rank, epoch))
+
+    def _agree_on_data(self, scales: LossScales) -> LossScales:
+        """Check that every process holds the same training data; returns rank 0's scales."""
+        ctx = self.distributed
+        mine = {"n_train": len(self.train), "fingerprint": self.train.meta.get("fingerprint"),
+                "inputs": list(self.train.inputs.shape), "targets": list(self.train.targets.shape),
+                "order": self.train.inputs.order, "scales": scales}
+        everyone = ctx.all_gather_object(mine)
+        first = everyone[0]
+        for rank, theirs in enumerate(everyone):
+            diff = _first_difference({k: v for k, v in first.items() if k != "scales"},
+                                     {k: v for k, v in theirs.items() if k != "scales"}, "train",
+                                     ("on rank 0", f"on rank {rank}"))
+            if diff is None and not _close_scales(first["scales"], theirs["scales"]):
+                diff = (f"train: loss scales {plain(first['scales'])} on rank 0, {plain(theirs['scales'])} "
+                        f"on rank {rank}")
+            if diff is not None:
+                err = ValueError(f"train: every process must train on the same data, but rank {rank} holds other "
+                                 f"training data than rank 0 ({diff}); give every process the same config, seed and "
+                                 "data")
+                _mark_agreed(err)
+                raise err
+        return first["scales"]
 
     @property
     def steps_per_epoch(self) -> int:
@@ -372,6 +449,7 @@ class Trainer:
             "epoch": self.epoch,
             "step": self.steps,
             "seconds": self.seconds,
+            "world_size": self.distributed.world_size,
             "history": {"records": self.history.records, "finished": self.history.finished},
             "best": self.best,
             "since_best": self.since_best,
@@ -450,20 +528,39 @@ class Trainer:
 
     def resume(self) -> bool:
         """Load the checkpoint in ``checkpoint_dir`` if there is one (see :meth:`load_state_dict`)
-        and say so; returns whether it did."""
-        if self.checkpoint_path is None or not self.checkpoint_path.is_file():
+        and say so; returns whether it did. With several processes rank 0 reads the file and
+        hands its contents to the others (only rank 0's machine needs to see the folder), and
+        rank 0's parameters are broadcast after loading."""
+        ctx = self.distributed
+        state = ctx.run_on_main(self._read_checkpoint)
+        if state is None:
             return False
-        self.load_state_dict(load_checkpoint(self.checkpoint_path))
+        try:
+            self.load_state_dict(state)
+        except ValueError as err:  # every process holds the same state, so every one refuses it
+            _mark_agreed(err)
+            raise
+        if ctx.is_distributed:
+            ctx.broadcast_parameters(self.model)
         # best.pt and metrics.csv may be ahead of the checkpoint (written at a later evaluation
         # before the run stopped): make them agree with it again.
-        if self.best is not None:
-            self.save_best()
-        self.write_metrics()
+        if ctx.is_main:
+            if self.best is not None:
+                self.save_best()
+            self.write_metrics()
         cfg = self.config
         budget = f"{cfg.epochs} epochs" + (f" or {cfg.time_budget:g} s" if cfg.time_budget is not None else "")
-        _log(f"resuming from epoch {self.epoch} ({self.seconds:.1f} s of training) of {budget}: {self.checkpoint_path}",
-             cfg.progress)
+        written = state.get("world_size", 1)
+        by = f", written by {written} processes" if written != 1 else ""
+        _log(f"resuming from epoch {self.epoch} ({self.seconds:.1f} s of training{by}) of {budget}: "
+             f"{self.checkpoint_path}", cfg.progress and ctx.is_main)
         return True
+
+    def _read_checkpoint(self) -> dict | None:
+        """The checkpoint in ``checkpoint_dir`` (:func:`load_checkpoint`), or None if there is none."""
+        if self.checkpoint_path is None or not self.checkpoint_path.is_file():
+            return None
+        return load_checkpoint(self.checkpoint_path)
 
     def progress(self) -> float:
         """The fraction of the training budget spent (0..1): steps or seconds, whichever is further."""
@@ -486,14 +583,29 @@ class Trainer:
         y = self._train_targets[indices].to(device=self.device, dtype=self.dtype)
         return x, y
 
-    def step(self, batch: tuple[Jet, Jet]) -> dict[str, float]:
+    def step(self, batch: tuple[Jet, Jet], *, global_size: int | None = None) -> dict[str, float]:
         """One optimiser step on ``batch`` (from :meth:`batch`): learning rate from the
         schedule, the objective's losses, backward, gradient clipping, AdamW.
 
         Returns each term's weighted loss. Raises ``FloatingPointError`` naming the step and
         the terms if the loss is NaN or infinite (the weights are then left unchanged).
+
+        With several processes (``distributed``) this is a collective: ``batch`` is this
+        process's shard (possibly empty) of a global batch of ``global_size`` samples, the
+        gradients are summed over the processes with weights shard / ``global_size``, and
+        the returned losses are the global batch's. With one process ``global_size`` is the
+        batch's size or None.
         """
         x, y = batch
+        if self.distributed.is_distributed:
+            if global_size is None:
+                raise ValueError(f"global_size: training on {self.distributed.world_size} processes, each step needs "
+                                 "the size of the global batch that this batch is a shard of")
+            check_int("global_size", global_size, minimum=max(len(x), 1))
+            return self._distributed_step(x, y, global_size)
+        if global_size is not None and global_size != len(x):
+            raise ValueError(f"global_size: one process holds the whole batch of {len(x)} samples; expected "
+                             f"{len(x)} or None, got {global_size!r}")
         cfg = self.config
         fraction = self.progress()
         lr = cfg.learning_rate_at(fraction)
@@ -514,9 +626,44 @@ class Trainer:
         self.steps += 1
         return {k: float(v.detach()) for k, v in losses.items()}
 
-    def _non_finite_message(self, losses: dict[str, torch.Tensor]) -> str:
+    def _distributed_step(self, x: Jet, y: Jet, global_size: int) -> dict[str, float]:
+        """:meth:`step` on this process's shard ``x, y`` of a global batch of ``global_size``."""
+        ctx, cfg = self.distributed, self.config
+        fraction = self.progress()
+        lr = cfg.learning_rate_at(fraction)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        names = self.objective.names
+        weight = len(x) / global_size
+        self.optimizer.zero_grad(set_to_none=True)
+        if len(x) > 0:
+            losses = self.objective.losses(
+                self.model, x, y, self.scales, generator=self.direction_generator, rows_fn=self.rows_fn,
+                progress=fraction, scaled=True, normalisers=self.normalisers,
+            )
+            loss = sum(losses.values())
+            if bool(torch.isfinite(loss.detach())):  # else no backward: every process stops below
+                loss.backward()
+            local = torch.stack([losses[k].detach().to(torch.float64) for k in names]) * weight
+        else:  # a global batch smaller than the number of processes: nothing to do here but agree
+            local = torch.zeros(len(names), dtype=torch.float64)
+        totals = ctx.all_reduce_gradients(self.model, weight, local)
+        global_losses = dict(zip(names, totals.tolist()))
+        if not math.isfinite(sum(global_losses.values())):
+            self.optimizer.zero_grad(set_to_none=True)
+            err = FloatingPointError(self._non_finite_message(global_losses))
+            _mark_agreed(err)
+            raise err
+        if cfg.grad_clip is not None:  # on the summed gradients, identical on every process
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        self.steps += 1
+        return global_losses
+
+    def _non_finite_message(self, losses: dict[str, torch.Tensor | float]) -> str:
         """Which terms went NaN or infinite, and the remedy that fits the cause."""
-        bad = {k: v.item() for k, v in losses.items() if not bool(torch.isfinite(v.detach()))}
+        losses = {k: float(v) for k, v in losses.items()}
+        bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
         where = f"at epoch {self.epoch + 1}, step {self.steps + 1}"
         tiny = [k for k in bad if self.normalisers[k] < 1e-12 * max(self.normalisers.values())]
         if tiny:
@@ -527,7 +674,7 @@ class Trainer:
         else:
             hint = "lower the learning rate or clip gradients (grad_clip)"
         terms = ", ".join(f"{k!r} = {v}" for k, v in bad.items())
-        return f"loss: term {terms} became non-finite {where} (all terms {dict((k, v.item()) for k, v in losses.items())}); {hint}"
+        return f"loss: term {terms} became non-finite {where} (all terms {losses}); {hint}"
 
     def evaluate(self, data: JetDataset | None = None) -> dict[str, float | None]:
         """Every metric's numbers on ``data`` (default: the test data), by name (empty
@@ -549,9 +696,12 @@ class Trainer:
 
         With ``resume`` and an existing checkpoint in ``checkpoint_dir``, continue from it.
         Raises ``FloatingPointError`` naming the step and the terms if the loss becomes NaN or
-        infinite.
+        infinite. With several processes every process calls it; an error on one of them is
+        reported as that rank's failure and ends the process group
+        (:meth:`~manifoldtrain.distributed.DistributedContext.failure_guard`), so the others
+        stop too.
         """
-        with flush_denormals():
+        with flush_denormals(), self.distributed.failure_guard():
             return self._fit(resume)
 
     def _fit(self, resume: bool) -> History:
@@ -560,15 +710,22 @@ class Trainer:
         if resume:
             self.resume()
         cfg = self.config
+        ctx = self.distributed
+        show = cfg.progress and ctx.is_main
+        writes = ctx.is_main  # only rank 0 writes files
+        if ctx.is_distributed:
+            per, rest = divmod(min(cfg.batch_size, len(self.train)), ctx.world_size)
+            share = f"{per + 1} or {per}" if rest else f"{per}"
+            _log(f"training on {ctx.describe()}: global batch {cfg.batch_size}, {share} samples per process", show)
         total_steps = cfg.epochs * self.steps_per_epoch
         by_time = cfg.time_budget is not None and cfg.time_budget < total_steps * 1e-3  # a step takes >~1 ms
         if by_time:  # the budget that ends first: advance in training seconds
             bar = tqdm(total=round(cfg.time_budget, 1), initial=round(min(self.seconds, cfg.time_budget), 1), unit="s",
-                       desc=", ".join(self.objective.names), disable=not cfg.progress, leave=False, dynamic_ncols=True,
+                       desc=", ".join(self.objective.names), disable=not show, leave=False, dynamic_ncols=True,
                        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}{postfix}]")
         else:
             bar = tqdm(total=total_steps, initial=min(self.steps, total_steps), desc=", ".join(self.objective.names),
-                       unit="step", disable=not cfg.progress, leave=False, dynamic_ncols=True)
+                       unit="step", disable=not show, leave=False, dynamic_ncols=True)
         self._bar_by_time = by_time
         try:
             while not self._out_of_budget():
@@ -580,23 +737,30 @@ class Trainer:
                 if (self.test is not None or self.validation is not None) and (due_eval or self._out_of_budget()):
                     record = self.history.records[-1]
                     shown = {}
-                    if self.test is not None:
-                        record["test"] = self.evaluate()
+                    # Every process evaluates (in parallel: nobody waits); rank 0's numbers
+                    # decide, so that the best model and early stopping agree everywhere.
+                    test = self.evaluate() if self.test is not None else None
+                    validation = self.evaluate(self.validation) if self.validation is not None else None
+                    if ctx.is_distributed:
+                        test, validation = ctx.broadcast_object((test, validation))
+                    if test is not None:
+                        record["test"] = test
                         shown = {k: f"{v:.2e}" for k, v in record["test"].items() if v is not None}
-                    if self.validation is not None:
-                        record["validation"] = self.evaluate(self.validation)
+                    if validation is not None:
+                        record["validation"] = validation
                         self._track_best(record)
                         shown = {f"val_{BEST_METRIC}": f"{record['validation'][BEST_METRIC]:.2e}", **shown}
                     bar.set_postfix(loss=f"{record['loss']:.3e}", **dict(list(shown.items())[:2]))
-                    if self.metrics_path is not None:
+                    if self.metrics_path is not None and writes:
                         self.write_metrics()
                 self.history.finished = self._out_of_budget()
-                if self.checkpoint_path is not None and (self.epoch % cfg.checkpoint_every == 0 or self.history.finished):
+                if self.checkpoint_path is not None and writes and (
+                        self.epoch % cfg.checkpoint_every == 0 or self.history.finished):
                     self.save_checkpoint()
         finally:
             bar.close()
         self.history.finished = True
-        if self.metrics_path is not None:
+        if self.metrics_path is not None and writes:
             self.write_metrics()
         return self.history
 
@@ -616,13 +780,16 @@ class Trainer:
             "model": {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()},
         }
         self.since_best = 0
-        if self.best_path is not None:
+        if self.best_path is not None and self.distributed.is_main:
             self.save_best()
 
     def _train_epoch(self, bar) -> None:
         cfg = self.config
+        ctx = self.distributed
         self.model.train()
         perm = torch.randperm(len(self.train), generator=self.generator)
+        if ctx.is_distributed:
+            self._reseed_directions(self.epoch)
         sums: dict[str, float] = {}
         count = 0
         for b in range(self.steps_per_epoch):
@@ -630,8 +797,14 @@ class Trainer:
                 break
             t0 = time.perf_counter()
             idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-            losses = self.step(self.batch(idx))
-            self.seconds += time.perf_counter() - t0
+            if ctx.is_distributed:
+                losses = self.step(self.batch(ctx.shard(idx)), global_size=len(idx))
+                self.seconds += time.perf_counter() - t0
+                if cfg.time_budget is not None:  # every process stops at the same step
+                    self.seconds = ctx.agree_elapsed(self.seconds)
+            else:
+                losses = self.step(self.batch(idx))
+                self.seconds += time.perf_counter() - t0
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + v * len(idx)
             count += len(idx)
@@ -640,6 +813,8 @@ class Trainer:
                 bar.set_postfix(loss=f"{sum(losses.values()):.3e}", lr=f"{self.optimizer.param_groups[0]['lr']:.1e}",
                                 refresh=False)
         self.epoch += 1
+        if ctx.is_distributed:  # the schedule, evaluations and the records see one clock
+            self.seconds = ctx.agree_elapsed(self.seconds)
         losses_mean = {k: v / max(count, 1) for k, v in sums.items()}
         self.history.records.append(
             {
@@ -651,6 +826,13 @@ class Trainer:
                 "losses": losses_mean,
             }
         )
+
+
+def _close_scales(a: LossScales, b: LossScales, rtol: float = 1e-6) -> bool:
+    """Whether two processes' loss scales agree (to ``rtol``: machines may round differently)."""
+    pairs = [(getattr(a, f), getattr(b, f)) for f in ("coordinate", "energy", "input_energy")]
+    return all(len(x) == len(y) and all(math.isclose(u, v, rel_tol=rtol, abs_tol=0.0) for u, v in zip(x, y))
+               for x, y in pairs)
 
 
 def _evaluated(record: dict) -> bool:
