@@ -1,19 +1,24 @@
-"""Speed of order-2 jets of the default cube: exact (analytic) against the obvious slow paths.
+"""Speed of order-2 jets of the bundled manifolds: analytic against the obvious slow paths.
 
-Compared in the same run, per dtype and batch size, in samples per second:
+For the default cube (``--manifold cube``) and the default phase-retrieval manifold
+(``--manifold phase-retrieval``), compared in the same run, per dtype and batch size, in
+samples per second:
 
-* ``exact``: :meth:`Cube.jets` (analytic first and second derivatives);
-* ``finite differences``: central differences of the exact image, 73 images per sample
-  (value, 2 per coordinate, 4 per mixed pair), each rendered at the moved pose
-  (:meth:`Cube.move`) by the same fast exact value path, step 1e-3;
-* ``torch.func``: nested forward-mode autodiff of :meth:`Cube.input` (the library's default
-  jets for a manifold without analytic derivatives), small batches only.
+* ``exact``: the manifold's :meth:`~manifoldtrain.Manifold.jets` (analytic first and second
+  derivatives: the cube's edge moments; the phase-retrieval object's Gaussian derivatives,
+  DFT'd, then the product and chain rules);
+* ``finite differences``: central differences of the exact input, 1 + 2d + 2d(d-1) inputs
+  per sample (73 for d = 6), each at the moved point (:meth:`~manifoldtrain.Manifold.move`)
+  by the same value path, step 1e-3;
+* ``torch.func``: nested forward-mode autodiff of :meth:`~manifoldtrain.Manifold.input` (the
+  library's default jets for a manifold without analytic derivatives), small batches only
+  for the cube.
 
 The relative error of the finite-difference jets against the exact ones is reported too.
 
 Usage::
 
-    python benchmarks/render.py                # full table, about 5 minutes on 2 cores
+    python benchmarks/render.py                # full table, both manifolds, about 8 minutes on 2 cores
     python benchmarks/render.py --quick        # smoke run, seconds
     python benchmarks/render.py --out results/render.json
 """
@@ -31,12 +36,17 @@ import torch
 from manifoldtrain import Jet, num_pairs, triu_pairs
 from manifoldtrain._io import write_text_atomic
 from manifoldtrain.experiment import command_line, machine_info
-from manifoldtrain.manifolds import Cube
+from manifoldtrain.manifolds import Cube, PhaseRetrieval
 from manifoldtrain.training import flush_denormals
 
 
-def finite_difference_jets(cube: Cube, points: torch.Tensor, step: float) -> Jet:
-    """Central-difference order-2 jets of the exact image (73 renders per sample)."""
+MANIFOLDS = {"cube": Cube, "phase-retrieval": PhaseRetrieval}
+#: torch.func jets are timed up to this batch size (the cube's are slow).
+AUTODIFF_MAX_BATCH = {"cube": 4, "phase-retrieval": 256}
+
+
+def finite_difference_jets(cube, points: torch.Tensor, step: float) -> Jet:
+    """Central-difference order-2 jets of the exact input (73 renders per sample for d = 6)."""
     n, d = points.shape[0], cube.param_dim
     eye = torch.eye(d, dtype=points.dtype) * step
     i, j = triu_pairs(d)
@@ -67,14 +77,16 @@ def timed(fn, min_time: float, max_calls: int = 50) -> tuple[float, object]:
     return best, result
 
 
-def run(batch_sizes, dtypes, min_time: float, autodiff_max_batch: int, fd_max_batch: int, seed: int = 0) -> list[dict]:
-    cube = Cube()
+def run(batch_sizes, dtypes, min_time: float, autodiff_max_batch: int, fd_max_batch: int, seed: int = 0,
+        manifold: str = "cube") -> list[dict]:
+    cube = MANIFOLDS[manifold]()
     rows = []
     for dtype in dtypes:
         for n in batch_sizes:
             points = cube.sample(n, torch.Generator().manual_seed(seed), dtype=dtype)
             t_exact, (exact, _) = timed(lambda: cube.jets(points), min_time)
-            row = {"dtype": str(dtype).removeprefix("torch."), "batch": n, "exact_samples_per_s": n / t_exact}
+            row = {"manifold": manifold, "dtype": str(dtype).removeprefix("torch."), "batch": n,
+                   "exact_samples_per_s": n / t_exact}
             if n <= fd_max_batch:
                 t_fd, fd = timed(lambda: finite_difference_jets(cube, points, 1e-3), min_time, max_calls=3)
                 row["fd_samples_per_s"] = n / t_fd
@@ -94,15 +106,15 @@ def _format_row(row: dict) -> str:
 
     ratio = row["exact_samples_per_s"] / row["fd_samples_per_s"] if "fd_samples_per_s" in row else None
     return (
-        f"| {row['dtype']:<7} | {row['batch']:5d} | {cell('exact_samples_per_s')} | {cell('fd_samples_per_s')} | "
+        f"| {row['manifold']:<15} | {row['dtype']:<7} | {row['batch']:5d} | {cell('exact_samples_per_s')} | {cell('fd_samples_per_s')} | "
         f"{(f'{ratio:7.1f}x' if ratio else ' ' * 8)} | {cell('torch_func_samples_per_s', '{:9.1f}')} | "
         f"{cell('fd_rel_error_d1', '{:9.1e}')} | {cell('fd_rel_error_d2', '{:9.1e}')} |"
     )
 
 
 HEADER = (
-    "| dtype   | batch | exact/s   | FD/s      | exact/FD | torch.func/s | FD err d1 | FD err d2 |\n"
-    "|---------|-------|-----------|-----------|----------|--------------|-----------|-----------|"
+    "| manifold        | dtype   | batch | exact/s   | FD/s      | exact/FD | torch.func/s | FD err d1 | FD err d2 |\n"
+    "|-----------------|---------|-------|-----------|-----------|----------|--------------|-----------|-----------|"
 )
 
 
@@ -111,6 +123,8 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny batches, short timings")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=None)
+    parser.add_argument("--manifold", nargs="+", choices=list(MANIFOLDS), default=list(MANIFOLDS),
+                        help="which bundled manifolds (default: all)")
     parser.add_argument("--out", default=None, help="write the results as JSON here (atomically)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -121,7 +135,10 @@ def main(argv=None) -> int:
     print(f"torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}")
     print(HEADER)
     with flush_denormals():
-        rows = run(sizes, [torch.float32, torch.float64], min_time, ad_max, fd_max)
+        rows = []
+        for name in args.manifold:
+            limit = ad_max if args.quick else AUTODIFF_MAX_BATCH[name]
+            rows += run(sizes, [torch.float32, torch.float64], min_time, limit, fd_max, manifold=name)
     if args.out:
         meta = {"command": command_line(argv), **machine_info()}
         write_text_atomic(args.out, json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")

@@ -21,7 +21,7 @@ import importlib
 
 from manifoldtrain._plain import qualified_name
 from manifoldtrain.manifold import Manifold
-from manifoldtrain.manifolds import Cube
+from manifoldtrain.manifolds import Cube, PhaseRetrieval
 from manifoldtrain.nn import ConvNetConfig, MLPConfig
 from manifoldtrain.objectives import (
     DerivativeTerm, HessianOracleTerm, JacobianInvarianceTerm, NoiseInvarianceTerm, OracleTerm, Term, ValueTerm,
@@ -95,9 +95,10 @@ class Registry:
         return qualified_name(cls)
 
 
-#: Manifolds by name: ``cube``.
+#: Manifolds by name: ``cube``, ``phase-retrieval``.
 MANIFOLDS = Registry("manifold", Manifold)
 MANIFOLDS.register("cube", Cube)
+MANIFOLDS.register("phase-retrieval", PhaseRetrieval)
 
 #: Network configs by name: ``mlp``, ``convnet``.
 MODELS = Registry("model")

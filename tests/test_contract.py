@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 
 import manifoldtrain.manifolds as bundled
 from manifoldtrain import Manifold
-from manifoldtrain.manifolds import Cube
+from manifoldtrain.manifolds import Cube, PhaseRetrieval
 from manifoldtrain.testing import (
     check_batching,
     check_conventions,
@@ -27,6 +27,8 @@ from toy_manifolds import AnalyticSphere, ScaledSphere, Sphere, TorusWinding, Wr
 BUNDLED = [getattr(bundled, name)() for name in bundled.__all__]
 VARIANTS = [
     Cube(image_size=17, extent=0.8, sigma=0.06, face_colors=(0.9, 0.1, 0.5, 0.3, 0.7, 0.2), camera_distance=6.0),
+    PhaseRetrieval(object_size=8, grid_size=20, widths=(0.3, 0.2), beam_stop=1.5, transform="linear",
+                   target_kind="object", photons=1e4),
 ]
 CASES = BUNDLED + VARIANTS + [Sphere(), AnalyticSphere(), ScaledSphere(), TorusWinding()]
 IDS = [repr(m)[:40] for m in CASES]

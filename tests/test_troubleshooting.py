@@ -214,7 +214,7 @@ CASES: list[Case] = [
     Case(
         "unknown-manifold", "CLI",
         "show sphere --out s.png",
-        "argument MANIFOLD: invalid choice: 'sphere' (choose from 'cube')",
+        "argument MANIFOLD: invalid choice: 'sphere' (choose from 'cube', 'phase-retrieval')",
         "CLEAR",
         cli(["show", "sphere", "--out", "{tmp}/s.png"], r"invalid choice: 'sphere'"),
     ),
@@ -291,6 +291,17 @@ CASES: list[Case] = [
          "argument --image-size: invalid int value: 'big'", "CLEAR",
          cli(["show", "cube", "--out", "{tmp}/s.png", "--image-size", "big"], r"--image-size: invalid int value")),
     # --- generate
+    Case("pr-grid-too-small", "CLI", "show phase-retrieval --grid-size 24 --out s.png",
+         "grid_size: expected at least twice object_size = 32 (the far field must oversample the object by 2 or more "
+         "for the intensity to determine it), got 24", "CLEAR",
+         cli(["show", "phase-retrieval", "--grid-size", "24", "--out", "{tmp}/s.png"], r"grid_size: expected at least twice")),
+    Case("pr-photons-negative", "CLI", "generate phase-retrieval --photons=-1e5 --n 4 --out j",
+         "photons: expected a number > 0, got -100000.0", "CLEAR",
+         cli(["generate", "phase-retrieval", "--photons=-1e5", "--n", "4", "--out", "{tmp}/j"], r"photons: expected a number > 0")),
+    Case("pr-equal-widths", "TOML", '[manifold] kind = "phase-retrieval" widths = [0.2, 0.2]',
+         "ValueError: widths: expected distinct widths (they tell the blobs apart; equal widths make the blobs' order ambiguous, ...)",
+         "CLEAR",
+         toml('[manifold]\nkind = "phase-retrieval"\nwidths = [0.2, 0.2]\n', ValueError, r"widths: expected distinct widths")),
     Case("generate-n-zero", "CLI", "generate cube --n 0 --out j", "n: expected an int >= 1, got 0", "CLEAR",
          cli(["generate", "cube", "--n", "0", "--out", "{tmp}/j"], r"n: expected an int >= 1")),
     Case("generate-n-negative", "CLI", "generate cube --n -5 --out j", "n: expected an int >= 1, got -5", "CLEAR",

@@ -371,6 +371,9 @@ def check_conventions(manifold: Manifold, points: torch.Tensor) -> None:
         manifold.check_points(sample)
 
 
+_MOVE_HALVINGS = 6
+
+
 def check_move(
     manifold: Manifold,
     points: torch.Tensor | None = None,
@@ -401,8 +404,9 @@ def check_move(
     seed : int
         Seed of the sampled points and of ``theta``.
     scale : float
-        Size of ``theta`` (standard deviation per coordinate). Keep ``p + theta`` inside the
-        manifold's valid range: near its boundary, pass other points or a smaller scale.
+        Size of ``theta`` (standard deviation per coordinate). Where the moved points leave
+        the manifold's valid range (:meth:`~manifoldtrain.Manifold.check_points` raises),
+        ``theta`` is halved, up to 6 times, before they are compared.
     rtol : float
         Relative tolerance.
     raise_on_failure : bool
@@ -440,6 +444,13 @@ def check_move(
         return CheckReport(title, (), skipped=str(e) or f"{type(manifold).__name__}.move is not implemented")
     if not (torch.equal(points, before[0]) and torch.equal(theta, before[1])):
         raise AssertionError(f"{type(manifold).__name__}.move modified its arguments in place")
+    for _ in range(_MOVE_HALVINGS):  # a theta that leaves the valid range is halved
+        try:
+            manifold.check_points(moved)
+            break
+        except ValueError:
+            theta = theta / 2
+            moved = manifold.move(points, theta)
     _expect(moved, points.shape, points, "move(points, theta)")
     for dtype in (torch.float32, torch.float64):
         p = points.to(dtype)
