@@ -152,17 +152,26 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _add_generate(sub, manifolds: dict[str, type]) -> None:
-    p = sub.add_parser("generate", help="generate a cache of jets (see manifoldtrain.data for the format)")
+    p = sub.add_parser(
+        "generate", help="generate a cache of jets, in shards (see manifoldtrain.data for the format)",
+        description="Generate a sharded cache of jets, in parallel processes (--workers). Stopped at any moment, the "
+                    "same command continues it: finished shards are kept, only the others are computed.",
+    )
     gsub = p.add_subparsers(dest="manifold", required=True, metavar="MANIFOLD",
                             description="a registered name, or package.module:ClassName of your own")
     for name, cls in manifolds.items():
         q = gsub.add_parser(name, help=f"jets of the {cls.__name__} manifold")
         q.add_argument("--n", type=int, required=True, help="number of samples")
-        q.add_argument("--out", required=True, help="cache directory to write: new, empty, or a jet cache (replaced)")
+        q.add_argument("--out", required=True, help="cache directory to write: new, empty, or a jet cache (replaced; "
+                                                   "one of the same settings is checked and completed)")
         q.add_argument("--seed", type=int, default=1,
                        help="seed of the points (default 1: not the draw of a training run's default data.seed 0)")
         q.add_argument("--order", type=int, default=2, choices=(0, 1, 2), help="jet order (default 2)")
         q.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="storage dtype (default float32)")
+        q.add_argument("--shard-size", type=int, default=None, metavar="N",
+                       help="samples per shard (default 1024: about 190 MB of order-2 cube jets in float32)")
+        q.add_argument("--workers", type=int, default=1, metavar="N",
+                       help="processes computing shards in parallel (default 1); they share the CPU threads")
         q.add_argument("--no-progress", action="store_true", help="no progress bar")
         add_settings_arguments(q, cls, f"{cls.__name__} settings")
         _add_compute_options(q)
@@ -170,17 +179,28 @@ def _add_generate(sub, manifolds: dict[str, type]) -> None:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from manifoldtrain._validation import dtype_from_name
-    from manifoldtrain.data import check_cache_target, generate_jets, save_jets
+    from manifoldtrain._validation import check_int, dtype_from_name
+    from manifoldtrain.data import DEFAULT_SHARD_SIZE, check_cache_target, generate_shards
 
     device = _apply_compute_options(args)
     manifold = settings_from_arguments(args.manifold_class, args)
     dtype = dtype_from_name("--dtype", args.dtype)
+    check_int("n", args.n, minimum=1)
+    shard_size = check_int("--shard-size", args.shard_size, minimum=1) if args.shard_size is not None \
+        else DEFAULT_SHARD_SIZE
+    workers = check_int("--workers", args.workers, minimum=1)
     check_cache_target(args.out, argument="--out")  # before the work
-    data = generate_jets(manifold, args.n, seed=args.seed, order=args.order, dtype=dtype, progress=not args.no_progress,
-                         device=device)
-    save_jets(data, args.out)
-    print(f"wrote {len(data)} samples of order {args.order} to {args.out} (fingerprint {data.meta['fingerprint'][:12]})")
+    report = generate_shards(manifold, args.n, args.out, seed=args.seed, order=args.order, dtype=dtype,
+                             shard_size=shard_size, workers=workers, progress=not args.no_progress, device=device)
+    shards = f"{report.n_shards} shard{'s' if report.n_shards != 1 else ''}"
+    if not report.written:
+        print(f"the cache at {args.out} is complete already: {report.n} samples of order {args.order} in {shards} "
+              f"(fingerprint {report.fingerprint[:12]})")
+        return 0
+    count = len(report.kept)
+    kept = f"; kept {count} complete shard{'s' if count != 1 else ''} of an interrupted generation" if count else ""
+    print(f"wrote {report.n} samples of order {args.order} to {args.out} in {shards}{kept} "
+          f"(fingerprint {report.fingerprint[:12]})")
     return 0
 
 

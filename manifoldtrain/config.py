@@ -9,6 +9,7 @@ file boundary, and nowhere else in the library::
     [data]
     n_train = 4000
     n_test = 1000
+    source = "memory"      # or "shards" (a cache on disk, read batch by batch), "on-the-fly"
 
     [model]
     kind = "mlp"           # or "convnet"
@@ -70,6 +71,40 @@ def _check_test_order(instance, attribute, value):
         check_int(attribute.name, value, minimum=0, maximum=2)
 
 
+def _check_source(instance, attribute, value):
+    from manifoldtrain.registry import SOURCES
+
+    if not isinstance(value, str) or not value:
+        raise TypeError(f"{attribute.name}: expected 'memory', 'shards', 'on-the-fly' or 'package.module:ClassName' "
+                        f"of a DataSource, got {value!r}")
+    try:
+        SOURCES.get(value)
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"{attribute.name}: expected 'memory', 'shards', 'on-the-fly' or 'package.module:ClassName' "
+                        f"of a DataSource, got {value!r} ({err})") from None
+
+
+def _check_mode(instance, attribute, value):
+    from manifoldtrain.sources import MODES
+
+    if value is None:
+        return
+    if value not in MODES:
+        raise ValueError(f"{attribute.name}: expected one of {list(MODES)}, got {value!r}")
+    if instance.source != "on-the-fly":
+        raise ValueError(f"{attribute.name}: chooses how source = 'on-the-fly' draws its points, but source is "
+                         f"{instance.source!r}; set source = \"on-the-fly\", or remove mode")
+
+
+def _check_calibration(instance, attribute, value):
+    if value is None:
+        return
+    check_int(attribute.name, value, minimum=1)
+    if instance.source in ("memory", "shards"):
+        raise ValueError(f"{attribute.name}: sizes the calibration sample of data computed on the fly; source "
+                         f"{instance.source!r} computes its loss scales from all of its data; remove calibration")
+
+
 @attrs.frozen
 class DataConfig:
     """Which jets to train and test on.
@@ -95,6 +130,30 @@ class DataConfig:
         generate in memory every time.
     dtype : str
         ``"float32"`` or ``"float64"``: storage and training precision.
+    source : str
+        Where the training batches come from (:mod:`manifoldtrain.sources`; the test set is
+        always fixed, in memory):
+
+        * ``"memory"`` (the default): the training set in memory, as above;
+        * ``"shards"``: a jet cache on disk, read batch by batch, never loaded whole
+          (:class:`~manifoldtrain.sources.ShardedCacheSource`): ``path`` (a cache from
+          ``manifoldtrain generate``), or ``cache_dir`` (a sharded cache is generated there,
+          and an interrupted generation continued). Training and test samples are those of
+          ``"memory"`` with the same settings, and so are the batches and the weights (the
+          model's input normalisation comes from the first 2048 training samples, all of
+          them for a smaller set);
+        * ``"on-the-fly"``: jets computed when a batch needs them
+          (:class:`~manifoldtrain.sources.OnTheFlySource`), see ``mode``; the test set is the
+          test part of ``"memory"``'s samples (computed once);
+        * ``"package.module:ClassName"``: a :class:`~manifoldtrain.sources.DataSource` of
+          your own, made by its ``from_config`` classmethod.
+    mode : str or None
+        With ``source = "on-the-fly"``: ``"fresh"`` (the default: ``n_train`` new points
+        every epoch, drawn from seeds derived from ``seed`` and the epoch) or ``"pool"`` (the
+        training part of ``"memory"``'s points, rendered anew whenever a batch holds them).
+    calibration : int or None
+        With ``source = "on-the-fly"`` (or your own): samples of the calibration sample that
+        sets the loss scales (default 512).
     """
 
     n_train: int = attrs.field(default=4000, validator=attrs_validator(check_int, minimum=2))
@@ -105,6 +164,9 @@ class DataConfig:
     path: str | None = None
     cache_dir: str | None = None
     dtype: str = attrs.field(default="float32", validator=_check_dtype)
+    source: str = attrs.field(default="memory", validator=_check_source)
+    mode: str | None = attrs.field(default=None, validator=_check_mode)
+    calibration: int | None = attrs.field(default=None, validator=_check_calibration)
 
 
 def _default_objective() -> Objective:

@@ -6,8 +6,10 @@ process group (``gloo`` on the CPU, ``nccl`` on CUDA devices); without those var
 returns the single-process context, which never communicates. The
 :class:`~manifoldtrain.training.Trainer` then trains one model on all processes:
 
-* every process holds the whole training set and the same model (its parameters and buffers
-  are broadcast from rank 0 when the trainer is made and after a resume);
+* every process holds the whole training set (or, with a
+  :class:`~manifoldtrain.sources.DataSource` such as a sharded cache or jets computed on the
+  fly, reads only its own shards of the batches) and the same model (its parameters and
+  buffers are broadcast from rank 0 when the trainer is made and after a resume);
 * every step's *global* batch (``TrainConfig.batch_size`` samples, from one batch order,
   identical on every process) is split into disjoint, contiguous shards, one per process
   (:meth:`DistributedContext.shard`);

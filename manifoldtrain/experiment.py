@@ -18,12 +18,15 @@ import torch
 from manifoldtrain._io import claim_output_folder, write_text_atomic
 from manifoldtrain._validation import dtype_from_name
 from manifoldtrain.config import ExperimentConfig, config_to_dict, save_config
-from manifoldtrain.data import (JetDataset, cached_jets, fingerprint, generate_jets, load_jets,
-                                manifold_description)
+from manifoldtrain.data import (JetCache, JetDataset, _provenance, cached_jets, fingerprint, generate_jets,
+                                generate_shards, load_jets, manifold_description)
 from manifoldtrain.distributed import DistributedContext
 from manifoldtrain.evaluation import Metrics, evaluate
+from manifoldtrain.jet import Jet
 from manifoldtrain.nn import build_model
 from manifoldtrain.registry import MODELS
+from manifoldtrain.registry import SOURCES
+from manifoldtrain.sources import DataSource, OnTheFlySource, ShardedCacheSource, SubsetSource
 from manifoldtrain.training import BEST_NAME, CHECKPOINT_NAME, METRICS_NAME, Trainer, load_checkpoint
 
 #: The files a run writes into its folder (besides its marker).
@@ -125,8 +128,20 @@ def command_line(argv: list[str] | None = None) -> str:
     return "python " + " ".join([os.path.relpath(sys.argv[0]), *(sys.argv[1:] if argv is None else argv)])
 
 
-def make_data(config: ExperimentConfig, *, progress: bool = True) -> tuple[JetDataset, JetDataset]:
-    """The training and test jets of ``config`` (cached if ``config.data.cache_dir`` is set).
+#: Training samples from which a model's input and output normalisation is computed when the
+#: training data are a :class:`~manifoldtrain.sources.DataSource` (the first ones; all of a
+#: smaller set, which then gives the model of the same data in memory).
+NORMALISATION_SAMPLES = 2048
+
+
+def make_data(config: ExperimentConfig, *, progress: bool = True) -> tuple[JetDataset | DataSource, JetDataset]:
+    """The training and test data of ``config``: ``(train, test)``.
+
+    With ``data.source = "memory"`` (the default) both are :class:`JetDataset` in memory
+    (cached if ``config.data.cache_dir`` is set); otherwise ``train`` is a
+    :class:`~manifoldtrain.sources.DataSource` (a sharded cache, data computed on the fly, a
+    source of your own; see :class:`~manifoldtrain.config.DataConfig`) and ``test`` a fixed
+    :class:`JetDataset`.
 
     Jets are generated up to the order needed: the objective's, or ``data.test_order`` if
     higher (value training generates values only).
@@ -134,13 +149,20 @@ def make_data(config: ExperimentConfig, *, progress: bool = True) -> tuple[JetDa
     return _make_data(config, progress=progress, write_cache=True)
 
 
-def _make_data(config: ExperimentConfig, *, progress: bool, write_cache: bool) -> tuple[JetDataset, JetDataset]:
+def _make_data(config: ExperimentConfig, *, progress: bool, write_cache: bool,
+               ctx: DistributedContext | None = None) -> tuple[JetDataset | DataSource, JetDataset]:
     """:func:`make_data`; without ``write_cache`` a missing cache is generated but not written
-    (the processes of a distributed run other than rank 0: one writer per cache)."""
+    (the processes of a distributed run other than rank 0: one writer per cache). A sharded
+    cache to generate (``source = "shards"`` with ``cache_dir``) is written by ``ctx``'s rank 0
+    while the others wait."""
     d = config.data
     dtype = dtype_from_name("data.dtype", d.dtype)
     n = d.n_train + d.n_test
     order = max(config.objective.max_order, d.test_order if d.test_order is not None else 0)
+    if d.source == "shards":
+        return _sharded_data(config, order, dtype, progress=progress, ctx=ctx)
+    if d.source != "memory":
+        return _computed_data(config, order, dtype, progress=progress)
     if d.path is not None:
         try:
             data = load_jets(d.path)
@@ -169,6 +191,110 @@ def _make_data(config: ExperimentConfig, *, progress: bool, write_cache: bool) -
     return data.split(d.n_test, d.split_seed)
 
 
+def _split_indices(n: int, n_test: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(train, test)`` indices of :meth:`JetDataset.split <manifoldtrain.data.JetDataset.split>`."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[n_test:].sort().values, perm[:n_test].sort().values
+
+
+def _sharded_data(config: ExperimentConfig, order: int, dtype: torch.dtype, *, progress: bool,
+                  ctx: DistributedContext | None) -> tuple[DataSource, JetDataset]:
+    """``source = "shards"``: the training samples read from a cache batch by batch, the test samples in memory."""
+    d = config.data
+    n = d.n_train + d.n_test
+    if d.path is not None:
+        path, argument = Path(d.path), "data.path"
+    elif d.cache_dir is not None:
+        key = fingerprint(config.manifold, n, d.seed, order, dtype, torch.float64)
+        path, argument = Path(d.cache_dir) / key, "data.cache_dir"
+
+        def make() -> None:
+            try:
+                JetCache(path, expected_fingerprint=key).close()  # complete and intact: nothing to do
+            except (FileNotFoundError, ValueError):
+                generate_shards(config.manifold, n, path, seed=d.seed, order=order, dtype=dtype, progress=progress)
+
+        (ctx.run_on_main if ctx is not None else lambda fn: fn())(make)
+    else:
+        raise ValueError("data.source: 'shards' reads a jet cache batch by batch; set data.path to a cache written by "
+                         "`manifoldtrain generate` (or train --data), or data.cache_dir to have one generated there")
+    try:
+        cache = JetCache(path)
+    except (FileNotFoundError, ValueError) as err:
+        raise type(err)(f"{argument}: {err}") from None
+    check_cache_matches(cache, config.manifold, argument, path)
+    if cache.order < order:
+        raise ValueError(f"{argument}: {path} holds jets of order {cache.order}; this run needs order {order} "
+                         "(generate it with a higher --order)")
+    if len(cache) < n:
+        raise ValueError(f"{argument}: {path} holds {len(cache)} samples; n_train + n_test = {n}")
+    if cache.dtype != dtype:
+        raise ValueError(f"{argument}: {path} is stored in {cache.dtype}, data.dtype is {d.dtype!r}")
+    train_idx, test_idx = _split_indices(n, d.n_test, d.split_seed)
+    test = cache.load(test_idx, order=order)
+    train = SubsetSource(ShardedCacheSource(cache, order=config.objective.max_order), train_idx)
+    return train, test
+
+
+def _computed_data(config: ExperimentConfig, order: int, dtype: torch.dtype, *,
+                   progress: bool) -> tuple[DataSource, JetDataset]:
+    """``source = "on-the-fly"`` or a source of one's own: the training jets computed batch by
+    batch, the test set (the test part of the points of ``source = "memory"``) computed now."""
+    from tqdm.auto import tqdm
+
+    d = config.data
+    n = d.n_train + d.n_test
+    points = config.manifold.sample(n, torch.Generator().manual_seed(d.seed), dtype=torch.float64)
+    train_idx, test_idx = _split_indices(n, d.n_test, d.split_seed)
+    xs, ys = [], []
+    with tqdm(total=d.n_test, desc="test jets", unit="sample", disable=not progress, leave=False) as bar:
+        for chunk in points[test_idx].split(256):
+            x, y = config.manifold.jets(chunk, order)
+            xs.append(x.to(dtype))
+            ys.append(y.to(dtype))
+            bar.update(len(chunk))
+    meta = {**_provenance(config.manifold, n, d.seed, order, dtype, torch.float64),
+            "fingerprint": fingerprint(config.manifold, n, d.seed, order, dtype, torch.float64)}
+    test = JetDataset(points[test_idx].to(dtype), Jet(*(torch.cat(c) for c in zip(*(x.components() for x in xs)))),
+                      Jet(*(torch.cat(c) for c in zip(*(y.components() for y in ys)))), meta)
+    calibration = d.calibration if d.calibration is not None else 512
+    train_order = config.objective.max_order
+    if d.source == "on-the-fly":
+        if d.path is not None:
+            raise ValueError("data.path: source = 'on-the-fly' computes its jets and reads no cache; remove data.path "
+                             "(or train --data), or use source = \"shards\" to train from the cache")
+        if (d.mode or "fresh") == "pool":
+            train = OnTheFlySource(config.manifold, mode="pool", points=points[train_idx], seed=d.seed,
+                                   order=train_order, dtype=dtype, calibration=calibration)
+        else:
+            train = OnTheFlySource(config.manifold, d.n_train, mode="fresh", seed=d.seed, order=train_order,
+                                   dtype=dtype, calibration=calibration)
+        return train, test
+    cls = SOURCES.get(d.source)
+    train = cls.from_config(config, order=train_order, dtype=dtype)
+    if not isinstance(train, DataSource):
+        raise TypeError(f"data.source: {d.source}.from_config must return a DataSource, got {type(train).__name__}")
+    return train, test
+
+
+def _normalisation_data(train: JetDataset | DataSource) -> tuple[torch.Tensor, torch.Tensor]:
+    """The inputs and targets that a new model's normalisation is computed from: every training
+    value in memory; the first :data:`NORMALISATION_SAMPLES` of a source."""
+    if isinstance(train, JetDataset):
+        return train.inputs.value, train.targets.value
+    x, y = train.batch(torch.arange(min(len(train), NORMALISATION_SAMPLES)), 0, 0)
+    return x.value.to("cpu"), y.value.to("cpu")
+
+
+def _data_identity(config: ExperimentConfig) -> dict:
+    """The data table of ``config`` as run checkpoints record it (``source = "memory"``, the
+    default, left out: checkpoints written before sources existed still resume)."""
+    table = config_to_dict(config)["data"]
+    if table.get("source") == "memory":
+        del table["source"]
+    return table
+
+
 def _manifold_difference(data: JetDataset, description: dict, labels: tuple[str, str]) -> str | None:
     """The first setting in which the manifold that made ``data`` differs from ``description``
     (:func:`~manifoldtrain.data.manifold_description`), or None."""
@@ -177,9 +303,10 @@ def _manifold_difference(data: JetDataset, description: dict, labels: tuple[str,
     return _first_difference(data.meta.get("manifold"), description, "manifold", labels)
 
 
-def check_cache_matches(data: JetDataset, manifold, argument: str, path) -> None:
+def check_cache_matches(data: JetDataset | JetCache, manifold, argument: str, path) -> None:
     """Raise ``ValueError`` naming ``argument`` and the first differing setting unless the jet
-    cache ``data`` was generated from ``manifold`` with the same settings."""
+    cache ``data`` (loaded, or a :class:`~manifoldtrain.data.JetCache`) was generated from
+    ``manifold`` with the same settings."""
     diff = _manifold_difference(data, manifold_description(manifold), ("in the cache", "now"))
     if diff is not None:
         raise ValueError(
@@ -188,12 +315,13 @@ def check_cache_matches(data: JetDataset, manifold, argument: str, path) -> None
         )
 
 
-def _model_spec(config: ExperimentConfig, train: JetDataset) -> dict:
+def _model_spec(config: ExperimentConfig, train: JetDataset | DataSource) -> dict:
     table = config_to_dict(config)["model"]
+    memory = isinstance(train, JetDataset)
     return {
         "model": table,
-        "input_shape": list(train.inputs.shape),
-        "target_shape": list(train.targets.shape),
+        "input_shape": list(train.inputs.shape if memory else train.input_shape),
+        "target_shape": list(train.targets.shape if memory else train.target_shape),
         "dtype": config.data.dtype,
     }
 
@@ -219,7 +347,7 @@ def run_experiment(
     out_dir: str | os.PathLike,
     *,
     resume: bool = True,
-    data: tuple[JetDataset, JetDataset] | None = None,
+    data: tuple[JetDataset | DataSource, JetDataset] | None = None,
     progress: bool = True,
     force: bool = False,
     device: str | torch.device | None = None,
@@ -236,7 +364,8 @@ def run_experiment(
     epoch and validation metrics; None without a validation set), ``stopped_early``,
     ``seconds``, ``epochs``, ``history``; and ``out_dir/curves.png``, the learning curves of
     every term and every recorded test metric. With ``resume``, a run stopped half way
-    continues from its last checkpoint. ``data`` may pass ``(train, test)`` directly.
+    continues from its last checkpoint. ``data`` may pass ``(train, test)`` directly (``train``
+    a :class:`JetDataset` or a :class:`~manifoldtrain.sources.DataSource`).
 
     ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:N"``; default: the one set by
     :func:`using_device`, else the CPU) is where the model and the training data go; the data
@@ -274,21 +403,24 @@ def run_experiment(
 
 
 def _run(config: ExperimentConfig, out_dir, ctx: DistributedContext, *, resume: bool,
-         data: tuple[JetDataset, JetDataset] | None, progress: bool, force: bool, device: torch.device) -> dict:
+         data: tuple[JetDataset | DataSource, JetDataset] | None, progress: bool, force: bool,
+         device: torch.device) -> dict:
     """:func:`run_experiment`, its arguments checked, on each of ``ctx``'s processes."""
     main = ctx.is_main
     out = ctx.run_on_main(lambda: claim_output_folder(out_dir, "run", force=force, argument="out_dir"))
     if data is not None:
         train, test = data
     else:
-        train, test = _make_data(config, progress=progress and main, write_cache=main)
-    dtype = train.inputs.dtype
-    model = build_model(config.model, train.inputs.value, train.targets.value, seed=config.model_seed).to(dtype)
+        train, test = _make_data(config, progress=progress and main, write_cache=main, ctx=ctx)
+    inputs, targets = _normalisation_data(train)
+    dtype = inputs.dtype
+    model = build_model(config.model, inputs, targets, seed=config.model_seed).to(dtype)
+    del inputs, targets
     model = model.to(device)
     trainer = Trainer(
         model, config.objective, train, test, config.train, checkpoint_dir=out,
         extra={"model_spec": _model_spec(config, train), "model_seed": config.model_seed,
-               "data": config_to_dict(config)["data"], "manifold": manifold_description(config.manifold)},
+               "data": _data_identity(config), "manifold": manifold_description(config.manifold)},
         distributed=ctx,
     )
     # A refused resume (other settings, a damaged checkpoint) raises here, before anything is written.

@@ -23,11 +23,12 @@ from manifoldtrain._plain import qualified_name
 from manifoldtrain.manifold import Manifold
 from manifoldtrain.manifolds import Cube, PhaseRetrieval
 from manifoldtrain.nn import ConvNetConfig, MLPConfig
+from manifoldtrain.sources import DataSource, InMemorySource, OnTheFlySource, ShardedCacheSource
 from manifoldtrain.objectives import (
     DerivativeTerm, HessianOracleTerm, JacobianInvarianceTerm, NoiseInvarianceTerm, OracleTerm, Term, ValueTerm,
 )
 
-__all__ = ["Registry", "MANIFOLDS", "MODELS", "TERMS"]
+__all__ = ["Registry", "MANIFOLDS", "MODELS", "TERMS", "SOURCES"]
 
 
 class Registry:
@@ -114,3 +115,10 @@ TERMS.register("invariance-noise", NoiseInvarianceTerm)
 TERMS.register("invariance-jacobian", JacobianInvarianceTerm)
 TERMS.register("oracle", OracleTerm)
 TERMS.register("oracle-hessian", HessianOracleTerm)
+
+#: Data sources by name, for ``[data] source = ...`` in TOML configs: ``memory``,
+#: ``shards``, ``on-the-fly``, or ``"package.module:ClassName"`` of any DataSource subclass.
+SOURCES = Registry("data source", DataSource)
+SOURCES.register("memory", InMemorySource)
+SOURCES.register("shards", ShardedCacheSource)
+SOURCES.register("on-the-fly", OnTheFlySource)

@@ -24,10 +24,27 @@ are summed with weights shard / global batch, so that the step is the single-pro
 (exactly so for an objective without random directions, up to rounding). Random directions
 come from a generator of each process's own (:func:`~manifoldtrain.distributed.direction_seed`).
 Every process holds the whole training set and computes the same loss scales (rank 0's are
-used, and the others are checked against them). Evaluations run on every process and rank 0's
+used, and the others are checked against them); with a :class:`~manifoldtrain.sources.DataSource`
+(a sharded cache, data computed on the fly) each process reads only its shards of the batches,
+rank 0 computes the loss scales and hands them to the others, and every process checks that it
+has the same source (fingerprint, size, shapes). Evaluations run on every process and rank 0's
 numbers are used, so that the best model and early stopping are decided alike everywhere;
 the training time is agreed (the largest of the processes'), so that every process stops at
 the same step. Only rank 0 writes files and shows progress.
+
+Training data
+-------------
+``train`` is a :class:`~manifoldtrain.data.JetDataset` in memory (its jets are scaled once and
+put on the model's device, and every batch is gathered from them) or any
+:class:`~manifoldtrain.sources.DataSource`: a sharded cache on disk, data computed on the
+fly, a source of your own. A source is asked for each batch's unscaled jets (the next batch
+is read in a background thread while the current step computes; on CUDA into page-locked
+memory, copied asynchronously), which are then scaled and moved to the model's device. Its
+loss scales come from :meth:`DataSource.statistics
+<manifoldtrain.sources.DataSource.statistics>` (exact for a cache; a calibration sample for
+data computed on the fly), its validation set from :meth:`DataSource.hold_out
+<manifoldtrain.sources.DataSource.hold_out>`. The same data as a ``JetDataset`` and as a
+source give the same batches and the same weights.
 
 Validation, best model, early stopping
 --------------------------------------
@@ -71,6 +88,7 @@ from manifoldtrain.evaluation import JetRMSE, check_metric_values
 from manifoldtrain.jet import Jet
 from manifoldtrain.network_jets import check_jet_model, taylor_rows
 from manifoldtrain.objectives import LossScales, Objective
+from manifoldtrain.sources import DataSource, InMemorySource, _check_batch
 
 __all__ = ["TrainConfig", "Trainer", "History", "load_checkpoint", "metrics_table", "write_metrics_csv",
            "CHECKPOINT_NAME", "BEST_NAME", "METRICS_NAME"]
@@ -151,7 +169,9 @@ class TrainConfig:
         Fraction of the training data held out as a validation set (default 0: none), at
         least one sample when above 0. It is scored with the Trainer's metrics at every
         evaluation; the model of lowest validation ``rmse`` is kept as ``best.pt`` beside the
-        checkpoint.
+        checkpoint. A :class:`~manifoldtrain.sources.DataSource` gives it by
+        :meth:`~manifoldtrain.sources.DataSource.hold_out` (the same samples as in memory; for
+        data drawn anew every epoch, points of a draw of their own).
     patience : int or None
         Early stopping: stop once this many evaluations in a row have not lowered the
         validation ``rmse`` (needs ``validation > 0``; default None: never stop early).
@@ -252,8 +272,10 @@ class Trainer:
         Built e.g. by :func:`manifoldtrain.nn.build_model`; batches are moved to its device
         and dtype.
     objective : Objective
-    train : JetDataset
-        Training jets, of at least the objective's order (:attr:`Objective.max_order`).
+    train : JetDataset or DataSource
+        Training jets, of at least the objective's order (:attr:`Objective.max_order`): in
+        memory, or a :class:`~manifoldtrain.sources.DataSource` (a sharded cache, data
+        computed on the fly, your own) read batch by batch.
     test : JetDataset, optional
         Scored by ``metrics`` every ``config.eval_every`` epochs and at the end.
     config : TrainConfig
@@ -277,20 +299,24 @@ class Trainer:
         trainer, :meth:`fit`, :meth:`resume` and :meth:`step` are collectives (every process
         calls them), the model must be on the context's device, and ``model`` is overwritten
         with rank 0's parameters.
+    prefetch : int
+        With a :class:`~manifoldtrain.sources.DataSource`: batches read ahead in a background
+        thread while the current step computes (default 1; 0 reads each batch when it is
+        needed). Changes nothing but the speed.
 
     Notes
     -----
-    The training jets are truncated to the objective's order and put in scaled coordinates
-    (:meth:`LossScales.scale_jet`) once, here, and moved to the model's device; :meth:`batch`
-    gathers from them and :meth:`step` takes one optimiser step on a batch. :meth:`fit` is the
-    loop around them.
+    In-memory training jets are truncated to the objective's order and put in scaled
+    coordinates (:meth:`LossScales.scale_jet`) once, here, and moved to the model's device;
+    :meth:`batch` gathers from them (or, for a source, reads the batch and scales it) and
+    :meth:`step` takes one optimiser step on a batch. :meth:`fit` is the loop around them.
     """
 
     def __init__(
         self,
         model: torch.nn.Module,
         objective: Objective,
-        train: JetDataset,
+        train: JetDataset | DataSource,
         test: JetDataset | None = None,
         config: TrainConfig = TrainConfig(),
         *,
@@ -299,6 +325,7 @@ class Trainer:
         metrics: Sequence[Callable] = (JetRMSE(),),
         rows_fn: Callable = taylor_rows,
         distributed: DistributedContext | None = None,
+        prefetch: int = 1,
     ):
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
@@ -319,8 +346,19 @@ class Trainer:
         self.distributed = distributed
         self.model = model
         self.objective = objective
-        train = check_dataset("train", train, order=objective.max_order)
-        self.train, self.validation = _hold_out(train, config.validation, config.seed)
+        self.prefetch = check_int("prefetch", prefetch, minimum=0)
+        if type(train) is InMemorySource:  # the data set itself: the fast path
+            train = train.dataset
+        if isinstance(train, DataSource):
+            self._source: DataSource | None = _check_source(train, objective.max_order, config)
+            self.train, self.validation = _hold_out_source(train, config.validation, config.seed)
+            self._source = self.train
+        elif isinstance(train, JetDataset):
+            self._source = None
+            train = check_dataset("train", train, order=objective.max_order)
+            self.train, self.validation = _hold_out(train, config.validation, config.seed)
+        else:
+            raise TypeError(f"train: expected a JetDataset or a DataSource, got {type(train).__name__}")
         self.test = check_dataset("test", test) if test is not None else None
         if self.test is not None:
             _check_alike(self.train, self.test)
@@ -338,14 +376,30 @@ class Trainer:
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.extra = dict(extra or {})
         order = objective.max_order
-        self.scales = LossScales.from_data(self.train.inputs, self.train.targets)
-        if distributed.is_distributed:
-            self.scales = self._agree_on_data(self.scales)
+        if self._source is None:
+            self.scales = LossScales.from_data(self.train.inputs, self.train.targets)
+            if distributed.is_distributed:
+                self.scales = self._agree_on_data(self.scales)
+        else:
+            # One pass over the data (or a calibration sample), on rank 0 only: the others get its result.
+            self.scales = distributed.run_on_main(self._source.statistics)
+            if not isinstance(self.scales, LossScales) or self.scales.order < order:
+                raise ValueError(f"train: {type(self._source).__name__}.statistics() must return LossScales of "
+                                 f"order >= {order}, got {self.scales!r}")
+            if distributed.is_distributed:
+                self._agree_on_data(self.scales)
         self.normalisers = objective.normalisers(self.scales)
         self.device, self.dtype = param.device, param.dtype
-        # Scaled once, on the model's device: every step gathers from these.
-        self._train_inputs = self.scales.scale_jet(self.train.inputs.truncate(order)).to(device=self.device)
-        self._train_targets = self.scales.scale_jet(self.train.targets.truncate(order)).to(device=self.device)
+        if self._source is None:
+            # Scaled once, on the model's device: every step gathers from these.
+            self._train_inputs = self.scales.scale_jet(self.train.inputs.truncate(order)).to(device=self.device)
+            self._train_targets = self.scales.scale_jet(self.train.targets.truncate(order)).to(device=self.device)
+        else:
+            # Read batch by batch (pinned for a fast copy to a GPU), then scaled on the model's device.
+            self._train_inputs = self._train_targets = None
+            self._pin = self.device.type == "cuda" and torch.cuda.is_available()
+            self._empty_batch: tuple[Jet, Jet] | None = None
+        self._loader = None  # the thread that reads batches ahead (a source only)
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
         #: Orders the batches (identical on every process); with one process it also draws
         #: the random directions, as it always has.
@@ -380,9 +434,7 @@ class Trainer:
     def _agree_on_data(self, scales: LossScales) -> LossScales:
         """Check that every process holds the same training data; returns rank 0's scales."""
         ctx = self.distributed
-        mine = {"n_train": len(self.train), "fingerprint": self.train.meta.get("fingerprint"),
-                "inputs": list(self.train.inputs.shape), "targets": list(self.train.targets.shape),
-                "order": self.train.inputs.order, "scales": scales}
+        mine = {**self._data_summary(), "scales": scales}
         everyone = ctx.all_gather_object(mine)
         first = everyone[0]
         for rank, theirs in enumerate(everyone):
@@ -399,6 +451,22 @@ class Trainer:
                 _mark_agreed(err)
                 raise err
         return first["scales"]
+
+    def _data_summary(self) -> dict:
+        """What every process must agree on about the training data."""
+        if self._source is None:
+            t = self.train
+            return {"n_train": len(t), "fingerprint": t.meta.get("fingerprint"), "inputs": list(t.inputs.shape),
+                    "targets": list(t.targets.shape), "order": t.inputs.order}
+        s = self._source
+        return {"n_train": len(s), "fingerprint": s.fingerprint, "inputs": list(s.input_shape),
+                "targets": list(s.target_shape), "order": s.order}
+
+    @property
+    def source(self) -> DataSource | None:
+        """The training data's :class:`~manifoldtrain.sources.DataSource` (after holding out
+        a validation set), or None for a ``JetDataset`` in memory."""
+        return self._source
 
     @property
     def steps_per_epoch(self) -> int:
@@ -428,7 +496,8 @@ class Trainer:
         return {
             "train_config": {k: v for k, v in plain(self.config).items() if k != "progress"},  # the bar changes nothing
             "objective": plain(self.objective),
-            "data_fingerprint": self.train.meta.get("fingerprint"),
+            "data_fingerprint": (self.train.meta.get("fingerprint") if self._source is None
+                                 else self._source.fingerprint),
             "n_train": len(self.train),
             "model_architecture": {
                 "layers": repr(self.model),
@@ -577,11 +646,58 @@ class Trainer:
 
     def batch(self, indices: torch.Tensor) -> tuple[Jet, Jet]:
         """The training samples at ``indices`` (``[b]`` long), scaled, on the model's device and
-        dtype, of the objective's order: what :meth:`step` takes."""
+        dtype, of the objective's order: what :meth:`step` takes. (A source is asked for
+        the samples of the current epoch, :attr:`epoch`.)"""
+        if self._source is not None:
+            return self._to_device(self._read(indices, self.epoch))
         indices = indices.to(self._train_inputs.device)
         x = self._train_inputs[indices].to(device=self.device, dtype=self.dtype)
         y = self._train_targets[indices].to(device=self.device, dtype=self.dtype)
         return x, y
+
+    def _read(self, indices: torch.Tensor, epoch: int) -> tuple[Jet, Jet]:
+        """A source's batch at ``indices`` of ``epoch``: checked, truncated to the objective's
+        order and, for a model on the CPU, scaled and cast (else left on the CPU, pinned for a
+        GPU; :meth:`_to_device` does the rest). Runs in the loader thread."""
+        order = self.objective.max_order
+        if len(indices) == 0:  # a process without a share of a small global batch
+            if self._empty_batch is None:
+                x, y = self._source.batch(torch.zeros(1, dtype=torch.long), epoch, order)
+                x, y = _check_batch(self._source, x, y, 1, order)
+                self._empty_batch = (x.truncate(order)[:0], y.truncate(order)[:0])
+            x, y = self._empty_batch
+        else:
+            x, y = self._source.batch(indices, epoch, order)
+            x, y = _check_batch(self._source, x, y, len(indices), order)
+            x, y = x.truncate(order), y.truncate(order)
+        if self.device.type == "cpu":  # scaled here, off the training thread
+            return self._scaled(x, y)
+        if self._pin and x.device.type == "cpu":
+            x = Jet(*(t if t.is_pinned() else t.pin_memory() for t in x.components()))
+            y = Jet(*(t if t.is_pinned() else t.pin_memory() for t in y.components()))
+        return x, y
+
+    def _scaled(self, x: Jet, y: Jet) -> tuple[Jet, Jet]:
+        """Scaled in the jets' own dtype (as the in-memory jets are), on the model's device, in its dtype."""
+        x = self.scales.scale_jet(x.to(device=self.device, non_blocking=True)).to(dtype=self.dtype)
+        y = self.scales.scale_jet(y.to(device=self.device, non_blocking=True)).to(dtype=self.dtype)
+        return x, y
+
+    def _to_device(self, batch: tuple[Jet, Jet]) -> tuple[Jet, Jet]:
+        """A source's batch from :meth:`_read`, ready for :meth:`step` (on a GPU: copied, then scaled there)."""
+        return batch if self.device.type == "cpu" else self._scaled(*batch)
+
+    def _loader_pool(self):
+        if self._loader is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="manifoldtrain-loader")
+        return self._loader
+
+    def _close_loader(self) -> None:
+        if self._loader is not None:
+            self._loader.shutdown(wait=True, cancel_futures=True)
+            self._loader = None
 
     def step(self, batch: tuple[Jet, Jet], *, global_size: int | None = None) -> dict[str, float]:
         """One optimiser step on ``batch`` (from :meth:`batch`): learning rate from the
@@ -702,7 +818,10 @@ class Trainer:
         stop too.
         """
         with flush_denormals(), self.distributed.failure_guard():
-            return self._fit(resume)
+            try:
+                return self._fit(resume)
+            finally:
+                self._close_loader()
 
     def _fit(self, resume: bool) -> History:
         from tqdm.auto import tqdm
@@ -792,26 +911,32 @@ class Trainer:
             self._reseed_directions(self.epoch)
         sums: dict[str, float] = {}
         count = 0
-        for b in range(self.steps_per_epoch):
-            if cfg.time_budget is not None and self.seconds >= cfg.time_budget:
-                break
-            t0 = time.perf_counter()
-            idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-            if ctx.is_distributed:
-                losses = self.step(self.batch(ctx.shard(idx)), global_size=len(idx))
-                self.seconds += time.perf_counter() - t0
-                if cfg.time_budget is not None:  # every process stops at the same step
-                    self.seconds = ctx.agree_elapsed(self.seconds)
-            else:
-                losses = self.step(self.batch(idx))
-                self.seconds += time.perf_counter() - t0
-            for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + v * len(idx)
-            count += len(idx)
-            bar.update(round(min(self.seconds, bar.total), 1) - bar.n if self._bar_by_time else 1)
-            if b % 10 == 0:
-                bar.set_postfix(loss=f"{sum(losses.values()):.3e}", lr=f"{self.optimizer.param_groups[0]['lr']:.1e}",
-                                refresh=False)
+        ahead = _ReadAhead(self, perm) if self._source is not None else None
+        try:
+            for b in range(self.steps_per_epoch):
+                if cfg.time_budget is not None and self.seconds >= cfg.time_budget:
+                    break
+                t0 = time.perf_counter()
+                idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+                if ctx.is_distributed:
+                    batch = self.batch(ctx.shard(idx)) if ahead is None else ahead.get(b)
+                    losses = self.step(batch, global_size=len(idx))
+                    self.seconds += time.perf_counter() - t0
+                    if cfg.time_budget is not None:  # every process stops at the same step
+                        self.seconds = ctx.agree_elapsed(self.seconds)
+                else:
+                    losses = self.step(self.batch(idx) if ahead is None else ahead.get(b))
+                    self.seconds += time.perf_counter() - t0
+                for k, v in losses.items():
+                    sums[k] = sums.get(k, 0.0) + v * len(idx)
+                count += len(idx)
+                bar.update(round(min(self.seconds, bar.total), 1) - bar.n if self._bar_by_time else 1)
+                if b % 10 == 0:
+                    bar.set_postfix(loss=f"{sum(losses.values()):.3e}",
+                                    lr=f"{self.optimizer.param_groups[0]['lr']:.1e}", refresh=False)
+        finally:
+            if ahead is not None:
+                ahead.close()
         self.epoch += 1
         if ctx.is_distributed:  # the schedule, evaluations and the records see one clock
             self.seconds = ctx.agree_elapsed(self.seconds)
@@ -826,6 +951,77 @@ class Trainer:
                 "losses": losses_mean,
             }
         )
+
+
+class _ReadAhead:
+    """Reads the batches of one epoch of a source in the trainer's loader thread,
+    ``trainer.prefetch`` batches ahead of the step that uses them (0: when asked)."""
+
+    def __init__(self, trainer: Trainer, perm: torch.Tensor):
+        self.trainer, self.perm, self.epoch = trainer, perm, trainer.epoch
+        self.size = trainer.config.batch_size
+        self.steps = trainer.steps_per_epoch
+        self.pending: dict = {}
+        for b in range(min(trainer.prefetch, self.steps)):
+            self._submit(b)
+
+    def _indices(self, b: int) -> torch.Tensor:
+        idx = self.perm[b * self.size : (b + 1) * self.size]
+        ctx = self.trainer.distributed
+        return ctx.shard(idx) if ctx.is_distributed else idx
+
+    def _submit(self, b: int) -> None:
+        self.pending[b] = self.trainer._loader_pool().submit(self.trainer._read, self._indices(b), self.epoch)
+
+    def get(self, b: int) -> tuple[Jet, Jet]:
+        future = self.pending.pop(b, None)
+        batch = future.result() if future is not None else self.trainer._read(self._indices(b), self.epoch)
+        ahead = b + self.trainer.prefetch
+        if self.trainer.prefetch and ahead < self.steps and ahead not in self.pending:
+            self._submit(ahead)
+        return self.trainer._to_device(batch)
+
+    def close(self) -> None:
+        """Cancel the reads not started; wait for the one running (nothing reads into the next epoch)."""
+        for future in self.pending.values():
+            future.cancel()
+        for future in self.pending.values():
+            if not future.cancelled():
+                try:
+                    future.result()
+                except Exception:  # noqa: BLE001 - a batch nobody will use
+                    pass
+        self.pending.clear()
+
+
+def _check_source(source: DataSource, order: int, config: TrainConfig) -> DataSource:
+    """Check a training source before any work: its size, its order, and that a validation
+    set can be held out of it."""
+    n = len(source)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"train: expected a source of at least one sample, got len {n!r}")
+    if source.order < order:
+        raise ValueError(f"train: expected jets of order >= {order}, got order {source.order}")
+    if config.validation > 0 and source.unlimited and type(source).hold_out is DataSource.hold_out:
+        raise ValueError(f"config.validation: {type(source).__name__} draws new samples every epoch, so none can be "
+                         "held out of its training data; set validation = 0, or give the source a hold_out method")
+    return source
+
+
+def _hold_out_source(source: DataSource, fraction: float, seed: int) -> tuple[DataSource, JetDataset | None]:
+    """``(train, validation)`` of a source: ``fraction`` of its samples (of an epoch) held out,
+    at least one, by :meth:`DataSource.hold_out`."""
+    if fraction == 0:
+        return source, None
+    n_val = max(1, round(fraction * len(source)))
+    if len(source) - n_val < 1 and not source.unlimited:
+        raise ValueError(f"config.validation: holding out {fraction:g} of {len(source)} training samples leaves none "
+                         "to train on; lower it or use more data")
+    rest, held = source.hold_out(n_val, seed)
+    if not isinstance(rest, DataSource) or not isinstance(held, JetDataset):
+        raise TypeError(f"train: {type(source).__name__}.hold_out must return (DataSource, JetDataset), got "
+                        f"({type(rest).__name__}, {type(held).__name__})")
+    return rest, held
 
 
 def _close_scales(a: LossScales, b: LossScales, rtol: float = 1e-6) -> bool:
@@ -912,12 +1108,18 @@ def _first_difference(theirs, mine, path: str, labels: tuple[str, str] = ("in th
     return None
 
 
-def _check_alike(train: JetDataset, test: JetDataset) -> None:
+def _check_alike(train: JetDataset | DataSource, test: JetDataset) -> None:
     """Test data must have the training data's shapes (and coordinates, where it has any)."""
     for what in ("inputs", "targets"):
-        a, b = getattr(train, what), getattr(test, what)
-        if a.shape != b.shape:
-            raise ValueError(f"test: its {what} have shape {list(b.shape)}, the training data {list(a.shape)}")
+        b = getattr(test, what)
+        if isinstance(train, DataSource):
+            shape = tuple(train.input_shape if what == "inputs" else train.target_shape)
+            dim = train.param_dim
+        else:
+            a = getattr(train, what)
+            shape, dim = a.shape, a.param_dim
+        if shape != b.shape:
+            raise ValueError(f"test: its {what} have shape {list(b.shape)}, the training data {list(shape)}")
         # A value-only (order-0) set has no coordinates and is fine: it is scored on values.
-        if None not in (a.param_dim, b.param_dim) and a.param_dim != b.param_dim:
-            raise ValueError(f"test: its {what} have {b.param_dim} local coordinates, the training data {a.param_dim}")
+        if None not in (dim, b.param_dim) and dim != b.param_dim:
+            raise ValueError(f"test: its {what} have {b.param_dim} local coordinates, the training data {dim}")
