@@ -131,7 +131,8 @@ class Manifold(abc.ABC):
       :func:`manifoldtrain.testing.check_move` verifies either.
 
     In :meth:`input` and :meth:`target`, call :meth:`check_points` and :meth:`check_theta`
-    first so that bad arguments get a clear error.
+    first, and in :meth:`sample` :meth:`check_sample_arguments`, so that bad arguments get a
+    clear error.
 
     Examples
     --------
@@ -189,6 +190,24 @@ class Manifold(abc.ABC):
         ``generator`` makes the draw reproducible; ``dtype`` defaults to
         ``torch.get_default_dtype()``.
         """
+
+    @staticmethod
+    def check_sample_arguments(
+        n: object, generator: object, dtype: torch.dtype | None
+    ) -> tuple[torch.dtype, torch.device]:
+        """Check :meth:`sample`'s arguments; returns the dtype to return (``dtype``, default
+        ``torch.get_default_dtype()``) and the device to draw on (the generator's, else the CPU).
+
+        Raises ``ValueError`` / ``TypeError`` naming ``n`` (an int >= 0), ``generator`` (a
+        ``torch.Generator`` or None) or ``dtype`` (float32 or float64).
+        """
+        check_int("n", n, minimum=0)
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator: expected a torch.Generator or None, got {type(generator).__name__}")
+        dtype = torch.get_default_dtype() if dtype is None else dtype
+        if dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"dtype: expected torch.float32 or torch.float64, got {dtype}")
+        return dtype, generator.device if generator is not None else torch.device("cpu")
 
     @abc.abstractmethod
     def input(self, points: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:

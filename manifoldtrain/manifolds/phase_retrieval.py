@@ -275,13 +275,7 @@ class PhaseRetrieval(Manifold):
 
         Drawn in float64 on the generator's device, then cast.
         """
-        check_int("n", n, minimum=0)
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"generator: expected a torch.Generator or None, got {type(generator).__name__}")
-        dtype = torch.get_default_dtype() if dtype is None else dtype
-        if dtype not in (torch.float32, torch.float64):
-            raise TypeError(f"dtype: expected torch.float32 or torch.float64, got {dtype}")
-        gdev = generator.device if generator is not None else torch.device("cpu")
+        dtype, gdev = self.check_sample_arguments(n, generator, dtype)
         K, r = self.blobs, self.position_range
 
         def uniform(shape, low, high):
