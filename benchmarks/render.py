@@ -110,7 +110,7 @@ def run(batch_sizes, dtypes, min_time: float, autodiff_max_batch: int, fd_max_ba
 
 
 def second_order_step_seconds(batch: int = 64, hidden=(256, 256, 256), steps: int = 20, seed: int = 0,
-                              n_train: int = 256, cube=None) -> float:
+                              n_train: int = 256) -> float:
     """Seconds per sample of one full second-order training step (``Objective.second_order()``,
     MLP ``hidden`` tanh, ``batch``): ``Trainer.batch`` then ``Trainer.step`` (loss, backward,
     AdamW), the fastest of ``steps`` after two warm-up steps, on cube jets (float32)."""
@@ -119,8 +119,7 @@ def second_order_step_seconds(batch: int = 64, hidden=(256, 256, 256), steps: in
     from manifoldtrain.objectives import Objective
     from manifoldtrain.training import Trainer, TrainConfig
 
-    cube = Cube() if cube is None else cube
-    train = generate_jets(cube, n_train, seed=seed, progress=False)
+    train = generate_jets(Cube(), n_train, seed=seed, progress=False)
     model = build_model(MLPConfig(hidden=hidden), train.inputs.value, train.targets.value, seed=seed)
     trainer = Trainer(model, Objective.second_order(), train, None,
                       TrainConfig(batch_size=batch, progress=False, seed=seed))
@@ -180,10 +179,8 @@ def main(argv=None) -> int:
         step = None
         if args.step_cost and "cube" in args.manifold:
             small = args.quick
-            step = second_order_step_seconds(
-                batch=16 if small else 64, hidden=(32, 32) if small else (256, 256, 256), steps=3 if small else 20,
-                n_train=64 if small else 256,
-            )
+            step = second_order_step_seconds(batch=16 if small else 64, hidden=(32, 32) if small else (256, 256, 256),
+                                             steps=3 if small else 20, n_train=64 if small else 256)
             print(f"second-order training step (Objective.second_order(), MLP "
                   f"{'2x32' if small else '3x256'} tanh, batch {16 if small else 64}): {step * 1e6:.0f} us/sample")
             print("| manifold | dtype | batch | render us/sample | render / step |\n|---|---|---|---|---|")
