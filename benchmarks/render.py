@@ -21,6 +21,15 @@ Usage::
     python benchmarks/render.py                # full table, both manifolds, about 8 minutes on 2 cores
     python benchmarks/render.py --quick        # smoke run, seconds
     python benchmarks/render.py --out results/render.json
+    python benchmarks/render.py --manifold cube --step-cost   # also: rendering beside a training step
+
+``--step-cost`` (cube only) also times one full second-order training step
+(``Objective.second_order()``, MLP 3x256 tanh, batch 64, ``Trainer.batch`` and ``Trainer.step``
+as in ``benchmarks/train_speed.py``) per sample on the same machine and threads, and prints
+each cube row's render time per sample over that step time: the cost of rendering the
+training data on the fly, as a fraction of the step it feeds (goal: at most 1/4 in float32).
+The cube's ``torch.compile`` option (``MANIFOLDTRAIN_CUBE_COMPILE=1``, see ``Cube.jets``) is
+read from the environment as usual.
 """
 
 from __future__ import annotations
@@ -100,6 +109,31 @@ def run(batch_sizes, dtypes, min_time: float, autodiff_max_batch: int, fd_max_ba
     return rows
 
 
+def second_order_step_seconds(batch: int = 64, hidden=(256, 256, 256), steps: int = 20, seed: int = 0,
+                              n_train: int = 256) -> float:
+    """Seconds per sample of one full second-order training step (``Objective.second_order()``,
+    MLP ``hidden`` tanh, ``batch``): ``Trainer.batch`` then ``Trainer.step`` (loss, backward,
+    AdamW), the fastest of ``steps`` after two warm-up steps, on cube jets (float32)."""
+    from manifoldtrain.data import generate_jets
+    from manifoldtrain.nn import MLPConfig, build_model
+    from manifoldtrain.objectives import Objective
+    from manifoldtrain.training import Trainer, TrainConfig
+
+    train = generate_jets(Cube(), n_train, seed=seed, progress=False)
+    model = build_model(MLPConfig(hidden=hidden), train.inputs.value, train.targets.value, seed=seed)
+    trainer = Trainer(model, Objective.second_order(), train, None,
+                      TrainConfig(batch_size=batch, progress=False, seed=seed))
+    gen = torch.Generator().manual_seed(seed)
+    best = float("inf")
+    for k in range(steps + 2):
+        idx = torch.randint(len(train), (batch,), generator=gen)
+        t0 = time.perf_counter()
+        trainer.step(trainer.batch(idx))
+        if k >= 2:
+            best = min(best, time.perf_counter() - t0)
+    return best / batch
+
+
 def _format_row(row: dict) -> str:
     def cell(key, fmt="{:9.0f}"):
         return fmt.format(row[key]) if key in row else " " * 9
@@ -126,6 +160,9 @@ def main(argv=None) -> int:
     parser.add_argument("--manifold", nargs="+", choices=list(MANIFOLDS), default=list(MANIFOLDS),
                         help="which bundled manifolds (default: all)")
     parser.add_argument("--out", default=None, help="write the results as JSON here (atomically)")
+    parser.add_argument("--step-cost", action="store_true",
+                        help="cube: also time a full second-order training step (MLP 3x256 tanh, batch 64) per "
+                             "sample and print render time / step time for each cube row")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.quick:
@@ -139,8 +176,23 @@ def main(argv=None) -> int:
         for name in args.manifold:
             limit = ad_max if args.quick else AUTODIFF_MAX_BATCH[name]
             rows += run(sizes, [torch.float32, torch.float64], min_time, limit, fd_max, manifold=name)
+        step = None
+        if args.step_cost and "cube" in args.manifold:
+            small = args.quick
+            step = second_order_step_seconds(batch=16 if small else 64, hidden=(32, 32) if small else (256, 256, 256),
+                                             steps=3 if small else 20, n_train=64 if small else 256)
+            print(f"second-order training step (Objective.second_order(), MLP "
+                  f"{'2x32' if small else '3x256'} tanh, batch {16 if small else 64}): {step * 1e6:.0f} us/sample")
+            print("| manifold | dtype | batch | render us/sample | render / step |\n|---|---|---|---|---|")
+            for row in rows:
+                if row["manifold"] == "cube":
+                    render = 1.0 / row["exact_samples_per_s"]
+                    row["render_over_second_order_step"] = render / step
+                    print(f"| cube | {row['dtype']} | {row['batch']} | {render * 1e6:.0f} | {render / step:.2f} |")
     if args.out:
         meta = {"command": command_line(argv), **machine_info()}
+        if step is not None:
+            meta["second_order_step_seconds_per_sample"] = step
         write_text_atomic(args.out, json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
         print(f"wrote {args.out}")
     return 0

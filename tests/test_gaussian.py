@@ -181,3 +181,79 @@ def test_values_unchanged_by_the_smooth_forms():
     band_b = torch.where(kb.abs() > hh, 0.25 * (eh * eb - sh * torch.sign(kb)), torch.zeros_like(h))
     band_a = torch.where(ka.abs() > hh, 0.25 * (eh * ea - sh * torch.sign(ka)), torch.zeros_like(h))
     assert torch.allclose(bands, band_b - band_a, rtol=0, atol=1e-15)
+
+
+# ----------------------------------------------------------------- the renderer's fast path
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("on_line", [False, True])
+def test_edge_far_fast_is_edge_far(dtype, on_line):
+    g = torch.Generator().manual_seed(1)
+    h = torch.randn(3000, generator=g, dtype=f64) * 8
+    if on_line:  # pixels on an edge's line: inside the edge, beyond its ends, on a corner
+        h[:300] = 0.0
+    ka = torch.randn(3000, generator=g, dtype=f64) * 8
+    ka[:20] = 0.0
+    length = torch.rand(3000, generator=g, dtype=f64) * 15 + 0.01
+    h, ka, length = h.to(dtype), ka.to(dtype), length.to(dtype)
+    kb = ka + length
+    s2 = math.sqrt(2.0)
+    args = (h, ka, kb, length, torch.erf(h / s2), torch.erf(ka / s2), torch.erf(kb / s2))
+    tol = 2 * torch.finfo(dtype).eps
+    assert (G.edge_far_fast(*args) - G.edge_far(*args)).abs().max() <= tol
+
+
+def test_owens_t_cutoffs_bound_t():
+    """Beyond the cutoffs Owen's T is below 2.1e-18 (float64) and 8e-11 (float32 results)."""
+    for dtype, bound in ((f64, 2.1e-18), (torch.float32, 8e-11)):
+        cutoff = G.owens_t_cutoff(dtype)
+        a = np.linspace(0.0, 1.0, 101)
+        assert scipy_owens_t(cutoff, a).max() < bound
+        m = cutoff + np.linspace(0, 5, 51)
+        assert (scipy_owens_t(m, 1.0) < bound).all()
+        assert (np.exp(-m * m / 2) / (2 * np.sqrt(2 * np.pi) * m) < bound).all()  # the bound in the docstring
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_right_triangle_near_fast(dtype):
+    """12 nodes (float64) and 7 (float32) against 40-node quadrature, for max(|h|, |k|) up to
+    T_CUTOFF: at the dtype's round-off of the image (values near 1)."""
+    g = torch.Generator().manual_seed(2)
+    h = (torch.rand(20000, generator=g, dtype=f64) * 2 - 1) * G.T_CUTOFF
+    k = (torch.rand(20000, generator=g, dtype=f64) * 2 - 1) * G.T_CUTOFF
+    h[:100] = 0.0
+    k[100:200] = 0.0
+    want = G.right_triangle_near(h, k, nodes=40)
+    got = G.right_triangle_near_fast(h.to(dtype), k.to(dtype)).double()
+    assert (got - want).abs().max() < (1e-16 if dtype == f64 else 1e-7)
+    # the quadrature alone (inputs in float64): 7 nodes are within 1.1e-10
+    t, w = np.polynomial.legendre.leggauss(7)
+    hh, kk = h.numpy(), k.numpy()
+    m = np.maximum(np.abs(hh), np.abs(kk))
+    r = np.minimum(np.abs(hh), np.abs(kk)) / np.where(m > 0, m, 1)
+    x = r[:, None] * 0.5 * (t + 1)
+    quad = (np.exp(-0.5 * m[:, None] ** 2 * (1 + x * x)) / (1 + x * x)) @ (0.5 * w) * r / (2 * np.pi)
+    assert np.abs(quad - np.abs(want.numpy())).max() < 1.1e-10
+
+
+def test_edge_moments_into_buffers():
+    """out= and short_edges=False (the renderer's fast path) give the same moments, short edges
+    included (quadrature there)."""
+    g = torch.Generator().manual_seed(3)
+    h = torch.randn(4, 500, generator=g, dtype=f64) * 4
+    ka = torch.randn(4, 500, generator=g, dtype=f64) * 6
+    length = torch.tensor([0.3, 2.0, 7.0, 15.0], dtype=f64)[:, None]
+    kb = ka + length
+    s2 = math.sqrt(2.0)
+    args = (ka, length, torch.exp(-0.5 * h * h), torch.erf(ka / s2), torch.erf(kb / s2),
+            torch.exp(-0.5 * (h * h + ka * ka)) / (2 * math.pi), torch.exp(-0.5 * (h * h + kb * kb)) / (2 * math.pi))
+    want = G.edge_moments(*args)
+    out = torch.empty(4, 4, 500, dtype=f64).unbind(0)
+    got = G.edge_moments(*args, out=out)
+    for x, y, o in zip(got, want, out):
+        assert torch.equal(x, y) and x.data_ptr() == o.data_ptr()
+    long = [slice(1, None)]
+    plain = G.edge_moments(*(a[long] if a.shape[0] == 4 else a for a in args), short_edges=False)
+    for x, y in zip(plain, want):
+        assert torch.equal(x, y[1:])

@@ -188,6 +188,58 @@ def right_triangle_near(h: torch.Tensor, k: torch.Tensor, nodes: int = QUADRATUR
     return torch.where(use_h, -torch.sign(h) * t, torch.sign(k) * t)
 
 
+#: :data:`T_CUTOFF` for float32 results: Owen's T(m, r) beyond it is below 8e-11 (about
+#: ``2^-33``, a five-hundredth of float32's rounding of values near 1); see :func:`owens_t_cutoff`.
+T_CUTOFF_FLOAT32 = 6.3
+
+
+def owens_t_cutoff(dtype: torch.dtype) -> float:
+    r"""Where the renderer's fast path stops evaluating Owen's T: ``T(m, r)`` with
+    ``m = max(|h|, |k|)`` at or beyond this is dropped.
+
+    :math:`T(m, r) \le \frac{1}{2\pi}\int_0^1 e^{-m^2 (1 + x^2)/2} dx \le
+    \frac{e^{-m^2/2}}{2\sqrt{2\pi}\, m}`: below 2.1e-18 at :data:`T_CUTOFF` (float64) and
+    below 8e-11 at :data:`T_CUTOFF_FLOAT32` (float32 results).
+    """
+    return T_CUTOFF if dtype == torch.float64 else T_CUTOFF_FLOAT32
+
+
+def right_triangle_near_fast(h: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """:func:`right_triangle_near` for the renderer's fast path: 12 quadrature nodes in float64
+    and 7 in float32 (quadrature errors below 6e-17 and 1.1e-10 for ``max(|h|, |k|) <=
+    T_CUTOFF``, checked against 40 nodes in the tests), the nodes as Python numbers."""
+    nodes = 12 if h.dtype == torch.float64 else 7
+    t, w = np.polynomial.legendre.leggauss(nodes)
+    ah, ak = h.abs(), k.abs()
+    use_h = ak <= ah
+    m = torch.where(use_h, ah, ak)
+    r = torch.where(use_h, k, h) / torch.where(m > 0, m, torch.ones_like(m))
+    r2 = r * r
+    half_m2 = -0.5 * m * m
+    total = torch.zeros_like(m)
+    for ti, wi in zip(0.5 * (t + 1.0), 0.5 * w):
+        one_x2 = 1.0 + float(ti * ti) * r2
+        total += float(wi) * torch.exp(half_m2 * one_x2) / one_x2
+    value = total * r * (1.0 / _TWO_PI)
+    return torch.where(use_h, -torch.sign(h) * value, torch.sign(k) * value)
+
+
+def edge_far_fast(
+    h: torch.Tensor, ka: torch.Tensor, kb: torch.Tensor, length: torch.Tensor,
+    erf_h: torch.Tensor, erf_a: torch.Tensor, erf_b: torch.Tensor,
+) -> torch.Tensor:
+    """:func:`edge_far` for the renderer's fast path: the same function, with the correction
+    for pixels on an edge's line (``h == 0``) only evaluated where there are such pixels."""
+    if bool((h == 0).any()):
+        return edge_far(h, ka, kb, length, erf_h, erf_a, erf_b)
+    ah = h.abs()
+    sh = torch.sign(h)
+    angle = torch.atan2(h * length, h * h + ka * kb) * (1.0 / _TWO_PI)
+    band_b = torch.where(kb.abs() > ah, 0.25 * (erf_h * erf_b - sh * torch.sign(kb)), 0.0)
+    band_a = torch.where(ka.abs() > ah, 0.25 * (erf_h * erf_a - sh * torch.sign(ka)), 0.0)
+    return angle + band_b - band_a
+
+
 #: Edges shorter than this, in units of sigma, get their moments by quadrature, since the
 #: upward recurrence loses about ``L**-6`` ulps on ``K_3``.
 SHORT_EDGE = 1.0
@@ -201,6 +253,8 @@ def edge_moments(
     erf_b: torch.Tensor,
     phi_a: torch.Tensor,
     phi_b: torch.Tensor,
+    out: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    short_edges: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     r"""Moments :math:`K_m = \int_0^1 s^m \varphi(a + s(b-a))\, ds`, ``m = 0..3``.
 
@@ -215,18 +269,22 @@ def edge_moments(
 
     Edges shorter than :data:`SHORT_EDGE` use 16-node Gauss-Legendre quadrature of
     :math:`e^{-h^2/2} e^{-(k_a + sL)^2/2} / 2\pi` instead (smooth there). ``length`` must be
-    positive.
+    positive. ``out``: four tensors of the broadcast shape to write the moments into (then
+    returned), for the renderer's fast path; not for autograd. ``short_edges=False``: the
+    caller guarantees that no edge is shorter than :data:`SHORT_EDGE` (no data-dependent
+    branch, for ``torch.compile``).
     """
     inv_l = 1.0 / length
     inv_l2 = inv_l * inv_l
-    k0 = exp_h * (erf_b - erf_a) * (inv_l / (2.0 * math.sqrt(2.0 * math.pi)))
+    o = (None,) * 4 if out is None else out
+    k0 = torch.mul(exp_h * (erf_b - erf_a), inv_l / (2.0 * math.sqrt(2.0 * math.pi)), out=o[0])
     s0 = -ka * inv_l
-    k1 = s0 * k0 + (phi_a - phi_b) * inv_l2
-    k2 = s0 * k1 + (k0 - phi_b) * inv_l2
-    k3 = s0 * k2 + (2.0 * k1 - phi_b) * inv_l2
+    k1 = torch.add(s0 * k0, (phi_a - phi_b) * inv_l2, out=o[1])
+    k2 = torch.add(s0 * k1, (k0 - phi_b) * inv_l2, out=o[2])
+    k3 = torch.add(s0 * k2, (2.0 * k1 - phi_b) * inv_l2, out=o[3])
     moments = [k0, k1, k2, k3]
-    short = (length < SHORT_EDGE).expand_as(k0)
-    if bool(short.any()):
+    if short_edges and bool((length < SHORT_EDGE).any()):
+        short = (length < SHORT_EDGE).expand_as(k0)
         t, w = gauss_legendre_01(QUADRATURE_NODES, k0.dtype, k0.device)
         ka_s, l_s = ka.expand_as(k0)[short], length.expand_as(k0)[short]
         scale = exp_h.expand_as(k0)[short] / _TWO_PI
@@ -236,5 +294,8 @@ def edge_moments(
             for m in range(4):
                 quad[m] = quad[m] + g * ti**m
         for m in range(4):
-            moments[m] = moments[m].masked_scatter(short, quad[m] * scale)
+            if out is None:
+                moments[m] = moments[m].masked_scatter(short, quad[m] * scale)
+            else:
+                moments[m].masked_scatter_(short, quad[m] * scale)
     return tuple(moments)
