@@ -169,14 +169,14 @@ def write(path: str, meta: dict, runs: list[dict]) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny cube, data, network and budget")
-    parser.add_argument("--n-train", type=int, default=2000)
-    parser.add_argument("--n-test", type=int, default=1000)
+    parser.add_argument("--n-train", type=int, default=None, help="training samples (default 2000; 48 with --quick)")
+    parser.add_argument("--n-test", type=int, default=None, help="test samples (default 1000; 16 with --quick)")
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--seconds", type=float, default=360.0, help="wall-clock view: training seconds of every run")
     budget.add_argument("--epochs", type=int, nargs=3, metavar=("VALUE", "FIRST", "SECOND"), default=None,
                         help="converged view: epochs of value, first- and second-order training (random ones too)")
     parser.add_argument("--objectives", nargs="+", choices=list(OBJECTIVES), default=["value", "first", "second"])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 2 (0 with --quick)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--combine", nargs="+", default=None, metavar="JSON",
                         help="merge the runs of earlier results files (e.g. seeds run in parallel) into --out")
@@ -210,7 +210,12 @@ def main(argv=None) -> int:
     if args.quick:
         cube, n_train, n_test, hidden, seeds = Cube(image_size=11, extent=0.6, sigma=0.08), 48, 16, (16,), [0]
     else:
-        cube, n_train, n_test, hidden, seeds = Cube(), args.n_train, args.n_test, (256, 256, 256), args.seeds
+        cube, n_train, n_test, hidden, seeds = Cube(), 2000, 1000, (256, 256, 256), [0, 1, 2]
+    seeds = seeds if args.seeds is None else args.seeds
+    n_train = n_train if args.n_train is None else args.n_train
+    n_test = n_test if args.n_test is None else args.n_test
+    if n_train < 1 or n_test < 1:
+        parser.error(f"--n-train and --n-test must be positive, got {n_train} and {n_test}")
     if args.epochs is not None:
         view = "converged"
         budgets = dict(zip(OBJECTIVES, ((e, None) for e in args.epochs)))

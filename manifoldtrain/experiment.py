@@ -382,7 +382,8 @@ def run_experiment(
     the same arguments, each trains on ``device`` (``cuda``: its own GPU), only rank 0 writes
     into ``out_dir`` (and needs to see it; a jet cache, ``data.cache_dir`` or ``data.path``,
     must be readable by all), and every process returns once rank 0 has written the results.
-    ``results.json`` records ``world_size``, the number of processes.
+    ``results.json`` records ``world_size``, the number of processes, and ``communication``:
+    rank 0's seconds in the gradient all-reduce and the steps they cover (zeros on one process).
     """
     if not isinstance(config, ExperimentConfig):
         raise TypeError(f"config: expected an ExperimentConfig, got {type(config).__name__}")
@@ -452,6 +453,8 @@ def _run(config: ExperimentConfig, out_dir, ctx: DistributedContext, *, resume: 
         "history": history.records,
         "device": str(trainer.device),
         "world_size": ctx.world_size,
+        "communication": {"all_reduce_seconds": trainer.communication_seconds,
+                          "steps": trainer.communication_steps},
         "machine": machine_info(),
     }
     if not main:

@@ -412,6 +412,12 @@ class Trainer:
         self.epoch = 0
         self.steps = 0
         self.seconds = 0.0
+        #: Seconds this process spent in :meth:`step`'s gradient all-reduce (waiting for the
+        #: slowest process included) and the steps they cover, since this Trainer was made (not
+        #: checkpointed); both stay 0 on one process. On CUDA the time is the host's, up to the
+        #: synchronisation that reads the summed losses back.
+        self.communication_seconds = 0.0
+        self.communication_steps = 0
         #: The best model so far (lowest validation rmse): ``epoch``, ``step``, ``seconds``,
         #: ``metric``, ``value``, ``validation`` (every metric) and ``model`` (its weights, on
         #: the CPU); None before the first evaluation or without a validation set.
@@ -763,7 +769,11 @@ class Trainer:
             local = torch.stack([losses[k].detach().to(torch.float64) for k in names]) * weight
         else:  # a global batch smaller than the number of processes: nothing to do here but agree
             local = torch.zeros(len(names), dtype=torch.float64)
+        started = time.perf_counter()
         totals = ctx.all_reduce_gradients(self.model, weight, local)
+        if ctx.is_distributed:
+            self.communication_seconds += time.perf_counter() - started
+            self.communication_steps += 1
         global_losses = dict(zip(names, totals.tolist()))
         if not math.isfinite(sum(global_losses.values())):
             self.optimizer.zero_grad(set_to_none=True)

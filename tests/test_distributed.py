@@ -248,6 +248,9 @@ def test_two_processes_train_the_model_of_one(session):
     assert state["world_size"] == 2 and state["epoch"] == 4 and state["step"] == 16
     results = json.loads((folder / "full" / "results.json").read_text())
     assert results["world_size"] == 2 and reference["world_size"] == 1
+    # One timed all-reduce per step on 2 processes; none on one.
+    assert results["communication"]["steps"] == 16 and results["communication"]["all_reduce_seconds"] > 0
+    assert reference["communication"] == {"all_reduce_seconds": 0.0, "steps": 0}
     # The logged losses are the global batches' means: the single-process numbers.
     for mine, theirs in zip(results["history"], reference["history"], strict=True):
         assert mine["loss"] == pytest.approx(theirs["loss"], rel=1e-10)

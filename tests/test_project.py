@@ -1,6 +1,7 @@
 """The project around the library: README commands, CI script, docs, examples, benchmarks, CLI."""
 
 import json
+import math
 import re
 import runpy
 import subprocess
@@ -174,3 +175,60 @@ def test_accuracy_benchmark_combine_names_bad_files(tmp_path, capsys, content, m
     with pytest.raises(SystemExit):
         mod["main"](["--combine", str(path)])
     assert re.search(message, capsys.readouterr().err)
+
+
+def test_accuracy_vs_data_sweep_resumes_and_fits(tmp_path, capsys):
+    mod = runpy.run_path(str(ROOT / "benchmarks" / "accuracy_vs_data.py"))
+    assert mod["epochs_at"](4000, (1000, 1000, 800), 2000) == (500, 500, 400)
+    assert mod["epochs_at"](1000, (1000, 1000, 800), 2000) == (1000, 1000, 800)
+    work, out = tmp_path / "work", tmp_path / "sum.json"
+    argv = ["--quick", "--work", str(work), "--sizes", "24", "48", "--seeds", "0", "1", "--objectives", "value",
+            "second", "--epochs", "4", "4", "2", "--reference-size", "24", "--jobs", "1"]
+    assert mod["main"](argv + ["--out", str(out)]) == 0
+    parts = sorted(p.relative_to(work).as_posix() for p in work.rglob("*.json"))
+    assert parts == [f"n{n}/s{s}_{o}.json" for n in (24, 48) for s in (0, 1) for o in ("second", "value")]
+    runs = json.loads(out.read_text())["runs"]
+    assert {(r["n_train"], r["epochs"]) for r in runs if r["objective"] == "value"} == {(24, 4), (48, 2)}
+    summary = json.loads(out.read_text())["summary"]
+    by = {(r["n_train"], r["seed"], r["objective"]): r["test_rmse"] for r in runs}
+    for row in summary["table"]:
+        n = row["n_train"]
+        ratios = [by[n, s, "value"] / by[n, s, "second"] for s in (0, 1)]
+        assert row["value_over_second"]["per_seed"] == pytest.approx(ratios)
+    # The fit is least squares of log ratio on log n; with two sizes it passes through the two means of logs.
+    fit = summary["fit_value_over_second"]
+    for n in (24, 48):
+        mean_log = sum(math.log(by[n, s, "value"] / by[n, s, "second"]) for s in (0, 1)) / 2
+        assert math.log(fit["fitted"][str(n)]) == pytest.approx(mean_log)
+    assert (tmp_path / "sum.png").exists()
+    # A second call runs nothing new: every part exists.
+    stamps = {p: p.stat().st_mtime_ns for p in work.rglob("*.json")}
+    capsys.readouterr()
+    assert mod["main"](argv) == 0
+    assert "8 runs, 8 already done, 0 to run" in capsys.readouterr().out
+    assert stamps == {p: p.stat().st_mtime_ns for p in work.rglob("*.json")}
+
+
+def test_accuracy_vs_data_imports_only_matching_budgets(tmp_path):
+    acc = runpy.run_path(str(ROOT / "benchmarks" / "accuracy.py"))
+    mod = runpy.run_path(str(ROOT / "benchmarks" / "accuracy_vs_data.py"))
+    part = tmp_path / "part.json"
+    assert acc["main"](["--quick", "--n-train", "24", "--epochs", "4", "4", "2", "--objectives", "value",
+                        "--out", str(part)]) == 0
+    work = tmp_path / "work"
+    assert mod["main"](["--work", str(work), "--import", str(part), "--epochs", "4", "4", "2",
+                        "--reference-size", "24"]) == 0
+    assert [p.name for p in work.rglob("*.json")] == ["s0_value.json"]
+    with pytest.raises(SystemExit, match="trained value for 4 epochs at 24 samples; this sweep's budget there is 8"):
+        mod["main"](["--work", str(tmp_path / "other"), "--import", str(part), "--epochs", "8", "4", "2",
+                     "--reference-size", "24"])
+
+
+def test_distributed_benchmark_quick(tmp_path):
+    out = tmp_path / "dist.json"
+    mod = runpy.run_path(str(ROOT / "benchmarks" / "distributed.py"))
+    assert mod["main"](["--quick", "--processes", "2", "--out", str(out), "--work", str(tmp_path / "w")]) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["world_size"] == 2 and row["threads_per_process"] == 1
+    assert row["samples_per_s"] == pytest.approx(row["steps"] * row["batch"] / row["seconds"])
+    assert 0 < row["all_reduce_ms_per_step"] < row["step_ms"]

@@ -1,0 +1,148 @@
+"""Data-parallel overhead: second-order training on 1 and on 2 processes under torchrun.
+
+Each row trains the same run (cube, ``Objective.second_order()``, tanh MLP ``--hidden``, the
+global batch ``--batch``, from one shared jet cache, no validation) with
+``python -m torch.distributed.run --standalone --nproc_per_node=P -m manifoldtrain train``
+and reads ``results.json``: throughput is ``steps * batch / seconds`` (training seconds: the
+trainer's clock, which leaves out evaluation and checkpoints), and ``communication`` gives
+rank 0's seconds in the gradient all-reduce per step (waiting for the slower process
+included). The processes share the machine's cores: ``--cores`` threads in all, so one
+process gets ``--cores`` threads and each of P processes ``--cores / P``. On one machine
+that shows the overhead of splitting the batch, not a speed-up; on several machines the
+all-reduce time per step is what the extra machines must pay back.
+
+Usage::
+
+    python benchmarks/distributed.py --out benchmarks/results/distributed.json   # about 3 minutes on 2 cores
+    python benchmarks/distributed.py --quick                                    # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from manifoldtrain._io import write_text_atomic
+from manifoldtrain.experiment import machine_info
+
+CONFIG = """model_seed = 0
+
+[manifold]
+kind = "cube"
+{manifold}
+
+[data]
+n_train = {n_train}
+n_test = 16
+seed = 0
+cache_dir = "{cache}"
+
+[model]
+kind = "mlp"
+hidden = {hidden}
+
+[[objective.terms]]
+kind = "value"
+
+[[objective.terms]]
+kind = "derivative"
+order = 1
+
+[[objective.terms]]
+kind = "derivative"
+order = 2
+weight = 0.03
+
+[train]
+epochs = {epochs}
+batch_size = {batch}
+learning_rate = 0.001
+seed = 0
+progress = false
+"""
+
+
+def train(work: Path, processes: int, threads: int, batch: int, repeat: int, args) -> dict:
+    """One run under torchrun (a new folder); returns its results.json."""
+    name = f"p{processes}_b{batch}_r{repeat}"
+    config = work / f"{name}.toml"
+    config.write_text(CONFIG.format(manifold=args.manifold_toml, n_train=args.n_train, cache=work / "cache",
+                                    hidden=list(args.hidden), epochs=args.epochs, batch=batch))
+    out = work / name
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+               "-m", "manifoldtrain", "train", "--config", str(config), "--out", str(out), "--threads", str(threads)]
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    t0 = time.perf_counter()
+    done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=work)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed (rc {done.returncode}):\n{done.stderr[-3000:]}")
+    results = json.loads((out / "results.json").read_text())
+    results["launcher_seconds"] = time.perf_counter() - t0
+    return results
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--batches", type=int, nargs="+", default=[64, 256], help="global batch sizes")
+    parser.add_argument("--cores", type=int, default=2, help="threads in all, shared among the processes")
+    parser.add_argument("--n-train", type=int, default=2048)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--hidden", type=int, nargs="+", default=[256, 256, 256])
+    parser.add_argument("--repeats", type=int, default=2, help="runs per row; the fastest is reported")
+    parser.add_argument("--work", default=None, help="folder for the runs and the cache (default: a temporary one)")
+    parser.add_argument("--out", default=None, help="write the results as JSON here (atomically)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: tiny cube, network and data")
+    args = parser.parse_args(argv)
+    for name in ("processes", "batches", "hidden"):
+        if any(v < 1 for v in getattr(args, name)):
+            parser.error(f"--{name}: expected positive integers, got {getattr(args, name)}")
+    if args.cores < max(args.processes):
+        parser.error(f"--cores ({args.cores}) must be at least the largest --processes ({max(args.processes)})")
+    args.manifold_toml = ""
+    if args.quick:
+        args.manifold_toml, args.n_train, args.epochs, args.hidden, args.batches, args.repeats = (
+            "image_size = 9\nextent = 0.5\nsigma = 0.08", 32, 1, [8], [8], 1)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(args.work) if args.work else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        rows = []
+        for batch in args.batches:
+            for p in args.processes:
+                runs = [train(work, p, args.cores // p, batch, k, args) for k in range(args.repeats)]
+                best = min(runs, key=lambda r: r["seconds"])
+                comm = best["communication"]
+                rows.append({
+                    "processes": p, "threads_per_process": args.cores // p, "batch": batch, "steps": best["steps"],
+                    "seconds": best["seconds"], "samples_per_s": best["steps"] * batch / best["seconds"],
+                    "all_reduce_ms_per_step": 1e3 * comm["all_reduce_seconds"] / comm["steps"] if comm["steps"] else 0.0,
+                    "step_ms": 1e3 * best["seconds"] / best["steps"], "world_size": best["world_size"],
+                    "test_rmse": best["test"]["rmse"],
+                })
+                r = rows[-1]
+                print(f"batch {batch}, {p} process(es) x {r['threads_per_process']} threads: "
+                      f"{r['samples_per_s']:.0f} samples/s, step {r['step_ms']:.1f} ms, all-reduce "
+                      f"{r['all_reduce_ms_per_step']:.2f} ms/step", flush=True)
+    print("\n| global batch | processes x threads | samples/s | step ms | all-reduce ms/step | share of step |"
+          "\n|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['batch']} | {r['processes']} x {r['threads_per_process']} | {r['samples_per_s']:.0f} | "
+              f"{r['step_ms']:.1f} | {r['all_reduce_ms_per_step']:.2f} | {r['all_reduce_ms_per_step'] / r['step_ms']:.1%} |")
+    if args.out:
+        meta = {"command": " ".join(["python", "benchmarks/distributed.py", *(argv if argv is not None else sys.argv[1:])]),
+                "n_train": args.n_train, "epochs": args.epochs, "hidden": list(args.hidden), "cores": args.cores,
+                **machine_info()}
+        write_text_atomic(args.out, json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
