@@ -228,7 +228,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from manifoldtrain._io import check_not_input, claim_output_folder
     from manifoldtrain._validation import check_int
     from manifoldtrain.config import load_config
-    from manifoldtrain.experiment import RUN_OUTPUTS, run_experiment
+    from manifoldtrain.experiment import RUN_OUTPUTS, check_device, run_experiment
 
     device = _apply_compute_options(args)
     try:
@@ -243,6 +243,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         seed = check_int("--seed", args.seed, minimum=0)
         data = config.data if config.data.path is not None else attrs.evolve(config.data, seed=seed)
         config = attrs.evolve(config, model_seed=seed, train=attrs.evolve(config.train, seed=seed), data=data)
+    if device is None and config.device is not None:  # --device wins over the config's device
+        device = check_device(config.device, f"device (in --config {args.config})")
     from manifoldtrain.distributed import DistributedContext
 
     # Under torchrun: join the other processes (after the checks above, which fail alike everywhere).

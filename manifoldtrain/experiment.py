@@ -150,19 +150,21 @@ def make_data(config: ExperimentConfig, *, progress: bool = True) -> tuple[JetDa
 
 
 def _make_data(config: ExperimentConfig, *, progress: bool, write_cache: bool,
-               ctx: DistributedContext | None = None) -> tuple[JetDataset | DataSource, JetDataset]:
+               ctx: DistributedContext | None = None,
+               device: torch.device | None = None) -> tuple[JetDataset | DataSource, JetDataset]:
     """:func:`make_data`; without ``write_cache`` a missing cache is generated but not written
     (the processes of a distributed run other than rank 0: one writer per cache). A sharded
     cache to generate (``source = "shards"`` with ``cache_dir``) is written by ``ctx``'s rank 0
     while the others wait."""
     d = config.data
     dtype = dtype_from_name("data.dtype", d.dtype)
+    compute = dtype_from_name("data.compute_dtype", d.compute_dtype)
     n = d.n_train + d.n_test
     order = max(config.objective.max_order, d.test_order if d.test_order is not None else 0)
     if d.source == "shards":
         return _sharded_data(config, order, dtype, progress=progress, ctx=ctx)
     if d.source != "memory":
-        return _computed_data(config, order, dtype, progress=progress)
+        return _computed_data(config, order, dtype, progress=progress, device=device)
     if d.path is not None:
         try:
             data = load_jets(d.path)
@@ -179,15 +181,18 @@ def _make_data(config: ExperimentConfig, *, progress: bool, write_cache: bool,
         data = data.subset(slice(0, n))
         data = JetDataset(data.points, data.inputs.truncate(order), data.targets.truncate(order), data.meta)
     elif d.cache_dir is not None and not write_cache:
-        key = fingerprint(config.manifold, n, d.seed, order, dtype, torch.float64)
+        key = fingerprint(config.manifold, n, d.seed, order, dtype, compute)
         if (Path(d.cache_dir) / key / "meta.json").is_file():  # complete: caches are renamed into place
             data = load_jets(Path(d.cache_dir) / key, expected_fingerprint=key)
         else:
-            data = generate_jets(config.manifold, n, seed=d.seed, order=order, dtype=dtype, progress=progress)
+            data = generate_jets(config.manifold, n, seed=d.seed, order=order, dtype=dtype, compute_dtype=compute,
+                                 progress=progress)
     elif d.cache_dir is not None:
-        data = cached_jets(config.manifold, n, d.cache_dir, seed=d.seed, order=order, dtype=dtype, progress=progress)
+        data = cached_jets(config.manifold, n, d.cache_dir, seed=d.seed, order=order, dtype=dtype,
+                           compute_dtype=compute, progress=progress)
     else:
-        data = generate_jets(config.manifold, n, seed=d.seed, order=order, dtype=dtype, progress=progress)
+        data = generate_jets(config.manifold, n, seed=d.seed, order=order, dtype=dtype, compute_dtype=compute,
+                             progress=progress)
     return data.split(d.n_test, d.split_seed)
 
 
@@ -205,14 +210,16 @@ def _sharded_data(config: ExperimentConfig, order: int, dtype: torch.dtype, *, p
     if d.path is not None:
         path, argument = Path(d.path), "data.path"
     elif d.cache_dir is not None:
-        key = fingerprint(config.manifold, n, d.seed, order, dtype, torch.float64)
+        compute = dtype_from_name("data.compute_dtype", d.compute_dtype)
+        key = fingerprint(config.manifold, n, d.seed, order, dtype, compute)
         path, argument = Path(d.cache_dir) / key, "data.cache_dir"
 
         def make() -> None:
             try:
                 JetCache(path, expected_fingerprint=key).close()  # complete and intact: nothing to do
             except (FileNotFoundError, ValueError):
-                generate_shards(config.manifold, n, path, seed=d.seed, order=order, dtype=dtype, progress=progress)
+                generate_shards(config.manifold, n, path, seed=d.seed, order=order, dtype=dtype, compute_dtype=compute,
+                                progress=progress)
 
         (ctx.run_on_main if ctx is not None else lambda fn: fn())(make)
     else:
@@ -236,25 +243,27 @@ def _sharded_data(config: ExperimentConfig, order: int, dtype: torch.dtype, *, p
     return train, test
 
 
-def _computed_data(config: ExperimentConfig, order: int, dtype: torch.dtype, *,
-                   progress: bool) -> tuple[DataSource, JetDataset]:
+def _computed_data(config: ExperimentConfig, order: int, dtype: torch.dtype, *, progress: bool,
+                   device: torch.device | None = None) -> tuple[DataSource, JetDataset]:
     """``source = "on-the-fly"`` or a source of one's own: the training jets computed batch by
-    batch, the test set (the test part of the points of ``source = "memory"``) computed now."""
+    batch (on-the-fly ones on ``device``, the training device), the test set (the test part of
+    the points of ``source = "memory"``) computed now, on the CPU."""
     from tqdm.auto import tqdm
 
     d = config.data
+    compute = dtype_from_name("data.compute_dtype", d.compute_dtype)
     n = d.n_train + d.n_test
     points = config.manifold.sample(n, torch.Generator().manual_seed(d.seed), dtype=torch.float64)
     train_idx, test_idx = _split_indices(n, d.n_test, d.split_seed)
     xs, ys = [], []
     with tqdm(total=d.n_test, desc="test jets", unit="sample", disable=not progress, leave=False) as bar:
         for chunk in points[test_idx].split(256):
-            x, y = config.manifold.jets(chunk, order)
+            x, y = config.manifold.jets(chunk.to(compute), order)
             xs.append(x.to(dtype))
             ys.append(y.to(dtype))
             bar.update(len(chunk))
-    meta = {**_provenance(config.manifold, n, d.seed, order, dtype, torch.float64),
-            "fingerprint": fingerprint(config.manifold, n, d.seed, order, dtype, torch.float64)}
+    meta = {**_provenance(config.manifold, n, d.seed, order, dtype, compute),
+            "fingerprint": fingerprint(config.manifold, n, d.seed, order, dtype, compute)}
     test = JetDataset(points[test_idx].to(dtype), Jet(*(torch.cat(c) for c in zip(*(x.components() for x in xs)))),
                       Jet(*(torch.cat(c) for c in zip(*(y.components() for y in ys)))), meta)
     calibration = d.calibration if d.calibration is not None else 512
@@ -265,10 +274,11 @@ def _computed_data(config: ExperimentConfig, order: int, dtype: torch.dtype, *,
                              "(or train --data), or use source = \"shards\" to train from the cache")
         if (d.mode or "fresh") == "pool":
             train = OnTheFlySource(config.manifold, mode="pool", points=points[train_idx], seed=d.seed,
-                                   order=train_order, dtype=dtype, calibration=calibration)
+                                   order=train_order, dtype=dtype, compute_dtype=compute, calibration=calibration,
+                                   device=device)
         else:
             train = OnTheFlySource(config.manifold, d.n_train, mode="fresh", seed=d.seed, order=train_order,
-                                   dtype=dtype, calibration=calibration)
+                                   dtype=dtype, compute_dtype=compute, calibration=calibration, device=device)
         return train, test
     cls = SOURCES.get(d.source)
     train = cls.from_config(config, order=train_order, dtype=dtype)
@@ -368,8 +378,9 @@ def run_experiment(
     a :class:`JetDataset` or a :class:`~manifoldtrain.sources.DataSource`).
 
     ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:N"``; default: the one set by
-    :func:`using_device`, else the CPU) is where the model and the training data go; the data
-    are drawn on the CPU whatever the device, so every device trains on the same samples.
+    :func:`using_device`, else ``config.device``, else the CPU) is where the model and the
+    training batches go, and where jets computed on the fly are computed; the points are drawn
+    on the CPU whatever the device, so every device trains on the same samples.
 
     ``out_dir`` must be new, empty or a run folder already (:func:`manifoldtrain._io.claim_output_folder`;
     ``force`` writes into another folder anyway); it is checked before any work. A run that
@@ -393,8 +404,12 @@ def run_experiment(
         if device is not None and check_device(device).type != distributed.device.type:
             raise ValueError(f"device: {str(device)!r}, but the distributed context trains on {distributed.device}")
         device = distributed.device
+    elif device is not None:
+        device = check_device(device)
+    elif _DEVICE.get() is not None:
+        device = _DEVICE.get()
     else:
-        device = check_device(device) if device is not None else (_DEVICE.get() or torch.device("cpu"))
+        device = check_device(config.device, "config.device") if config.device is not None else torch.device("cpu")
     ctx = distributed if distributed is not None else DistributedContext.from_environment(device)
     device = ctx.device if ctx.is_distributed else device
     with ctx.failure_guard():
@@ -412,7 +427,7 @@ def _run(config: ExperimentConfig, out_dir, ctx: DistributedContext, *, resume: 
     if data is not None:
         train, test = data
     else:
-        train, test = _make_data(config, progress=progress and main, write_cache=main, ctx=ctx)
+        train, test = _make_data(config, progress=progress and main, write_cache=main, ctx=ctx, device=device)
     inputs, targets = _normalisation_data(train)
     dtype = inputs.dtype
     model = build_model(config.model, inputs, targets, seed=config.model_seed).to(dtype)

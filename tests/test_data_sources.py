@@ -434,6 +434,30 @@ def test_each_source_gives_the_data_of_memory(shard_cache):
     torch.testing.assert_close(pool.batch(idx, 4)[0].d1, train.inputs.d1, rtol=1e-9, atol=1e-12)
 
 
+def test_compute_dtype_sets_the_precision_jets_are_computed_in(shard_cache, tmp_path):
+    """``data.compute_dtype = "float32"``: the same points, jets computed in float32 (close to the
+    float64 ones, not equal), a cache of its own (another fingerprint), on the fly too."""
+    base = dict(path=None, dtype="float64")
+    train64, test64 = make_data(_config(shard_cache, source="memory", **base))
+    train32, test32 = make_data(_config(shard_cache, source="memory", compute_dtype="float32", **base))
+    assert torch.equal(train32.points, train64.points.float().double())  # the same points, in float32
+    assert train32.meta["compute_dtype"] == "float32"
+    for a, b in zip(train32.inputs.components(), train64.inputs.components()):
+        assert not torch.equal(a, b)
+        assert float((a - b).norm() / b.norm()) < 1e-5
+    cached = [make_data(_config(shard_cache, source="memory", cache_dir=str(tmp_path / "c"), compute_dtype=c, **base))
+              for c in ("float32", "float64")]
+    assert len(list((tmp_path / "c").iterdir())) == 2  # one cache each
+    assert torch.equal(cached[0][0].inputs.d2, train32.inputs.d2) and torch.equal(cached[1][0].inputs.d2, train64.inputs.d2)
+    fly, fly_test = make_data(_config(shard_cache, source="on-the-fly", mode="pool", compute_dtype="float32", **base))
+    assert fly.compute_dtype == torch.float32
+    torch.testing.assert_close(fly_test.inputs.d2, test32.inputs.d2, rtol=1e-6, atol=1e-9)
+    idx = torch.arange(len(train32))
+    torch.testing.assert_close(fly.batch(idx, 0)[0].d2, train32.inputs.d2, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="data.compute_dtype"):
+        _config(shard_cache, compute_dtype="float16")
+
+
 def test_a_users_source_from_toml(shard_cache, tmp_path):
     from custom_data_source import NpyFolderSource, write_folder
 

@@ -4,12 +4,14 @@ import csv
 import json
 import tomllib
 
+import attrs
+
 import pytest
 import torch
 
 from manifoldtrain import __version__
 from manifoldtrain.cli import main
-from manifoldtrain.config import config_from_dict, load_config
+from manifoldtrain.config import config_from_dict, config_to_dict, load_config, save_config
 from manifoldtrain.data import generate_jets
 from manifoldtrain.evaluation import evaluate
 from manifoldtrain.experiment import model_from_checkpoint, run_experiment, using_device
@@ -387,3 +389,48 @@ def test_training_on_cuda(tmp_path, capsys):
     assert main(["demo", "--quick", "--out", str(tmp_path / "demo"), "--seconds-per-run", "1", "--objectives", "value",
                  "--device", "cuda", "--no-progress"]) == 0
     assert json.loads((tmp_path / "demo" / "run_value" / "results.json").read_text())["device"].startswith("cuda")
+
+
+def test_the_configs_device(tmp_path, capsys):
+    text = 'device = "cuda"\n' + TOML.replace("epochs = 4", "epochs = 1")
+    (tmp_path / "c.toml").write_text(text)
+    config = load_config(tmp_path / "c.toml")
+    assert config.device == "cuda"
+    save_config(config, tmp_path / "again.toml")  # written back as a top-level key
+    assert load_config(tmp_path / "again.toml") == config
+    assert "device" not in config_to_dict(attrs.evolve(config, device=None))
+    with pytest.raises(ValueError, match="device: expected 'cpu', 'cuda' or 'cuda:N' .*got 'gpu'"):
+        config_from_dict(tomllib.loads(text.replace('"cuda"', '"gpu"')))
+    # --device wins over the config's device: this trains on the CPU wherever it runs.
+    assert main(["train", "--config", str(tmp_path / "c.toml"), "--out", str(tmp_path / "cpu"), "--device", "cpu"]) == 0
+    assert json.loads((tmp_path / "cpu" / "results.json").read_text())["device"] == "cpu"
+    if torch.cuda.is_available():
+        assert main(["train", "--config", str(tmp_path / "c.toml"), "--out", str(tmp_path / "gpu")]) == 0
+        assert json.loads((tmp_path / "gpu" / "results.json").read_text())["device"].startswith("cuda")
+    else:  # the config's device is checked where the run starts, naming where it came from
+        capsys.readouterr()
+        with pytest.raises(SystemExit):
+            main(["train", "--config", str(tmp_path / "c.toml"), "--out", str(tmp_path / "gpu")])
+        assert f"device (in --config {tmp_path / 'c.toml'}): 'cuda' asked for, but CUDA is not available" in \
+            capsys.readouterr().err
+        with pytest.raises(ValueError, match="config.device: 'cuda' asked for, but CUDA is not available"):
+            run_experiment(config, tmp_path / "api", progress=False)
+        assert not (tmp_path / "gpu").exists() and not (tmp_path / "api").exists()
+
+
+@requires_cuda
+def test_on_the_fly_jets_are_computed_on_the_training_device(tmp_path, monkeypatch):
+    from manifoldtrain.sources import OnTheFlySource
+
+    seen = []
+    original = OnTheFlySource.__init__
+
+    def spy(self, *args, **kw):
+        original(self, *args, **kw)
+        seen.append(self.device)
+
+    monkeypatch.setattr(OnTheFlySource, "__init__", spy)
+    table = tomllib.loads('device = "cuda"\n' + TOML.replace("epochs = 4", "epochs = 1"))
+    table["data"].update(source="on-the-fly", calibration=8)
+    results = run_experiment(config_from_dict(table), tmp_path / "run", progress=False)
+    assert results["device"].startswith("cuda") and seen and seen[0].type == "cuda"
