@@ -15,8 +15,9 @@ sizes up to that, for contrast.
 Part 2, equal wall-clock: the same network and objective trained for ``--seconds`` each
 from (a) a cache of ``--n-cached`` samples (generated beforehand: its generation time is
 reported apart), (b) jets computed on the fly at fresh points every epoch
-(``OnTheFlySource`` mode ``fresh``, ``--n-cached`` per epoch), (c) a pool of the same
-``--n-cached`` points computed on the fly every epoch (mode ``pool``); test RMSE (value,
+(``OnTheFlySource`` mode ``fresh``, ``--n-cached`` per epoch; jets computed in float64, and
+again in float32: ``data.compute_dtype``), (c) a pool of the same ``--n-cached`` points
+computed on the fly (float32) every epoch (mode ``pool``); test RMSE (value,
 first and second derivatives) on a fixed test set after that time, with steps, epochs and
 distinct samples seen.
 
@@ -236,7 +237,10 @@ def equal_time_rows(args, folder: Path) -> list[dict]:
     variants = [
         ("cached", lambda: ShardedCacheSource(path), gen_seconds),
         ("on-the-fly fresh", lambda: OnTheFlySource(cube, args.n_cached, mode="fresh", seed=0), 0.0),
-        ("on-the-fly pool", lambda: OnTheFlySource(cube, args.n_cached, mode="pool", seed=0), 0.0),
+        ("on-the-fly fresh f32", lambda: OnTheFlySource(cube, args.n_cached, mode="fresh", seed=0,
+                                                        compute_dtype=torch.float32), 0.0),
+        ("on-the-fly pool f32", lambda: OnTheFlySource(cube, args.n_cached, mode="pool", seed=0,
+                                                       compute_dtype=torch.float32), 0.0),
     ]
     _warm_up(cube, args)
     rows = []
@@ -258,7 +262,7 @@ def equal_time_rows(args, folder: Path) -> list[dict]:
                      "distinct_samples": distinct, "test_rmse": test_metrics["rmse"],
                      "test_rmse_d1": test_metrics["rmse_d1"], "test_rmse_d2": test_metrics["rmse_d2"]})
         r = rows[-1]
-        print(f"{name:>17}: {r['steps']:6d} steps, {r['epochs']:4d} epochs, {r['distinct_samples']:7d} distinct "
+        print(f"{name:>20}: {r['steps']:6d} steps, {r['epochs']:4d} epochs, {r['distinct_samples']:7d} distinct "
               f"samples in {r['seconds_training']:.0f} s (+{r['seconds_before']:.0f} s before) | test RMSE "
               f"{r['test_rmse']:.3e}, d1 {r['test_rmse_d1']:.3e}, d2 {r['test_rmse_d2']:.3e}", flush=True)
     if not args.keep_caches:

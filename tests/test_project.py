@@ -232,3 +232,18 @@ def test_distributed_benchmark_quick(tmp_path):
     assert row["world_size"] == 2 and row["threads_per_process"] == 1
     assert row["samples_per_s"] == pytest.approx(row["steps"] * row["batch"] / row["seconds"])
     assert 0 < row["all_reduce_ms_per_step"] < row["step_ms"]
+
+
+def test_data_memory_benchmark_quick(tmp_path):
+    out = tmp_path / "mem.json"
+    mod = runpy.run_path(str(ROOT / "benchmarks" / "data_memory.py"))
+    assert mod["main"](["--quick", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert [(r["size_gb"], r["source"]) for r in result["memory"]] == [(0.002, "shards"), (0.002, "memory"),
+                                                                       (0.008, "shards")]
+    for r in result["memory"]:
+        assert set(r["peak_rss_mb"]) == {"start", "open", "statistics", "training"} and r["max_rss_mb"] > 0
+    rows = {r["data"]: r for r in result["equal_time"]}
+    assert set(rows) == {"cached", "on-the-fly fresh", "on-the-fly fresh f32", "on-the-fly pool f32"}
+    assert rows["cached"]["distinct_samples"] == 96 and rows["on-the-fly pool f32"]["distinct_samples"] <= 96
+    assert rows["on-the-fly fresh"]["distinct_samples"] == rows["on-the-fly fresh"]["steps"] * 16
