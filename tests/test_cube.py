@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from manifoldtrain import chart_jet
@@ -435,8 +435,15 @@ def visibility_margin(cube: Cube, points: torch.Tensor) -> torch.Tensor:
 
 @settings(max_examples=4, deadline=None)
 @given(st.integers(0, 2**32))
+@example(247289)
 def test_arbitrary_rotations_any_number_of_visible_faces(seed):
-    """Poses far outside the data distribution: any rotation (1, 2 or 3 faces visible)."""
+    """Poses far outside the data distribution: any rotation (1, 2 or 3 faces visible).
+
+    The second derivatives are compared with torch.func's to 1e-9 of their scale, not the
+    default 1e-10: at seed 247289 (pinned above) they differed by 1.3e-10 of the scale at a
+    pixel next to a projected corner, and it is torch.func's nested jvp through the image that
+    is ill-conditioned there: under relative perturbations of 1e-13 of the pose its value at
+    that pixel moves by 2.8e-8 (1.1e-10 of the scale), the analytic jets' by 3.6e-11."""
     from hypothesis import assume
 
     from manifoldtrain.testing import check_default_jets, check_finite_differences
@@ -444,7 +451,7 @@ def test_arbitrary_rotations_any_number_of_visible_faces(seed):
     points = WIDE.sample(2, torch.Generator().manual_seed(seed), dtype=torch.float64)
     zero = torch.zeros(2, 6, dtype=torch.float64)
     assert (WIDE.input(points, zero) - WIDE.reference_input(points, zero)).abs().max() < 1e-13
-    check_default_jets(WIDE, points)
+    check_default_jets(WIDE, points, rtol=(1e-12, 1e-10, 1e-9))
     # Finite differences (steps up to 1e-2 per coordinate) are only meaningful where no face
     # turns edge-on within the stencil; see test_edge_on_face_is_not_differentiable.
     assume(bool((visibility_margin(WIDE, points) > 0.05).all()))
