@@ -61,8 +61,13 @@ OBJECTIVES = {"value": Objective.value(), "first": Objective.first_order(), "sec
                  for k in (1, 2)}}
 
 
-def run(cube, n_train, n_test, hidden, seeds, budgets, objectives=tuple(OBJECTIVES), batch_size=64, progress=False) -> list[dict]:
-    """Train each objective for each seed; ``budgets[name]`` is ``(epochs, seconds or None)``."""
+def run(cube, n_train, n_test, hidden, seeds, budgets, objectives=tuple(OBJECTIVES), batch_size=64, progress=False,
+        checkpoint_dir=None) -> list[dict]:
+    """Train each objective for each seed; ``budgets[name]`` is ``(epochs, seconds or None)``.
+
+    With ``checkpoint_dir`` each run checkpoints into ``checkpoint_dir/s{seed}_{name}`` about 40
+    times along its budget and continues from there when run again (a stopped run loses at
+    most 1/40 of its work; the continued run is the uninterrupted one, see ``Trainer.fit``)."""
     runs = []
     for seed in seeds:
         data = generate_jets(cube, n_train + n_test, seed=1000 + seed, progress=progress)
@@ -72,10 +77,12 @@ def run(cube, n_train, n_test, hidden, seeds, budgets, objectives=tuple(OBJECTIV
             model = build_model(MLPConfig(hidden=hidden), train.inputs.value, train.targets.value, seed=seed)
             # 20 evaluations along each run, at equal time (wall-clock view) or equal epochs.
             evals = dict(eval_every=0, eval_interval=seconds / 20) if seconds else dict(eval_every=max(1, epochs // 20))
+            keep = dict(checkpoint_every=max(1, epochs // 40)) if checkpoint_dir and not seconds else {}
             cfg = TrainConfig(epochs=epochs, time_budget=seconds, batch_size=batch_size, learning_rate=1e-3,
-                              seed=seed, progress=progress, **evals)
+                              seed=seed, progress=progress, **evals, **keep)
             t0 = time.perf_counter()
-            trainer = Trainer(model, OBJECTIVES[name], train, test, cfg)
+            folder = Path(checkpoint_dir) / f"s{seed}_{name}" if checkpoint_dir and not seconds else None
+            trainer = Trainer(model, OBJECTIVES[name], train, test, cfg, checkpoint_dir=folder)
             history = trainer.fit()
             final = evaluate(model, test)
             curve = [(r["seconds"], r["test"]["rmse"]) for r in history.records if "test" in r]
@@ -181,6 +188,8 @@ def main(argv=None) -> int:
     parser.add_argument("--combine", nargs="+", default=None, metavar="JSON",
                         help="merge the runs of earlier results files (e.g. seeds run in parallel) into --out")
     parser.add_argument("--out", default=None, help="results JSON (a .png of the learning curves beside it)")
+    parser.add_argument("--checkpoint-dir", default=None, metavar="DIR",
+                        help="converged view: checkpoint every run in DIR and continue stopped runs from there")
     args = parser.parse_args(argv)
     if args.combine:
         parts = []
@@ -227,7 +236,10 @@ def main(argv=None) -> int:
     print(f"cube, {n_train} training / {n_test} test samples, MLP {list(hidden)} tanh, {view} view, budgets "
           f"{ {k: (f'{s:g} s' if s else f'{e} epochs') for k, (e, s) in budgets.items() if k in args.objectives} }, "
           f"seeds {seeds}")
-    runs = run(cube, n_train, n_test, hidden, seeds, budgets, objectives=args.objectives)
+    if args.checkpoint_dir is not None and view != "converged":
+        parser.error("--checkpoint-dir: only with --epochs (a wall-clock run cannot be continued fairly)")
+    runs = run(cube, n_train, n_test, hidden, seeds, budgets, objectives=args.objectives,
+               checkpoint_dir=args.checkpoint_dir)
     report(summarize(runs))
     if args.out:
         meta = {"command": command_line(argv),

@@ -4,7 +4,9 @@
 (``--epochs``). This script runs it over several training-set sizes and seeds, one
 single-threaded process per (size, seed, objective), ``--jobs`` at a time, each writing its
 own part file under ``--work`` (``n{N}/s{S}_{objective}.json``, atomically). A part that
-exists is not run again, so the sweep can be stopped and continued, spread over sessions or
+exists is not run again, and a run in progress checkpoints about 40 times along its budget
+(``n{N}/s{S}_{objective}.checkpoints``, removed once its part is written) and continues
+from there, so the sweep can be stopped and continued at any time, spread over sessions or
 machines (copy the part files together), and extended by more sizes or seeds later.
 
 Budgets: ``--epochs VALUE FIRST SECOND`` are the epochs at ``--reference-size`` (2000, the
@@ -46,6 +48,7 @@ import json
 import math
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -72,8 +75,18 @@ def part_path(work: Path, size: int, seed: int, objective: str) -> Path:
 
 def _accuracy_argv(size, seed, objective, epochs, n_test, quick, out) -> list[str]:
     argv = ["--n-train", str(size), "--n-test", str(n_test), "--epochs", *map(str, epochs), "--threads", "1",
-            "--seeds", str(seed), "--objectives", objective, "--out", str(out)]
+            "--seeds", str(seed), "--objectives", objective, "--out", str(out),
+            "--checkpoint-dir", str(_checkpoints(out))]
     return (["--quick"] + argv) if quick else argv
+
+
+def _checkpoints(out: Path) -> Path:
+    """Where a part's run checkpoints while it trains (removed once the part is written)."""
+    return out.with_suffix(".checkpoints")
+
+
+def _done(out: Path) -> None:
+    shutil.rmtree(_checkpoints(out), ignore_errors=True)
 
 
 def run_parts(work: Path, jobs_list: list[tuple[int, int, str]], budgets: dict, n_test: int, jobs: int,
@@ -92,6 +105,7 @@ def run_parts(work: Path, jobs_list: list[tuple[int, int, str]], budgets: dict, 
             out.parent.mkdir(parents=True, exist_ok=True)
             if accuracy_main(_accuracy_argv(n, s, o, budgets[n], n_test, quick, out)) != 0:
                 raise SystemExit(f"accuracy.py failed for size {n}, seed {s}, {o}")
+            _done(out)
             written.append(out)
         return written
     running: list[tuple[subprocess.Popen, Path, object, float]] = []
@@ -115,6 +129,7 @@ def run_parts(work: Path, jobs_list: list[tuple[int, int, str]], budgets: dict, 
                 log.close()
                 running.remove(item)
                 if proc.returncode == 0 and out.exists():
+                    _done(out)
                     written.append(out)
                     print(f"finished {out} in {time.time() - t0:.0f} s", flush=True)
                 else:

@@ -201,6 +201,7 @@ def test_accuracy_vs_data_sweep_resumes_and_fits(tmp_path, capsys):
         mean_log = sum(math.log(by[n, s, "value"] / by[n, s, "second"]) for s in (0, 1)) / 2
         assert math.log(fit["fitted"][str(n)]) == pytest.approx(mean_log)
     assert (tmp_path / "sum.png").exists()
+    assert not list(work.rglob("*.checkpoints"))  # removed once each part was written
     # A second call runs nothing new: every part exists.
     stamps = {p: p.stat().st_mtime_ns for p in work.rglob("*.json")}
     capsys.readouterr()
@@ -247,3 +248,16 @@ def test_data_memory_benchmark_quick(tmp_path):
     assert set(rows) == {"cached", "on-the-fly fresh", "on-the-fly fresh f32", "on-the-fly pool f32"}
     assert rows["cached"]["distinct_samples"] == 96 and rows["on-the-fly pool f32"]["distinct_samples"] <= 96
     assert rows["on-the-fly fresh"]["distinct_samples"] == rows["on-the-fly fresh"]["steps"] * 16
+
+
+def test_accuracy_benchmark_continues_from_its_checkpoints(tmp_path):
+    mod = runpy.run_path(str(ROOT / "benchmarks" / "accuracy.py"))
+    argv = ["--quick", "--epochs", "4", "4", "2", "--objectives", "value", "--checkpoint-dir", str(tmp_path / "ck")]
+    assert mod["main"](argv + ["--out", str(tmp_path / "a.json")]) == 0
+    assert (tmp_path / "ck" / "s0_value" / "checkpoint.pt").exists()
+    # Run again: the finished run is continued from its checkpoint (no further epochs), same result.
+    assert mod["main"](argv + ["--out", str(tmp_path / "b.json")]) == 0
+    a, b = (json.loads((tmp_path / f"{k}.json").read_text())["runs"][0] for k in "ab")
+    assert b["epochs"] == a["epochs"] == 4 and b["test_rmse"] == a["test_rmse"] and b["curve"] == a["curve"]
+    with pytest.raises(SystemExit):  # a wall-clock run is not continued
+        mod["main"](["--quick", "--checkpoint-dir", str(tmp_path / "x")])
