@@ -179,6 +179,16 @@ def _compiled(name: str, fn, eager=None):
     return _COMPILE_STATE[name]
 
 
+def _edge_ends(t: torch.Tensor, idx: torch.Tensor, sigma: float) -> torch.Tensor:
+    """The corners ``idx`` ``[n, E]`` of corner jets ``t`` ``[n, ..., 8, 2]``: ``[n, E, ..., 2]``,
+    in units of ``sigma``."""
+    if t.dim() == 3:
+        return t.gather(1, idx[..., None].expand(-1, -1, 2)) / sigma
+    m = t.shape[1]
+    g = t.gather(2, idx[:, None, :, None].expand(-1, m, -1, 2))
+    return g.transpose(1, 2) / sigma
+
+
 @attrs.frozen(eq=True)
 class Cube(Manifold):
     """The paper's cube: a Gaussian-blurred image of a flat-shaded cube, and its corners.
@@ -584,6 +594,21 @@ class Cube(Manifold):
 
     # ------------------------------------------------------------------ the fast path: pixels near edges
 
+    def _live_edges(self, points: torch.Tensor, order: int):
+        """What :meth:`_fast_jets` and :meth:`_dense_jets` start from: the target jets, the
+        projected corner jets ``uv``, and the edges with a nonzero weight first (at most 9 on a
+        cube, padded with weight-0 ones): their weights ``w`` ``[n, E]``, the number of live
+        edges per sample (a list) and their end corners ``ia``, ``ib`` ``[n, E]``."""
+        corners = self._corner_jets(points, order)
+        targets = [c[..., list(_TARGET_INDEX), :].flatten(-2) for c in corners]
+        uv = self._projection_jets(corners)
+        weight = self._edge_weights(uv[0])  # [n, 12]
+        live_count = (weight != 0).sum(1).tolist()
+        keep = max(max(live_count), 1)
+        sel = torch.argsort((weight == 0).to(torch.int8), dim=1, stable=True)[:, :keep]  # [n, E]
+        edges = torch.tensor(_EDGES, device=points.device)
+        return targets, uv, weight.gather(1, sel), live_count, edges[sel, 0], edges[sel, 1]
+
     def _fast_jets(
         self, points: torch.Tensor, order: int, chunk_size: int
     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -600,26 +625,10 @@ class Cube(Manifold):
         """
         dtype, device = points.dtype, points.device
         n, S, sigma = points.shape[0], self.image_size, self.sigma
-        corners = self._corner_jets(points, order)
-        targets = [c[..., list(_TARGET_INDEX), :].flatten(-2) for c in corners]
-        uv = self._projection_jets(corners)
-
-        # Edges with a nonzero weight first (at most 9 on a cube), then weight-0 ones.
-        weight = self._edge_weights(uv[0])  # [n, 12]
-        live_count = (weight != 0).sum(1).tolist()
-        keep = max(max(live_count), 1)
-        sel = torch.argsort((weight == 0).to(torch.int8), dim=1, stable=True)[:, :keep]  # [n, E]
-        w = weight.gather(1, sel)
-        edges = torch.tensor(_EDGES, device=device)
-        ia, ib = edges[sel, 0], edges[sel, 1]  # [n, E]
+        targets, uv, w, live_count, ia, ib = self._live_edges(points, order)
 
         def ends(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-            # t [n, ..., 8, 2] -> [n, E, ..., 2], in units of sigma
-            if t.dim() == 3:
-                return t.gather(1, idx[..., None].expand(-1, -1, 2)) / sigma
-            m = t.shape[1]
-            g = t.gather(2, idx[:, None, :, None].expand(-1, m, -1, 2))
-            return g.transpose(1, 2) / sigma
+            return _edge_ends(t, idx, sigma)
 
         a, b = ends(uv[0], ia), ends(uv[0], ib)  # [n, E, 2]
         dvec = b - a
@@ -899,25 +908,10 @@ ho^2/2}`.
         the culling of pixels far from every edge (slower, the same function to rounding)."""
         dtype, device = points.dtype, points.device
         n, S, sigma = points.shape[0], self.image_size, self.sigma
-        corners = self._corner_jets(points, order)
-        targets = [c[..., list(_TARGET_INDEX), :].flatten(-2) for c in corners]
-        uv = self._projection_jets(corners)
-
-        # Keep only edges with a nonzero weight (at most 9 on a cube); pad with weight-0 edges.
-        weight = self._edge_weights(uv[0])  # [n, 12]
-        keep = max(int((weight != 0).sum(1).max()), 1)
-        sel = torch.argsort((weight == 0).to(torch.int8), dim=1, stable=True)[:, :keep]  # [n, E]
-        w = weight.gather(1, sel)
-        edges = torch.tensor(_EDGES, device=device)
-        ia, ib = edges[sel, 0], edges[sel, 1]  # [n, E]
+        targets, uv, w, _, ia, ib = self._live_edges(points, order)
 
         def ends(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-            # t [n, ..., 8, 2] -> [n, E, ..., 2], in units of sigma
-            if t.dim() == 3:
-                return t.gather(1, idx[..., None].expand(-1, -1, 2)) / sigma
-            m = t.shape[1]
-            g = t.gather(2, idx[:, None, :, None].expand(-1, m, -1, 2))
-            return g.transpose(1, 2) / sigma
+            return _edge_ends(t, idx, sigma)
 
         field = self._edge_field(ends(uv[0], ia), ends(uv[0], ib))
         images = [self._render_value(field, w, compact=True)]
