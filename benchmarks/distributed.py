@@ -28,51 +28,28 @@ import time
 from pathlib import Path
 
 from manifoldtrain._io import write_text_atomic
+from manifoldtrain.config import DataConfig, ExperimentConfig, save_config
 from manifoldtrain.experiment import machine_info
+from manifoldtrain.manifolds import Cube
+from manifoldtrain.nn import MLPConfig
+from manifoldtrain.objectives import Objective
+from manifoldtrain.training import TrainConfig
 
-CONFIG = """model_seed = 0
-
-[manifold]
-kind = "cube"
-{manifold}
-
-[data]
-n_train = {n_train}
-n_test = 16
-seed = 0
-cache_dir = "{cache}"
-
-[model]
-kind = "mlp"
-hidden = {hidden}
-
-[[objective.terms]]
-kind = "value"
-
-[[objective.terms]]
-kind = "derivative"
-order = 1
-
-[[objective.terms]]
-kind = "derivative"
-order = 2
-weight = 0.03
-
-[train]
-epochs = {epochs}
-batch_size = {batch}
-learning_rate = 0.001
-seed = 0
-progress = false
-"""
+def run_config(args, batch: int, cache: Path) -> ExperimentConfig:
+    """The benchmark's run: ``Objective.second_order()`` on the cube, from the jet cache in ``cache``."""
+    cube = Cube(image_size=9, extent=0.5, sigma=0.08) if args.quick else Cube()
+    return ExperimentConfig(
+        manifold=cube, data=DataConfig(n_train=args.n_train, n_test=16, seed=0, cache_dir=str(cache)),
+        model=MLPConfig(hidden=tuple(args.hidden)), objective=Objective.second_order(),
+        train=TrainConfig(epochs=args.epochs, batch_size=batch, learning_rate=1e-3, seed=0, progress=False),
+        model_seed=0)
 
 
 def train(work: Path, processes: int, threads: int, batch: int, repeat: int, args) -> dict:
     """One run under torchrun (a new folder); returns its results.json."""
     name = f"p{processes}_b{batch}_r{repeat}"
     config = work / f"{name}.toml"
-    config.write_text(CONFIG.format(manifold=args.manifold_toml, n_train=args.n_train, cache=work / "cache",
-                                    hidden=list(args.hidden), epochs=args.epochs, batch=batch))
+    save_config(run_config(args, batch, work / "cache"), config)
     out = work / name
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
                "-m", "manifoldtrain", "train", "--config", str(config), "--out", str(out), "--threads", str(threads)]
@@ -104,10 +81,8 @@ def main(argv=None) -> int:
             parser.error(f"--{name}: expected positive integers, got {getattr(args, name)}")
     if args.cores < max(args.processes):
         parser.error(f"--cores ({args.cores}) must be at least the largest --processes ({max(args.processes)})")
-    args.manifold_toml = ""
     if args.quick:
-        args.manifold_toml, args.n_train, args.epochs, args.hidden, args.batches, args.repeats = (
-            "image_size = 9\nextent = 0.5\nsigma = 0.08", 32, 1, [8], [8], 1)
+        args.n_train, args.epochs, args.hidden, args.batches, args.repeats = 32, 1, [8], [8], 1
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -122,7 +97,8 @@ def main(argv=None) -> int:
                 rows.append({
                     "processes": p, "threads_per_process": args.cores // p, "batch": batch, "steps": best["steps"],
                     "seconds": best["seconds"], "samples_per_s": best["steps"] * batch / best["seconds"],
-                    "all_reduce_ms_per_step": 1e3 * comm["all_reduce_seconds"] / comm["steps"] if comm["steps"] else 0.0,
+                    "all_reduce_ms_per_step": (1e3 * comm["all_reduce_seconds"] / comm["steps"]
+                                               if comm["steps"] else 0.0),
                     "step_ms": 1e3 * best["seconds"] / best["steps"], "world_size": best["world_size"],
                     "test_rmse": best["test"]["rmse"],
                 })
@@ -134,9 +110,11 @@ def main(argv=None) -> int:
           "\n|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['batch']} | {r['processes']} x {r['threads_per_process']} | {r['samples_per_s']:.0f} | "
-              f"{r['step_ms']:.1f} | {r['all_reduce_ms_per_step']:.2f} | {r['all_reduce_ms_per_step'] / r['step_ms']:.1%} |")
+              f"{r['step_ms']:.1f} | {r['all_reduce_ms_per_step']:.2f} | "
+              f"{r['all_reduce_ms_per_step'] / r['step_ms']:.1%} |")
     if args.out:
-        meta = {"command": " ".join(["python", "benchmarks/distributed.py", *(argv if argv is not None else sys.argv[1:])]),
+        given = argv if argv is not None else sys.argv[1:]
+        meta = {"command": " ".join(["python", "benchmarks/distributed.py", *given]),
                 "n_train": args.n_train, "epochs": args.epochs, "hidden": list(args.hidden), "cores": args.cores,
                 **machine_info()}
         write_text_atomic(args.out, json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")

@@ -162,9 +162,9 @@ def _make_data(config: ExperimentConfig, *, progress: bool, write_cache: bool,
     n = d.n_train + d.n_test
     order = max(config.objective.max_order, d.test_order if d.test_order is not None else 0)
     if d.source == "shards":
-        return _sharded_data(config, order, dtype, progress=progress, ctx=ctx)
+        return _sharded_data(config, order, dtype, compute, progress=progress, ctx=ctx)
     if d.source != "memory":
-        return _computed_data(config, order, dtype, progress=progress, device=device)
+        return _computed_data(config, order, dtype, compute, progress=progress, device=device)
     if d.path is not None:
         try:
             data = load_jets(d.path)
@@ -202,7 +202,7 @@ def _split_indices(n: int, n_test: int, seed: int) -> tuple[torch.Tensor, torch.
     return perm[n_test:].sort().values, perm[:n_test].sort().values
 
 
-def _sharded_data(config: ExperimentConfig, order: int, dtype: torch.dtype, *, progress: bool,
+def _sharded_data(config: ExperimentConfig, order: int, dtype: torch.dtype, compute: torch.dtype, *, progress: bool,
                   ctx: DistributedContext | None) -> tuple[DataSource, JetDataset]:
     """``source = "shards"``: the training samples read from a cache batch by batch, the test samples in memory."""
     d = config.data
@@ -210,7 +210,6 @@ def _sharded_data(config: ExperimentConfig, order: int, dtype: torch.dtype, *, p
     if d.path is not None:
         path, argument = Path(d.path), "data.path"
     elif d.cache_dir is not None:
-        compute = dtype_from_name("data.compute_dtype", d.compute_dtype)
         key = fingerprint(config.manifold, n, d.seed, order, dtype, compute)
         path, argument = Path(d.cache_dir) / key, "data.cache_dir"
 
@@ -243,7 +242,7 @@ def _sharded_data(config: ExperimentConfig, order: int, dtype: torch.dtype, *, p
     return train, test
 
 
-def _computed_data(config: ExperimentConfig, order: int, dtype: torch.dtype, *, progress: bool,
+def _computed_data(config: ExperimentConfig, order: int, dtype: torch.dtype, compute: torch.dtype, *, progress: bool,
                    device: torch.device | None = None) -> tuple[DataSource, JetDataset]:
     """``source = "on-the-fly"`` or a source of one's own: the training jets computed batch by
     batch (on-the-fly ones on ``device``, the training device), the test set (the test part of
@@ -251,7 +250,6 @@ def _computed_data(config: ExperimentConfig, order: int, dtype: torch.dtype, *, 
     from tqdm.auto import tqdm
 
     d = config.data
-    compute = dtype_from_name("data.compute_dtype", d.compute_dtype)
     n = d.n_train + d.n_test
     points = config.manifold.sample(n, torch.Generator().manual_seed(d.seed), dtype=torch.float64)
     train_idx, test_idx = _split_indices(n, d.n_test, d.split_seed)
