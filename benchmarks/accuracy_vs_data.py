@@ -366,6 +366,8 @@ def main(argv=None) -> int:
     if args.quick:
         args.n_test = min(args.n_test, 16)
     work = Path(args.work)
+    if work.exists() and not work.is_dir():
+        parser.error(f"--work: {work} exists and is not a folder")
     work.mkdir(parents=True, exist_ok=True)
 
     def budgets_for(n):

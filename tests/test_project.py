@@ -261,3 +261,10 @@ def test_accuracy_benchmark_continues_from_its_checkpoints(tmp_path):
     assert b["epochs"] == a["epochs"] == 4 and b["test_rmse"] == a["test_rmse"] and b["curve"] == a["curve"]
     with pytest.raises(SystemExit):  # a wall-clock run is not continued
         mod["main"](["--quick", "--checkpoint-dir", str(tmp_path / "x")])
+    (tmp_path / "file").write_text("mine")
+    with pytest.raises(SystemExit):  # a file where the checkpoint folder should be: named, kept
+        mod["main"](argv[:-1] + [str(tmp_path / "file"), "--out", str(tmp_path / "c.json")])
+    sweep = runpy.run_path(str(ROOT / "benchmarks" / "accuracy_vs_data.py"))
+    with pytest.raises(SystemExit):
+        sweep["main"](["--work", str(tmp_path / "file"), "--summarize"])
+    assert (tmp_path / "file").read_text() == "mine" and not (tmp_path / "c.json").exists()
