@@ -238,7 +238,8 @@ def main(argv=None) -> int:
           f"seeds {seeds}")
     if args.checkpoint_dir is not None and view != "converged":
         parser.error("--checkpoint-dir: only with --epochs (a wall-clock run cannot be continued fairly)")
-    if args.checkpoint_dir is not None and Path(args.checkpoint_dir).exists() and not Path(args.checkpoint_dir).is_dir():
+    folder = Path(args.checkpoint_dir) if args.checkpoint_dir is not None else None
+    if folder is not None and folder.exists() and not folder.is_dir():
         parser.error(f"--checkpoint-dir: {args.checkpoint_dir} exists and is not a folder")
     runs = run(cube, n_train, n_test, hidden, seeds, budgets, objectives=args.objectives,
                checkpoint_dir=args.checkpoint_dir)
