@@ -188,7 +188,8 @@ def test_values_unchanged_by_the_smooth_forms():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("on_line", [False, True])
-def test_edge_far_fast_is_edge_far(dtype, on_line):
+def test_edge_far_is_its_angle_and_band_parts(dtype, on_line):
+    """edge_far = edge_angle + edge_bands, and edge_angle_fast is edge_angle."""
     g = torch.Generator().manual_seed(1)
     h = torch.randn(3000, generator=g, dtype=f64) * 8
     if on_line:  # pixels on an edge's line: inside the edge, beyond its ends, on a corner
@@ -201,7 +202,9 @@ def test_edge_far_fast_is_edge_far(dtype, on_line):
     s2 = math.sqrt(2.0)
     args = (h, ka, kb, length, torch.erf(h / s2), torch.erf(ka / s2), torch.erf(kb / s2))
     tol = 2 * torch.finfo(dtype).eps
-    assert (G.edge_far_fast(*args) - G.edge_far(*args)).abs().max() <= tol
+    angle = G.edge_angle_fast(h, ka, kb, length)
+    assert (angle - G.edge_angle(h, ka, kb, length)).abs().max() <= tol
+    assert (angle + G.edge_bands(h, ka, kb, *args[4:]) - G.edge_far(*args)).abs().max() <= tol
 
 
 def test_owens_t_cutoffs_bound_t():

@@ -159,7 +159,13 @@ def edge_far(
         + \sum_{k \in \{k_b, -k_a\}} \pm [|k| > |h|]\, \tfrac14 \big(\operatorname{erf}
         \tfrac{h}{\sqrt2} \operatorname{erf}\tfrac{k}{\sqrt2} - \operatorname{sign}(hk)\big)
     """
-    ah = h.abs()
+    return edge_angle(h, ka, kb, length) + edge_bands(h, ka, kb, erf_h, erf_a, erf_b)
+
+
+def edge_angle(h: torch.Tensor, ka: torch.Tensor, kb: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
+    r"""The angle term of :func:`edge_far`, :math:`\operatorname{sign}(h) \operatorname{atan2}(|h| L,
+    h^2 + k_a k_b) / 2\pi`: the fraction of the Gaussian's mass in the wedge that the edge
+    subtends at the pixel (the angles of a closed polygon's edges sum to its winding number)."""
     # sign(h) atan2(|h| L, x) is atan2(h L, x) wherever h != 0, and the latter is smooth across
     # h = 0 (a pixel on the edge's line) except for its value on the cut h = 0, x < 0 (a pixel
     # on the edge itself), +-pi instead of 0: subtracted there as a constant, so that forward
@@ -169,12 +175,21 @@ def edge_far(
     on_line = h == 0
     x = torch.where(on_line & (x == 0), torch.ones_like(x), x)
     raw = torch.atan2(h * length, x)
-    angle = (raw - torch.where(on_line & (x < 0), torch.copysign(torch.full_like(raw, math.pi), raw), 0.0)) / _TWO_PI
-    zero = torch.zeros_like(angle)
+    return (raw - torch.where(on_line & (x < 0), torch.copysign(torch.full_like(raw, math.pi), raw), 0.0)) / _TWO_PI
+
+
+def edge_bands(
+    h: torch.Tensor, ka: torch.Tensor, kb: torch.Tensor, erf_h: torch.Tensor, erf_a: torch.Tensor, erf_b: torch.Tensor
+) -> torch.Tensor:
+    r"""The band terms of :func:`edge_far` (it without :func:`edge_angle`):
+    :math:`\sum_{k \in \{k_b, -k_a\}} \pm [|k| > |h|]\, \tfrac14 (\operatorname{erf}\tfrac{h}{\sqrt2}
+    \operatorname{erf}\tfrac{k}{\sqrt2} - \operatorname{sign}(hk))`. Below the bound of
+    ``Cube._band_radius``, with the edge's Owen's T terms, for pixels far from the edge."""
+    ah = h.abs()
     sh = torch.sign(h)
-    band_b = torch.where(kb.abs() > ah, 0.25 * (erf_h * erf_b - sh * torch.sign(kb)), zero)
-    band_a = torch.where(ka.abs() > ah, 0.25 * (erf_h * erf_a - sh * torch.sign(ka)), zero)
-    return angle + band_b - band_a
+    band_b = torch.where(kb.abs() > ah, 0.25 * (erf_h * erf_b - sh * torch.sign(kb)), 0.0)
+    band_a = torch.where(ka.abs() > ah, 0.25 * (erf_h * erf_a - sh * torch.sign(ka)), 0.0)
+    return band_b - band_a
 
 
 def right_triangle_near(h: torch.Tensor, k: torch.Tensor, nodes: int = QUADRATURE_NODES) -> torch.Tensor:
@@ -224,20 +239,12 @@ def right_triangle_near_fast(h: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return torch.where(use_h, -torch.sign(h) * value, torch.sign(k) * value)
 
 
-def edge_far_fast(
-    h: torch.Tensor, ka: torch.Tensor, kb: torch.Tensor, length: torch.Tensor,
-    erf_h: torch.Tensor, erf_a: torch.Tensor, erf_b: torch.Tensor,
-) -> torch.Tensor:
-    """:func:`edge_far` for the renderer's fast path: the same function, with the correction
+def edge_angle_fast(h: torch.Tensor, ka: torch.Tensor, kb: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
+    """:func:`edge_angle` for the renderer's fast path: the same function, with the correction
     for pixels on an edge's line (``h == 0``) only evaluated where there are such pixels."""
     if bool((h == 0).any()):
-        return edge_far(h, ka, kb, length, erf_h, erf_a, erf_b)
-    ah = h.abs()
-    sh = torch.sign(h)
-    angle = torch.atan2(h * length, h * h + ka * kb) * (1.0 / _TWO_PI)
-    band_b = torch.where(kb.abs() > ah, 0.25 * (erf_h * erf_b - sh * torch.sign(kb)), 0.0)
-    band_a = torch.where(ka.abs() > ah, 0.25 * (erf_h * erf_a - sh * torch.sign(ka)), 0.0)
-    return angle + band_b - band_a
+        return edge_angle(h, ka, kb, length)
+    return torch.atan2(h * length, h * h + ka * kb) * (1.0 / _TWO_PI)
 
 
 #: Edges shorter than this, in units of sigma, get their moments by quadrature, since the
