@@ -298,10 +298,11 @@ def _construct(cls, table: dict, where: str):
 def config_from_dict(d: dict) -> ExperimentConfig:
     """Build an :class:`ExperimentConfig` from nested dicts (the parsed TOML)."""
     d = dict(d)
-    known = {"manifold", "data", "model", "objective", "train", "model_seed", "device"}
-    unknown = sorted(set(d) - known)
+    tables, keys = {"manifold", "data", "model", "objective", "train"}, {"model_seed", "device"}
+    unknown = sorted(set(d) - tables - keys)
     if unknown:
-        raise ValueError(f"config: unknown table(s) {unknown}; expected some of {sorted(known)}")
+        raise ValueError(f"config: unknown table(s) or top-level key(s) {unknown}; expected tables "
+                         f"{sorted(tables)} and top-level keys {sorted(keys)}")
     kw = {}
     if "manifold" in d:
         kw["manifold"] = _build(MANIFOLDS, d["manifold"], "manifold")

@@ -613,8 +613,8 @@ CASES: list[Case] = [
     Case(
         "toml-unknown-table", "TOML",
         "[optimiser]",
-        "ValueError: config: unknown table(s) ['optimiser']; expected some of ['data', 'manifold', 'model', "
-        "'model_seed', 'objective', 'train']",
+        "ValueError: config: unknown table(s) or top-level key(s) ['optimiser']; expected tables ['data', "
+        "'manifold', 'model', 'objective', 'train'] and top-level keys ['device', 'model_seed']",
         "CLEAR",
         toml("[optimiser]\nlr = 1\n", ValueError, r"optimiser"),
     ),
