@@ -22,6 +22,9 @@ Usage::
     python benchmarks/render.py --quick        # smoke run, seconds
     python benchmarks/render.py --out results/render.json
     python benchmarks/render.py --manifold cube --step-cost   # also: rendering beside a training step
+    # old against new code: the same script, the package from each checkout, alternately
+    for c in OLD NEW OLD NEW; do PYTHONPATH=$c python benchmarks/render.py --manifold cube \
+        --exact-only --cpu-time --threads 1 --batch-sizes 64 256 1024; done
 
 ``--step-cost`` (cube only) also times one full second-order training step
 (``Objective.second_order()``, MLP 3x256 tanh, batch 64, ``Trainer.batch`` and ``Trainer.step``
@@ -74,27 +77,31 @@ def finite_difference_jets(cube, points: torch.Tensor, step: float) -> Jet:
     return Jet(f0, (fp - fm) / (2 * step), d2)
 
 
-def timed(fn, min_time: float, max_calls: int = 50) -> tuple[float, object]:
+def timed(fn, min_time: float, max_calls: int = 50, clock=time.perf_counter) -> tuple[float, object]:
     """Best seconds per call over repeated calls (at least one, until ``min_time`` has passed)."""
     result = fn()  # warm-up
     best, spent, calls = float("inf"), 0.0, 0
     while calls < 1 or (spent < min_time and calls < max_calls):
-        t0 = time.perf_counter()
+        t0 = clock()
         result = fn()
-        dt = time.perf_counter() - t0
+        dt = clock() - t0
         best, spent, calls = min(best, dt), spent + dt, calls + 1
     return best, result
 
 
 def run(batch_sizes, dtypes, min_time: float, autodiff_max_batch: int, fd_max_batch: int, seed: int = 0,
-        manifold: str = "cube") -> list[dict]:
+        manifold: str = "cube", order: int = 2, clock=time.perf_counter) -> list[dict]:
+    """Rows of the table; ``order`` < 2 or ``fd_max_batch = autodiff_max_batch = 0`` time the
+    exact jets only; ``clock`` times every call (``time.process_time``: CPU time)."""
     cube = MANIFOLDS[manifold]()
     rows = []
+    if order < 2:
+        fd_max_batch = autodiff_max_batch = 0
     for dtype in dtypes:
         for n in batch_sizes:
             points = cube.sample(n, torch.Generator().manual_seed(seed), dtype=dtype)
-            t_exact, (exact, _) = timed(lambda: cube.jets(points), min_time)
-            row = {"manifold": manifold, "dtype": str(dtype).removeprefix("torch."), "batch": n,
+            t_exact, (exact, _) = timed(lambda: cube.jets(points, order), min_time, clock=clock)
+            row = {"manifold": manifold, "dtype": str(dtype).removeprefix("torch."), "batch": n, "order": order,
                    "exact_samples_per_s": n / t_exact}
             if n <= fd_max_batch:
                 t_fd, fd = timed(lambda: finite_difference_jets(cube, points, 1e-3), min_time, max_calls=3)
@@ -163,19 +170,32 @@ def main(argv=None) -> int:
     parser.add_argument("--step-cost", action="store_true",
                         help="cube: also time a full second-order training step (MLP 3x256 tanh, batch 64) per "
                              "sample and print render time / step time for each cube row")
+    parser.add_argument("--exact-only", action="store_true",
+                        help="time the exact jets only (no finite differences, no torch.func)")
+    parser.add_argument("--order", type=int, choices=(0, 1, 2), default=2,
+                        help="order of the jets (default 2; below 2 implies --exact-only)")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="time by the process's CPU time instead of wall-clock time (steadier on a loaded "
+                             "machine; with --threads 1 it is the single thread's time)")
     args = parser.parse_args(argv)
+    if args.step_cost and args.order != 2:
+        parser.error(f"--step-cost compares order-2 renders with a second-order step; got --order {args.order}")
     torch.set_num_threads(args.threads)
     if args.quick:
         sizes, min_time, ad_max, fd_max = args.batch_sizes or [1, 4], 0.02, 1, 4
     else:
         sizes, min_time, ad_max, fd_max = args.batch_sizes or [1, 4, 16, 64, 256, 1024], 1.0, 4, 256
-    print(f"torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}")
+    clock = time.process_time if args.cpu_time else time.perf_counter
+    print(f"torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}, "
+          f"jets of order {args.order}, {'CPU' if args.cpu_time else 'wall-clock'} time, "
+          f"manifoldtrain at {(machine_info()['git_commit'] or 'unknown commit')[:10]}")
     print(HEADER)
     with flush_denormals():
         rows = []
         for name in args.manifold:
-            limit = ad_max if args.quick else AUTODIFF_MAX_BATCH[name]
-            rows += run(sizes, [torch.float32, torch.float64], min_time, limit, fd_max, manifold=name)
+            limit = 0 if args.exact_only else ad_max if args.quick else AUTODIFF_MAX_BATCH[name]
+            rows += run(sizes, [torch.float32, torch.float64], min_time, limit, 0 if args.exact_only else fd_max,
+                        manifold=name, order=args.order, clock=clock)
         step = None
         if args.step_cost and "cube" in args.manifold:
             small = args.quick
@@ -190,7 +210,7 @@ def main(argv=None) -> int:
                     row["render_over_second_order_step"] = render / step
                     print(f"| cube | {row['dtype']} | {row['batch']} | {render * 1e6:.0f} | {render / step:.2f} |")
     if args.out:
-        meta = {"command": command_line(argv), **machine_info()}
+        meta = {"command": command_line(argv), "clock": "cpu" if args.cpu_time else "wall", **machine_info()}
         if step is not None:
             meta["second_order_step_seconds_per_sample"] = step
         write_text_atomic(args.out, json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")

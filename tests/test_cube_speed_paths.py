@@ -252,3 +252,17 @@ def test_render_benchmark_step_cost(tmp_path):
     data = json.loads(out.read_text())
     assert data["meta"]["second_order_step_seconds_per_sample"] > 0
     assert all(r["render_over_second_order_step"] > 0 for r in data["rows"])
+
+
+def test_render_benchmark_exact_only_cpu_time(tmp_path):
+    """The old-against-new comparison's options: exact jets only, any order, CPU time."""
+    out = tmp_path / "render.json"
+    mod = runpy.run_path(str(ROOT / "benchmarks" / "render.py"))
+    argv = ["--quick", "--manifold", "cube", "--threads", "1", "--exact-only", "--order", "1", "--cpu-time"]
+    assert mod["main"](argv + ["--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["meta"]["clock"] == "cpu"
+    assert data["rows"] and all(r["order"] == 1 and r["exact_samples_per_s"] > 0 for r in data["rows"])
+    assert not any("fd_samples_per_s" in r or "torch_func_samples_per_s" in r for r in data["rows"])
+    with pytest.raises(SystemExit):
+        mod["main"](["--quick", "--order", "1", "--step-cost"])
