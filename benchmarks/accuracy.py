@@ -31,6 +31,7 @@ Usage::
 
     python benchmarks/accuracy.py --out benchmarks/results/accuracy.json   # wall clock, ~1 hour on 2 cores
     python benchmarks/accuracy.py --epochs 1000 1000 800 --out benchmarks/results/accuracy_converged.json
+    python benchmarks/accuracy.py --epochs 1000 1000 800 --device cuda --threads 1 --out ...   # on a GPU
     python benchmarks/accuracy.py --quick                                 # smoke run
 """
 
@@ -49,7 +50,7 @@ import torch
 from manifoldtrain._io import write_text_atomic
 from manifoldtrain.data import generate_jets
 from manifoldtrain.evaluation import evaluate
-from manifoldtrain.experiment import command_line, machine_info
+from manifoldtrain.experiment import check_device, command_line, machine_info
 from manifoldtrain.manifolds import Cube
 from manifoldtrain.nn import MLPConfig, build_model
 from manifoldtrain.objectives import DerivativeTerm, Objective, ValueTerm
@@ -62,19 +63,25 @@ OBJECTIVES = {"value": Objective.value(), "first": Objective.first_order(), "sec
 
 
 def run(cube, n_train, n_test, hidden, seeds, budgets, objectives=tuple(OBJECTIVES), batch_size=64, progress=False,
-        checkpoint_dir=None) -> list[dict]:
+        checkpoint_dir=None, device="cpu") -> list[dict]:
     """Train each objective for each seed; ``budgets[name]`` is ``(epochs, seconds or None)``.
+
+    ``device``: where the data are rendered and the network trains (the same poses
+    and seeds on every device; the jets agree to float64 rounding before they are stored in
+    float32, the training to float32 rounding, which grows along a run).
 
     With ``checkpoint_dir`` each run checkpoints into ``checkpoint_dir/s{seed}_{name}`` about 40
     times along its budget and continues from there when run again (a stopped run loses at
     most 1/40 of its work; the continued run is the uninterrupted one, see ``Trainer.fit``)."""
     runs = []
     for seed in seeds:
-        data = generate_jets(cube, n_train + n_test, seed=1000 + seed, progress=progress)
+        # Rendered on the device, then kept on the CPU like any data set: the Trainer copies the
+        # training jets to the model's device once, evaluate() moves test batches.
+        data = generate_jets(cube, n_train + n_test, seed=1000 + seed, progress=progress, device=device).to("cpu")
         train, test = data.split(n_test, seed=seed)
         for name in objectives:
             epochs, seconds = budgets[name]
-            model = build_model(MLPConfig(hidden=hidden), train.inputs.value, train.targets.value, seed=seed)
+            model = build_model(MLPConfig(hidden=hidden), train.inputs.value, train.targets.value, seed=seed).to(device)
             # 20 evaluations along each run, at equal time (wall-clock view) or equal epochs.
             evals = dict(eval_every=0, eval_interval=seconds / 20) if seconds else dict(eval_every=max(1, epochs // 20))
             keep = dict(checkpoint_every=max(1, epochs // 40)) if checkpoint_dir and not seconds else {}
@@ -190,7 +197,12 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None, help="results JSON (a .png of the learning curves beside it)")
     parser.add_argument("--checkpoint-dir", default=None, metavar="DIR",
                         help="converged view: checkpoint every run in DIR and continue stopped runs from there")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N: where data and training live")
     args = parser.parse_args(argv)
+    try:
+        device = check_device(args.device, "--device")
+    except ValueError as err:
+        parser.error(str(err))
     if args.combine:
         parts = []
         for f in args.combine:
@@ -242,7 +254,7 @@ def main(argv=None) -> int:
     if folder is not None and folder.exists() and not folder.is_dir():
         parser.error(f"--checkpoint-dir: {args.checkpoint_dir} exists and is not a folder")
     runs = run(cube, n_train, n_test, hidden, seeds, budgets, objectives=args.objectives,
-               checkpoint_dir=args.checkpoint_dir)
+               checkpoint_dir=args.checkpoint_dir, device=device)
     report(summarize(runs))
     if args.out:
         meta = {"command": command_line(argv),
@@ -250,6 +262,8 @@ def main(argv=None) -> int:
                 "budgets": {k: {"epochs": e, "seconds": s} for k, (e, s) in budgets.items() if k in args.objectives},
                 "objectives": {k: list(v.names) + [f"weights {[t.weight for t in v.terms]}"] for k, v in OBJECTIVES.items()
                                if k in args.objectives},
+                "device": str(device),
+                **({"device_name": torch.cuda.get_device_name(device)} if device.type == "cuda" else {}),
                 **machine_info()}
         write(args.out, meta, runs)
     return 0

@@ -38,6 +38,8 @@ Usage::
     python benchmarks/accuracy_vs_data.py --work acc_data --import benchmarks/results/accuracy_converged.json
     # summary and figure of whatever parts exist
     python benchmarks/accuracy_vs_data.py --work acc_data --summarize --out benchmarks/results/accuracy_vs_data.json
+    # on a GPU: several runs share it (the data and the protocol are the same as on the CPU)
+    python benchmarks/accuracy_vs_data.py --work acc_gpu --sizes 1000 2000 4000 8000 16000 --device cuda --jobs 8
     python benchmarks/accuracy_vs_data.py --quick --work /tmp/q   # smoke run, in-process, seconds
 """
 
@@ -56,6 +58,7 @@ import time
 from pathlib import Path
 
 from manifoldtrain._io import write_text_atomic
+from manifoldtrain.experiment import check_device
 
 HERE = Path(__file__).resolve().parent
 OBJECTIVES = ("value", "first", "second")
@@ -73,10 +76,12 @@ def part_path(work: Path, size: int, seed: int, objective: str) -> Path:
     return work / f"n{size}" / f"s{seed}_{objective}.json"
 
 
-def _accuracy_argv(size, seed, objective, epochs, n_test, quick, out) -> list[str]:
+def _accuracy_argv(size, seed, objective, epochs, n_test, quick, out, device="cpu") -> list[str]:
     argv = ["--n-train", str(size), "--n-test", str(n_test), "--epochs", *map(str, epochs), "--threads", "1",
             "--seeds", str(seed), "--objectives", objective, "--out", str(out),
             "--checkpoint-dir", str(_checkpoints(out))]
+    if device != "cpu":
+        argv += ["--device", device]
     return (["--quick"] + argv) if quick else argv
 
 
@@ -90,8 +95,9 @@ def _done(out: Path) -> None:
 
 
 def run_parts(work: Path, jobs_list: list[tuple[int, int, str]], budgets: dict, n_test: int, jobs: int,
-              quick: bool) -> list[Path]:
-    """Run the missing parts, ``jobs`` processes at a time (in this process when ``jobs == 1``)."""
+              quick: bool, device: str = "cpu") -> list[Path]:
+    """Run the missing parts, ``jobs`` processes at a time (in this process when ``jobs == 1``),
+    on ``device`` (several processes may share one GPU)."""
     todo = [(n, s, o) for n, s, o in jobs_list if not part_path(work, n, s, o).exists()]
     done = len(jobs_list) - len(todo)
     print(f"{len(jobs_list)} runs, {done} already done, {len(todo)} to run, {jobs} at a time", flush=True)
@@ -103,7 +109,7 @@ def run_parts(work: Path, jobs_list: list[tuple[int, int, str]], budgets: dict, 
         for n, s, o in todo:
             out = part_path(work, n, s, o)
             out.parent.mkdir(parents=True, exist_ok=True)
-            if accuracy_main(_accuracy_argv(n, s, o, budgets[n], n_test, quick, out)) != 0:
+            if accuracy_main(_accuracy_argv(n, s, o, budgets[n], n_test, quick, out, device)) != 0:
                 raise SystemExit(f"accuracy.py failed for size {n}, seed {s}, {o}")
             _done(out)
             written.append(out)
@@ -117,7 +123,7 @@ def run_parts(work: Path, jobs_list: list[tuple[int, int, str]], budgets: dict, 
             out = part_path(work, n, s, o)
             out.parent.mkdir(parents=True, exist_ok=True)
             log = open(out.with_suffix(".log"), "w")
-            cmd = [sys.executable, str(HERE / "accuracy.py"), *_accuracy_argv(n, s, o, budgets[n], n_test, quick, out)]
+            cmd = [sys.executable, str(HERE / "accuracy.py"), *_accuracy_argv(n, s, o, budgets[n], n_test, quick, out, device)]
             env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
             running.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), out, log,
                             time.time()))
@@ -178,7 +184,8 @@ def load_runs(work: Path) -> list[dict]:
         if not isinstance(data, dict) or not PART_KEYS <= data.keys():
             raise SystemExit(f"{f} is not a part file of this sweep")
         for r in data["runs"]:
-            runs.append(dict(r, n_train=int(data["meta"]["n_train"]), n_test=int(data["meta"]["n_test"])))
+            runs.append(dict(r, n_train=int(data["meta"]["n_train"]), n_test=int(data["meta"]["n_test"]),
+                             device=data["meta"].get("device", "cpu")))
     return runs
 
 
@@ -225,7 +232,8 @@ def summarize(runs: list[dict], goal: float, bootstrap: int = 2000, seed: int = 
                 row[o] = {"seeds": [r["seed"] for r in rs], "test_rmse": _mean_sd([r["test_rmse"] for r in rs]),
                           "best_test_rmse": _mean_sd([r["best_test_rmse"] for r in rs]),
                           "epochs": rs[0]["epochs"], "tail_drop_max": max(tail_drop(r) for r in rs),
-                          "seconds": statistics.mean(r["seconds"] for r in rs)}
+                          "seconds": statistics.mean(r["seconds"] for r in rs),
+                          "devices": sorted({r.get("device", "cpu") for r in rs})}
         for other in ("second", "first"):
             seeds = sorted(s for (m, s, o) in by if m == n and o == "value" and (n, s, other) in by)
             if not seeds:
@@ -357,7 +365,14 @@ def main(argv=None) -> int:
     parser.add_argument("--goal", type=float, default=25.0, help="the ratio to reach (the paper's 25x)")
     parser.add_argument("--out", default=None, help="summary JSON (a .png of the figure beside it)")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny cube and network, in seconds")
+    parser.add_argument("--device", default="cpu",
+                        help="cpu (default), cuda or cuda:N: where every run renders its data and trains (--jobs "
+                             "processes share it); each part records its device")
     args = parser.parse_args(argv)
+    try:
+        args.device = str(check_device(args.device, "--device"))
+    except ValueError as err:
+        parser.error(str(err))
     for name, values in (("--sizes", args.sizes), ("--epochs", args.epochs)):
         if any(v < 1 for v in values):
             parser.error(f"{name} must be positive integers, got {values}")
@@ -377,7 +392,8 @@ def main(argv=None) -> int:
         print(f"imported {import_results(work, Path(path), budgets_for)} runs from {path}")
     if not args.summarize and not args.imports:
         jobs_list = [(n, s, o) for n in args.sizes for s in args.seeds for o in args.objectives]
-        run_parts(work, jobs_list, {n: budgets_for(n) for n in args.sizes}, args.n_test, args.jobs, args.quick)
+        run_parts(work, jobs_list, {n: budgets_for(n) for n in args.sizes}, args.n_test, args.jobs, args.quick,
+                  args.device)
     runs = load_runs(work)
     if not runs:
         print(f"no runs in {work} yet")

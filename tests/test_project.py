@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from manifoldtrain.cli import main
 
@@ -145,6 +146,38 @@ def test_accuracy_benchmark_quick(tmp_path):
     assert (tmp_path / "acc.png").exists()
 
 
+@pytest.mark.parametrize("script", ["accuracy.py", "accuracy_vs_data.py"])
+@pytest.mark.parametrize("device, message", [("gpu", r"--device: expected 'cpu', 'cuda' or 'cuda:N', got 'gpu'"),
+                                             ("cuda:7", r"--device: 'cuda:7' asked for")])
+def test_accuracy_benchmarks_name_a_bad_device(tmp_path, capsys, script, device, message):
+    if device.startswith("cuda") and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    mod = runpy.run_path(str(ROOT / "benchmarks" / script))
+    argv = ["--quick", "--device", device] + (["--work", str(tmp_path / "w")] if script == "accuracy_vs_data.py" else [])
+    with pytest.raises(SystemExit):
+        mod["main"](argv)
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "w").exists()  # nothing was created
+
+
+def test_accuracy_vs_data_passes_the_device_on():
+    mod = runpy.run_path(str(ROOT / "benchmarks" / "accuracy_vs_data.py"))
+    out = Path("w/n8/s0_second.json")
+    assert "--device" not in mod["_accuracy_argv"](8, 0, "second", (2, 2, 1), 4, False, out)
+    argv = mod["_accuracy_argv"](8, 0, "second", (2, 2, 1), 4, False, out, "cuda:1")
+    assert argv[argv.index("--device") + 1] == "cuda:1"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_accuracy_benchmark_on_cuda(tmp_path):
+    out = tmp_path / "acc.json"
+    mod = runpy.run_path(str(ROOT / "benchmarks" / "accuracy.py"))
+    assert mod["main"](["--quick", "--epochs", "3", "2", "1", "--device", "cuda", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["meta"]["device"].startswith("cuda") and result["meta"]["device_name"]
+    assert all(math.isfinite(r["test_rmse"]) for r in result["runs"])
+
+
 def test_accuracy_benchmark_converged_view_combines_parts(tmp_path):
     mod = runpy.run_path(str(ROOT / "benchmarks" / "accuracy.py"))
     parts = []
@@ -200,6 +233,7 @@ def test_accuracy_vs_data_sweep_resumes_and_fits(tmp_path, capsys):
     for n in (24, 48):
         mean_log = sum(math.log(by[n, s, "value"] / by[n, s, "second"]) for s in (0, 1)) / 2
         assert math.log(fit["fitted"][str(n)]) == pytest.approx(mean_log)
+    assert all(row[o]["devices"] == ["cpu"] for row in summary["table"] for o in ("value", "second"))
     assert (tmp_path / "sum.png").exists()
     assert not list(work.rglob("*.checkpoints"))  # removed once each part was written
     # A second call runs nothing new: every part exists.
