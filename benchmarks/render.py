@@ -22,6 +22,7 @@ Usage::
     python benchmarks/render.py --quick        # smoke run, seconds
     python benchmarks/render.py --out results/render.json
     python benchmarks/render.py --manifold cube --step-cost   # also: rendering beside a training step
+    python benchmarks/render.py --manifold cube --step-cost --device cuda   # on a GPU
     # old against new code: the same script, the package from each checkout, alternately
     for c in OLD NEW OLD NEW; do PYTHONPATH=$c python benchmarks/render.py --manifold cube \
         --exact-only --cpu-time --threads 1 --batch-sizes 64 256 1024; done
@@ -47,7 +48,7 @@ import torch
 
 from manifoldtrain import Jet, num_pairs, triu_pairs
 from manifoldtrain._io import write_text_atomic
-from manifoldtrain.experiment import command_line, machine_info
+from manifoldtrain.experiment import check_device, command_line, machine_info
 from manifoldtrain.manifolds import Cube, PhaseRetrieval
 from manifoldtrain.training import flush_denormals
 
@@ -90,16 +91,17 @@ def timed(fn, min_time: float, max_calls: int = 50, clock=time.perf_counter) -> 
 
 
 def run(batch_sizes, dtypes, min_time: float, autodiff_max_batch: int, fd_max_batch: int, seed: int = 0,
-        manifold: str = "cube", order: int = 2, clock=time.perf_counter) -> list[dict]:
+        manifold: str = "cube", order: int = 2, clock=time.perf_counter, device="cpu") -> list[dict]:
     """Rows of the table; ``order`` < 2 or ``fd_max_batch = autodiff_max_batch = 0`` time the
-    exact jets only; ``clock`` times every call (``time.process_time``: CPU time)."""
+    exact jets only; ``clock`` times every call (``time.process_time``: CPU time); points and
+    jets on ``device``."""
     cube = MANIFOLDS[manifold]()
     rows = []
     if order < 2:
         fd_max_batch = autodiff_max_batch = 0
     for dtype in dtypes:
         for n in batch_sizes:
-            points = cube.sample(n, torch.Generator().manual_seed(seed), dtype=dtype)
+            points = cube.sample(n, torch.Generator().manual_seed(seed), dtype=dtype, device=device)
             t_exact, (exact, _) = timed(lambda: cube.jets(points, order), min_time, clock=clock)
             row = {"manifold": manifold, "dtype": str(dtype).removeprefix("torch."), "batch": n, "order": order,
                    "exact_samples_per_s": n / t_exact}
@@ -117,7 +119,7 @@ def run(batch_sizes, dtypes, min_time: float, autodiff_max_batch: int, fd_max_ba
 
 
 def second_order_step_seconds(batch: int = 64, hidden=(256, 256, 256), steps: int = 20, seed: int = 0,
-                              n_train: int = 256) -> float:
+                              n_train: int = 256, device="cpu", clock=time.perf_counter) -> float:
     """Seconds per sample of one full second-order training step (``Objective.second_order()``,
     MLP ``hidden`` tanh, ``batch``): ``Trainer.batch`` then ``Trainer.step`` (loss, backward,
     AdamW), the fastest of ``steps`` after two warm-up steps, on cube jets (float32)."""
@@ -127,18 +129,26 @@ def second_order_step_seconds(batch: int = 64, hidden=(256, 256, 256), steps: in
     from manifoldtrain.training import Trainer, TrainConfig
 
     train = generate_jets(Cube(), n_train, seed=seed, progress=False)
-    model = build_model(MLPConfig(hidden=hidden), train.inputs.value, train.targets.value, seed=seed)
+    model = build_model(MLPConfig(hidden=hidden), train.inputs.value, train.targets.value, seed=seed).to(device)
     trainer = Trainer(model, Objective.second_order(), train, None,
                       TrainConfig(batch_size=batch, progress=False, seed=seed))
     gen = torch.Generator().manual_seed(seed)
     best = float("inf")
     for k in range(steps + 2):
         idx = torch.randint(len(train), (batch,), generator=gen)
-        t0 = time.perf_counter()
+        t0 = clock()
         trainer.step(trainer.batch(idx))
         if k >= 2:
-            best = min(best, time.perf_counter() - t0)
+            best = min(best, clock() - t0)
     return best / batch
+
+
+def _synchronised(clock, device):
+    """``clock`` read after the device's queued work is done (CUDA runs asynchronously)."""
+    def read() -> float:
+        torch.cuda.synchronize(device)
+        return clock()
+    return read
 
 
 def _format_row(row: dict) -> str:
@@ -174,6 +184,7 @@ def main(argv=None) -> int:
                         help="time the exact jets only (no finite differences, no torch.func)")
     parser.add_argument("--order", type=int, choices=(0, 1, 2), default=2,
                         help="order of the jets (default 2; below 2 implies --exact-only)")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N: where points and jets live")
     parser.add_argument("--cpu-time", action="store_true",
                         help="time by the process's CPU time instead of wall-clock time (steadier on a loaded "
                              "machine; with --threads 1 it is the single thread's time)")
@@ -186,6 +197,14 @@ def main(argv=None) -> int:
     else:
         sizes, min_time, ad_max, fd_max = args.batch_sizes or [1, 4, 16, 64, 256, 1024], 1.0, 4, 256
     clock = time.process_time if args.cpu_time else time.perf_counter
+    try:
+        device = check_device(args.device, "--device")
+    except ValueError as err:
+        parser.error(str(err))
+    if device.type == "cuda":
+        if args.cpu_time:
+            parser.error("--cpu-time: times the CPU; on --device cuda the wall-clock time (synchronised) is the one")
+        clock = _synchronised(time.perf_counter, device)
     print(f"torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}, "
           f"jets of order {args.order}, {'CPU' if args.cpu_time else 'wall-clock'} time, "
           f"manifoldtrain at {(machine_info()['git_commit'] or 'unknown commit')[:10]}")
@@ -195,12 +214,13 @@ def main(argv=None) -> int:
         for name in args.manifold:
             limit = 0 if args.exact_only else ad_max if args.quick else AUTODIFF_MAX_BATCH[name]
             rows += run(sizes, [torch.float32, torch.float64], min_time, limit, 0 if args.exact_only else fd_max,
-                        manifold=name, order=args.order, clock=clock)
+                        manifold=name, order=args.order, clock=clock, device=device)
         step = None
         if args.step_cost and "cube" in args.manifold:
             small = args.quick
             step = second_order_step_seconds(batch=16 if small else 64, hidden=(32, 32) if small else (256, 256, 256),
-                                             steps=3 if small else 20, n_train=64 if small else 256)
+                                             steps=3 if small else 20, n_train=64 if small else 256, device=device,
+                                             clock=clock)
             print(f"second-order training step (Objective.second_order(), MLP "
                   f"{'2x32' if small else '3x256'} tanh, batch {16 if small else 64}): {step * 1e6:.0f} us/sample")
             print("| manifold | dtype | batch | render us/sample | render / step |\n|---|---|---|---|---|")
@@ -210,7 +230,9 @@ def main(argv=None) -> int:
                     row["render_over_second_order_step"] = render / step
                     print(f"| cube | {row['dtype']} | {row['batch']} | {render * 1e6:.0f} | {render / step:.2f} |")
     if args.out:
-        meta = {"command": command_line(argv), "clock": "cpu" if args.cpu_time else "wall", **machine_info()}
+        meta = {"command": command_line(argv), "clock": "cpu" if args.cpu_time else "wall", "device": str(device),
+                **({"device_name": torch.cuda.get_device_name(device)} if device.type == "cuda" else {}),
+                **machine_info()}
         if step is not None:
             meta["second_order_step_seconds_per_sample"] = step
         write_text_atomic(args.out, json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")

@@ -18,4 +18,7 @@ sys.path.insert(0, str(ROOT / "examples"))
 DATA = Path(__file__).resolve().parent / "data"
 
 
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def requires_cuda(test):
+    """Mark a test ``cuda`` (``pytest -m cuda`` runs them all on a GPU machine) and skip it
+    where no CUDA device is visible."""
+    return pytest.mark.cuda(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")(test))

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from manifoldtrain.manifolds import Cube
 from manifoldtrain.manifolds import cube as cube_module
 
-from conftest import ROOT
+from conftest import ROOT, requires_cuda
 
 CUBES = {
     "default": Cube(),
@@ -266,3 +266,20 @@ def test_render_benchmark_exact_only_cpu_time(tmp_path):
     assert not any("fd_samples_per_s" in r or "torch_func_samples_per_s" in r for r in data["rows"])
     with pytest.raises(SystemExit):
         mod["main"](["--quick", "--order", "1", "--step-cost"])
+
+
+def test_render_benchmark_names_a_bad_device(capsys):
+    mod = runpy.run_path(str(ROOT / "benchmarks" / "render.py"))
+    with pytest.raises(SystemExit):
+        mod["main"](["--quick", "--device", "tpu"])
+    assert "--device: expected 'cpu', 'cuda' or 'cuda:N', got 'tpu'" in capsys.readouterr().err
+
+
+@requires_cuda
+def test_render_benchmark_on_cuda(tmp_path):
+    out = tmp_path / "render.json"
+    mod = runpy.run_path(str(ROOT / "benchmarks" / "render.py"))
+    assert mod["main"](["--quick", "--manifold", "cube", "--device", "cuda", "--step-cost", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["meta"]["device"].startswith("cuda")
+    assert all(r["exact_samples_per_s"] > 0 for r in data["rows"])

@@ -17,6 +17,8 @@ from manifoldtrain.network_jets import (
 )
 from manifoldtrain.nn import GELU, SMOOTH_ACTIVATIONS, Affine, ConvNetConfig, MLPConfig, build_model
 
+from conftest import requires_cuda
+
 f64 = torch.float64
 
 
@@ -221,7 +223,7 @@ def test_gelu_derivatives_match_autograd():
     torch.testing.assert_close(d2f, h)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@requires_cuda
 def test_cuda_network_jets_and_a_training_step_match_cpu():
     from manifoldtrain.data import generate_jets
     from manifoldtrain.objectives import Objective

@@ -13,7 +13,7 @@ import torch
 
 from manifoldtrain.cli import main
 
-from conftest import ROOT
+from conftest import ROOT, requires_cuda
 
 README = (ROOT / "README.md").read_text()
 
@@ -168,7 +168,7 @@ def test_accuracy_vs_data_passes_the_device_on():
     assert argv[argv.index("--device") + 1] == "cuda:1"
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@requires_cuda
 def test_accuracy_benchmark_on_cuda(tmp_path):
     out = tmp_path / "acc.json"
     mod = runpy.run_path(str(ROOT / "benchmarks" / "accuracy.py"))
@@ -302,3 +302,14 @@ def test_accuracy_benchmark_continues_from_its_checkpoints(tmp_path):
     with pytest.raises(SystemExit):
         sweep["main"](["--work", str(tmp_path / "file"), "--summarize"])
     assert (tmp_path / "file").read_text() == "mine" and not (tmp_path / "c.json").exists()
+
+
+def test_gpu_checks_script_parses_and_runs_only_project_commands():
+    """benchmarks/gpu_checks.sh (run on a GPU machine; smoke-run it with DEVICE=cpu QUICK=1) is
+    valid bash, and every Python step it runs is one of the benchmarks or the CUDA tests."""
+    script = ROOT / "benchmarks" / "gpu_checks.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    text = script.read_text()
+    for name in ("render.py", "accuracy_vs_data.py"):
+        assert f"benchmarks/{name}" in text and (ROOT / "benchmarks" / name).exists()
+    assert "-m pytest -q -p no:cacheprovider -m cuda" in text
