@@ -93,6 +93,28 @@ class DemoConfig:
         )
 
 
+def _busy_machine_note(load: float | None, cpus: int | None, threads: int) -> str | None:
+    """A warning when other work already occupies the CPUs that the demo's torch threads need
+    (1-minute ``load`` average before it starts, on ``cpus`` cores, ``threads`` torch threads),
+    or ``None``. Its budgets are wall-clock seconds, so a busy machine gives every run fewer
+    epochs, the slower derivative runs relatively fewer still (a multi-threaded torch op that
+    waits for a descheduled thread can run several times slower), and the ratio is then not
+    the quiet machine's."""
+    if load is None or not cpus or load + threads <= cpus + 0.5:
+        return None
+    return (f"note: this machine is busy (load {load:.1f} on {cpus} cores before the demo, torch uses {threads} "
+            f"threads): the wall-clock budgets will give every run fewer epochs, derivative training relatively "
+            f"fewer still, so the ratio below is not a quiet machine's (4-5x for the cube on 2 idle cores). "
+            f"Rerun when the machine is idle, or compare epoch counts.")
+
+
+def _load_average() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):  # not on every platform
+        return None
+
+
 def run_demo(out_dir: str | os.PathLike = "demo", config: DemoConfig = DemoConfig(), *, echo=print, force: bool = False) -> dict:
     """Train the demo's runs, print a table, write ``results.json`` and ``report.png`` to ``out_dir``.
 
@@ -105,6 +127,10 @@ def run_demo(out_dir: str | os.PathLike = "demo", config: DemoConfig = DemoConfi
     if not isinstance(config, DemoConfig):
         raise TypeError(f"config: expected a DemoConfig, got {type(config).__name__}")
     out = claim_output_folder(out_dir, "demo", force=force, argument="out_dir")
+    load, cpus, threads = _load_average(), os.cpu_count(), torch.get_num_threads()
+    busy = _busy_machine_note(load, cpus, threads)
+    if busy:
+        echo(busy)
     t0 = time.perf_counter()
     echo(f"manifoldtrain demo: {config.manifold}, {config.n_train} training / {config.n_test} test samples, "
          f"MLP {list(config.hidden)} tanh, {config.seconds_per_run:g} s per objective -> {out}")
@@ -132,15 +158,18 @@ def run_demo(out_dir: str | os.PathLike = "demo", config: DemoConfig = DemoConfi
         "runs": runs,
         "config": attrs.asdict(config),
         "total_seconds": time.perf_counter() - t0,
-        "machine": machine_info(),
+        "machine": dict(machine_info(), cpus=cpus, load_average_before=load, load_average_after=_load_average()),
     }
+    if busy:
+        results["busy_machine"] = busy
     if "value" in by and "second" in by:
         results["ratio_value_to_second"] = by["value"]["test_rmse"] / by["second"]["test_rmse"]
     write_text_atomic(out / "results.json", json.dumps(results, indent=2) + "\n")
     plot_report(runs, histories, train, test, out, config)
     echo(format_table(runs))
     if "ratio_value_to_second" in results:
-        echo(f"clean test RMSE, value / second order: {results['ratio_value_to_second']:.1f}x")
+        echo(f"clean test RMSE, value / second order: {results['ratio_value_to_second']:.1f}x"
+             + (" (on a busy machine: see the note above)" if busy else ""))
     echo(f"wrote {out / 'results.json'} and {out / 'report.png'} ({results['total_seconds']:.0f} s)")
     return results
 

@@ -164,6 +164,23 @@ def test_demo_quick(tmp_path, capsys):
     assert "objective" in text and "value / second order" in text
 
 
+def test_demo_says_when_the_machine_is_busy(tmp_path, capsys, monkeypatch):
+    import manifoldtrain.demo as demo
+
+    note = demo._busy_machine_note
+    assert note(None, 2, 2) is None and note(0.2, 2, 2) is None and note(0.4, 4, 2) is None
+    assert "load 1.0 on 2 cores" in note(1.0, 2, 2) and note(3.0, 4, 2)
+    monkeypatch.setattr(demo, "_load_average", lambda: 3.0)
+    monkeypatch.setattr(demo.os, "cpu_count", lambda: 2)
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out), "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "note: this machine is busy (load 3.0 on 2 cores" in text and "(on a busy machine: see the note above)" in text
+    results = json.loads((out / "results.json").read_text())
+    assert results["busy_machine"].startswith("note: this machine is busy")
+    assert results["machine"]["load_average_before"] == 3.0 and results["machine"]["cpus"] == 2
+
+
 # ----------------------------------------------------------------- nothing lost
 
 GEN = ["generate", "cube", "--n", "4", "--image-size", "9", "--extent", "0.5", "--sigma", "0.08", "--no-progress"]
