@@ -39,7 +39,8 @@ Usage::
     # summary and figure of whatever parts exist
     python benchmarks/accuracy_vs_data.py --work acc_data --summarize --out benchmarks/results/accuracy_vs_data.json
     # on a GPU: several runs share it (the data and the protocol are the same as on the CPU)
-    python benchmarks/accuracy_vs_data.py --work acc_gpu --sizes 1000 2000 4000 8000 16000 --device cuda --jobs 8
+    python benchmarks/accuracy_vs_data.py --work acc_gpu --sizes 1000 2000 4000 8000 16000 --epochs 1000 1000 1600 \
+        --device cuda --jobs 8
     python benchmarks/accuracy_vs_data.py --quick --work /tmp/q   # smoke run, in-process, seconds
 """
 

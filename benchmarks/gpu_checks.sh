@@ -10,7 +10,9 @@
 # Settings (environment): OUT (folder of every output, default gpu_out), DEVICE (default
 # cuda), PYTHON (default python3), SWEEP_SECONDS (time for the sweep, default 360: it is
 # stopped then, its finished parts kept), SIZES, SEEDS and JOBS of the sweep (default
-# "2000 4000 8000 16000", "0 1 2 3 4" and 8), QUICK=1 for a smoke run of the whole script
+# "2000 4000 8000 16000", "0 1 2 3 4" and 8), EPOCHS (the sweep's --epochs at 2000 samples,
+# default "1000 1000 1600": value at its converged budget, second order at twice it, see
+# docs/accuracy.rst), QUICK=1 for a smoke run of the whole script
 # in a minute (tiny data; DEVICE=cpu works too, without the CUDA tests).
 set -u
 OUT=${OUT:-gpu_out}
@@ -20,11 +22,13 @@ SWEEP_SECONDS=${SWEEP_SECONDS:-360}
 SIZES=${SIZES:-2000 4000 8000 16000}
 SEEDS=${SEEDS:-0 1 2 3 4}
 JOBS=${JOBS:-8}
+EPOCHS=${EPOCHS:-1000 1000 1600}
 QUICK=${QUICK:-0}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 q=()
-budget=()
+# shellcheck disable=SC2206
+budget=(--epochs $EPOCHS)
 if [ "$QUICK" = 1 ]; then q=(--quick); budget=(--epochs 4 4 2 --reference-size 24); fi
 
 step() { echo "== $(date -u +%H:%M:%S) $*"; }
