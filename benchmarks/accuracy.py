@@ -174,9 +174,10 @@ def report(summary: dict) -> None:
             print(f"{name} / second (test RMSE): {m:.2f} ± {sd:.2f} (per seed {', '.join(f'{r:.2f}' for r in rs)})")
 
 
-def write(path: str, meta: dict, runs: list[dict]) -> None:
+def write(path: str, meta: dict, runs: list[dict], figure: bool = True) -> None:
     write_text_atomic(path, json.dumps({"meta": meta, "summary": summarize(runs), "runs": runs}, indent=2) + "\n")
-    plot(runs, os.path.splitext(path)[0] + ".png", meta["view"])
+    if figure:
+        plot(runs, os.path.splitext(path)[0] + ".png", meta["view"])
     print(f"wrote {path}")
 
 
@@ -198,6 +199,7 @@ def main(argv=None) -> int:
     parser.add_argument("--checkpoint-dir", default=None, metavar="DIR",
                         help="converged view: checkpoint every run in DIR and continue stopped runs from there")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N: where data and training live")
+    parser.add_argument("--no-figure", action="store_true", help="write the JSON only (no learning-curve .png)")
     args = parser.parse_args(argv)
     try:
         device = check_device(args.device, "--device")
@@ -225,7 +227,7 @@ def main(argv=None) -> int:
                     combined=[p["meta"]["command"] for p in parts])
         report(summarize(runs))
         if args.out:
-            write(args.out, meta, runs)
+            write(args.out, meta, runs, figure=not args.no_figure)
         return 0
     torch.set_num_threads(args.threads)
     if args.quick:
@@ -265,7 +267,7 @@ def main(argv=None) -> int:
                 "device": str(device),
                 **({"device_name": torch.cuda.get_device_name(device)} if device.type == "cuda" else {}),
                 **machine_info()}
-        write(args.out, meta, runs)
+        write(args.out, meta, runs, figure=not args.no_figure)
     return 0
 
 

@@ -80,7 +80,7 @@ def part_path(work: Path, size: int, seed: int, objective: str) -> Path:
 def _accuracy_argv(size, seed, objective, epochs, n_test, quick, out, device="cpu") -> list[str]:
     argv = ["--n-train", str(size), "--n-test", str(n_test), "--epochs", *map(str, epochs), "--threads", "1",
             "--seeds", str(seed), "--objectives", objective, "--out", str(out),
-            "--checkpoint-dir", str(_checkpoints(out))]
+            "--checkpoint-dir", str(_checkpoints(out)), "--no-figure"]
     if device != "cpu":
         argv += ["--device", device]
     return (["--quick"] + argv) if quick else argv

@@ -220,6 +220,7 @@ def test_accuracy_vs_data_sweep_resumes_and_fits(tmp_path, capsys):
     assert mod["main"](argv + ["--out", str(out)]) == 0
     parts = sorted(p.relative_to(work).as_posix() for p in work.rglob("*.json"))
     assert parts == [f"n{n}/s{s}_{o}.json" for n in (24, 48) for s in (0, 1) for o in ("second", "value")]
+    assert not list(work.rglob("*.png"))  # the parts are JSON only (accuracy.py --no-figure)
     runs = json.loads(out.read_text())["runs"]
     assert {(r["n_train"], r["epochs"]) for r in runs if r["objective"] == "value"} == {(24, 4), (48, 2)}
     summary = json.loads(out.read_text())["summary"]
