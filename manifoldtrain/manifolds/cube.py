@@ -96,25 +96,23 @@ _angles_convert, _angles_validate = _tuple_of_floats(3)
 
 
 def _band_terms(
-    ax_: torch.Tensor, ay_: torch.Tensor, h: torch.Tensor, ka: torch.Tensor, length: torch.Tensor, w: torch.Tensor,
-    floor: torch.Tensor, nb: int, *, compiled: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    ax_: torch.Tensor, ay_: torch.Tensor, h: torch.Tensor, ka: torch.Tensor, kb: torch.Tensor, length: torch.Tensor,
+    w: torch.Tensor, floor: torch.Tensor, nb: int, *, compiled: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The per-(edge, pixel) work of :meth:`Cube._render_chunk` on the pairs of a pixel and an
     edge that it is near, ``[B]`` each: ``A = (ax_, ay_) = a - q``, ``h = A x t``,
-    ``k_a = A . t``, the edge's ``length`` and weight ``w``. Returns ``k_b`` (in the very
-    rounding of ``_edge_field``), the value's band terms times ``w`` (``edge_far`` without its
-    angle) and the basis ``[nb', B]`` of the derivatives (``nb`` 0, 2 or 10; ``K_0..K_3``,
-    then for 10 ``A_x K_0..A_x K_2, A_y K_0..A_y K_2``), the exponents of the moments clamped
-    at ``floor`` (a 0-d tensor).
+    ``k_a = A . t``, ``k_b = k_a + length``, the edge's ``length`` and weight ``w``. Returns the
+    value's band terms times ``w`` (``edge_far`` without its angle) and the basis ``[nb', B]``
+    of the derivatives (``nb`` 0, 2 or 10; ``K_0..K_3``, then for 10 ``A_x K_0..A_x K_2,
+    A_y K_0..A_y K_2``), the exponents of the moments clamped at ``floor`` (a 0-d tensor).
 
     ``compiled``: written for ``torch.compile`` (no data-dependent branches, no in-place
     writes; every edge at least ``SHORT_EDGE`` long); otherwise for eager mode.
     """
-    kb = ka + length
     erf_h, erf_a, erf_b = torch.erf(h * _INV_SQRT2), torch.erf(ka * _INV_SQRT2), torch.erf(kb * _INV_SQRT2)
     value = G.edge_bands(h, ka, kb, erf_h, erf_a, erf_b) * w
     if nb == 0:
-        return kb, value, None
+        return value, None
     h2 = h * h
     exp_h = torch.exp((-0.5 * h2).clamp_min(floor))
     phi_a = torch.exp((-0.5 * (h2 + ka * ka)).clamp_min(floor)) * (1.0 / _TWO_PI)  # |a - q|^2 = h^2 + k_a^2
@@ -123,14 +121,14 @@ def _band_terms(
         k = G.edge_moments(ka, length, exp_h, erf_a, erf_b, phi_a, phi_b, short_edges=False)
         if nb == 10:
             k = k + (ax_ * k[0], ax_ * k[1], ax_ * k[2], ay_ * k[0], ay_ * k[1], ay_ * k[2])
-        return kb, value, torch.stack(k)
+        return value, torch.stack(k)
     basis = torch.empty(max(nb, 4), *h.shape, dtype=h.dtype, device=h.device)
     G.edge_moments(ka, length, exp_h, erf_a, erf_b, phi_a, phi_b, out=basis[:4].unbind(0))
     if nb == 10:
         for k in range(3):
             torch.mul(ax_, basis[k], out=basis[4 + k])
             torch.mul(ay_, basis[k], out=basis[7 + k])
-    return kb, value, basis
+    return value, basis
 
 
 #: ``torch.compile`` of the renderer's elementwise kernels: off unless the environment variable
@@ -754,7 +752,7 @@ class Cube(Manifold):
         def pick(t: torch.Tensor) -> torch.Tensor:
             return t.reshape(-1).index_select(0, pairs)
 
-        hb, kab = pick(h), pick(ka)
+        hb, kab, kbb = pick(h), pick(ka), pick(kb)
         nb = coef[-1].shape[2] if coef else 0
         axb, ayb = (pick(ax_), pick(ay_)) if nb == 10 else (hb, hb)  # (unused below 10)
         lb, wb = length.reshape(-1).index_select(0, edge), w.reshape(-1).index_select(0, edge)
@@ -766,7 +764,7 @@ class Cube(Manifold):
         # (Sizes 0 and 1 would make torch.compile specialise and compile again: eager there.)
         if _compile_enabled(a) and pairs.numel() > 1 and not bool((lb < G.SHORT_EDGE).any()):
             terms = _compiled("band_terms", _band_terms_fused, _band_terms)
-        kbb, vb, basis = terms(axb, ayb, hb, kab, lb, wb, floor, nb)
+        vb, basis = terms(axb, ayb, hb, kab, kbb, lb, wb, floor, nb)
         flat_value = value.view(-1)
         flat_value.index_add_(0, at, vb)
         self._add_owens_t(flat_value, hb, kab, kbb, wb, at)
