@@ -264,9 +264,7 @@ def main(argv=None) -> int:
                 "budgets": {k: {"epochs": e, "seconds": s} for k, (e, s) in budgets.items() if k in args.objectives},
                 "objectives": {k: list(v.names) + [f"weights {[t.weight for t in v.terms]}"] for k, v in OBJECTIVES.items()
                                if k in args.objectives},
-                "device": str(device),
-                **({"device_name": torch.cuda.get_device_name(device)} if device.type == "cuda" else {}),
-                **machine_info()}
+                **machine_info(device)}
         write(args.out, meta, runs, figure=not args.no_figure)
     return 0
 

@@ -106,12 +106,12 @@ def run(batch_sizes, dtypes, min_time: float, autodiff_max_batch: int, fd_max_ba
             row = {"manifold": manifold, "dtype": str(dtype).removeprefix("torch."), "batch": n, "order": order,
                    "exact_samples_per_s": n / t_exact}
             if n <= fd_max_batch:
-                t_fd, fd = timed(lambda: finite_difference_jets(cube, points, 1e-3), min_time, max_calls=3)
+                t_fd, fd = timed(lambda: finite_difference_jets(cube, points, 1e-3), min_time, max_calls=3, clock=clock)
                 row["fd_samples_per_s"] = n / t_fd
                 row["fd_rel_error_d1"] = float((fd.d1 - exact.d1).abs().max() / exact.d1.abs().max())
                 row["fd_rel_error_d2"] = float((fd.d2 - exact.d2).abs().max() / exact.d2.abs().max())
             if n <= autodiff_max_batch:
-                t_ad, _ = timed(lambda: cube.default_jets(points), min_time, max_calls=3)
+                t_ad, _ = timed(lambda: cube.default_jets(points), min_time, max_calls=3, clock=clock)
                 row["torch_func_samples_per_s"] = n / t_ad
             rows.append(row)
             print(_format_row(row), flush=True)
@@ -230,9 +230,7 @@ def main(argv=None) -> int:
                     row["render_over_second_order_step"] = render / step
                     print(f"| cube | {row['dtype']} | {row['batch']} | {render * 1e6:.0f} | {render / step:.2f} |")
     if args.out:
-        meta = {"command": command_line(argv), "clock": "cpu" if args.cpu_time else "wall", "device": str(device),
-                **({"device_name": torch.cuda.get_device_name(device)} if device.type == "cuda" else {}),
-                **machine_info()}
+        meta = {"command": command_line(argv), "clock": "cpu" if args.cpu_time else "wall", **machine_info(device)}
         if step is not None:
             meta["second_order_step_seconds_per_sample"] = step
         write_text_atomic(args.out, json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")

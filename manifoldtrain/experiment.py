@@ -106,12 +106,13 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def machine_info() -> dict:
+def machine_info(device: torch.device | None = None) -> dict:
     """Where and with what a figure was measured: library, torch and Python versions, git
-    commit, threads, processor."""
+    commit, threads, processor; with ``device``, also ``device`` and, for a CUDA one, its
+    ``device_name``."""
     from manifoldtrain import __version__
 
-    return {
+    info = {
         "manifoldtrain": __version__,
         "git_commit": _git_commit(),
         "torch": torch.__version__,
@@ -120,6 +121,11 @@ def machine_info() -> dict:
         "processor": platform.processor(),
         "python": platform.python_version(),
     }
+    if device is not None:
+        info["device"] = str(device)
+        if device.type == "cuda":
+            info["device_name"] = torch.cuda.get_device_name(device)
+    return info
 
 
 def command_line(argv: list[str] | None = None) -> str:
