@@ -95,7 +95,7 @@ class DemoConfig:
 
 def _busy_machine_note(load: float | None, cpus: int | None, threads: int) -> str | None:
     """A warning when other work already occupies the CPUs that the demo's torch threads need
-    (1-minute ``load`` average before it starts, on ``cpus`` cores, ``threads`` torch threads),
+    (``load``: cores busy with other work before it starts, on ``cpus`` cores, ``threads`` torch threads),
     or ``None``. Its budgets are wall-clock seconds, so a busy machine gives every run fewer
     epochs, the slower derivative runs relatively fewer still (a multi-threaded torch op that
     waits for a descheduled thread can run several times slower), and the ratio is then not
@@ -108,11 +108,24 @@ def _busy_machine_note(load: float | None, cpus: int | None, threads: int) -> st
             f"Rerun when the machine is idle, or compare epoch counts.")
 
 
-def _load_average() -> float | None:
+def _load_average(seconds: float = 0.5) -> float | None:
+    """Cores kept busy by other work now: the non-idle share of all CPUs over ``seconds`` while
+    this process sleeps (``/proc/stat``; the 1-minute load average would count the work just
+    before the demo, such as the install in the README's one-liner). ``None`` where unknown."""
+    def idle_total() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+        return fields[3] + fields[4], sum(fields)  # idle + iowait, all
+
     try:
-        return os.getloadavg()[0]
-    except (AttributeError, OSError):  # not on every platform
+        idle0, total0 = idle_total()
+        time.sleep(seconds)
+        idle1, total1 = idle_total()
+    except (OSError, ValueError, IndexError):  # not Linux
         return None
+    if total1 <= total0:
+        return None
+    return (os.cpu_count() or 1) * (1.0 - (idle1 - idle0) / (total1 - total0))
 
 
 def run_demo(out_dir: str | os.PathLike = "demo", config: DemoConfig = DemoConfig(), *, echo=print, force: bool = False) -> dict:
