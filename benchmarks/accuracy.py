@@ -50,7 +50,7 @@ import torch
 from manifoldtrain._io import write_text_atomic
 from manifoldtrain.data import generate_jets
 from manifoldtrain.evaluation import evaluate
-from manifoldtrain.experiment import check_device, command_line, machine_info
+from manifoldtrain.experiment import command_line, device_argument, machine_info
 from manifoldtrain.manifolds import Cube
 from manifoldtrain.nn import MLPConfig, build_model
 from manifoldtrain.objectives import DerivativeTerm, Objective, ValueTerm
@@ -198,13 +198,11 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None, help="results JSON (a .png of the learning curves beside it)")
     parser.add_argument("--checkpoint-dir", default=None, metavar="DIR",
                         help="converged view: checkpoint every run in DIR and continue stopped runs from there")
-    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N: where data and training live")
+    parser.add_argument("--device", type=device_argument, default="cpu",
+                        help="cpu (default), cuda or cuda:N: where data and training live")
     parser.add_argument("--no-figure", action="store_true", help="write the JSON only (no learning-curve .png)")
     args = parser.parse_args(argv)
-    try:
-        device = check_device(args.device, "--device")
-    except ValueError as err:
-        parser.error(str(err))
+    device = args.device
     if args.combine:
         parts = []
         for f in args.combine:

@@ -32,7 +32,7 @@ measured; a bootstrap over seeds (resampling each size's seeds) gives its 5-95% 
 
 Usage::
 
-    # the sweep (resumable; ~30 min per second-order run on one core)
+    # the sweep (resumable; 1-2.5 hours per second-order run at these budgets on one core of a 2-core VM)
     python benchmarks/accuracy_vs_data.py --work acc_data --sizes 1000 2000 4000 8000 --seeds 0 1 2 3 4 --jobs 2
     # reuse the 2000-sample runs of accuracy_converged.json (same protocol, seeds 0-2)
     python benchmarks/accuracy_vs_data.py --work acc_data --import benchmarks/results/accuracy_converged.json
@@ -59,7 +59,7 @@ import time
 from pathlib import Path
 
 from manifoldtrain._io import write_text_atomic
-from manifoldtrain.experiment import check_device
+from manifoldtrain.experiment import device_argument
 
 HERE = Path(__file__).resolve().parent
 OBJECTIVES = ("value", "first", "second")
@@ -366,14 +366,11 @@ def main(argv=None) -> int:
     parser.add_argument("--goal", type=float, default=25.0, help="the ratio to reach (the paper's 25x)")
     parser.add_argument("--out", default=None, help="summary JSON (a .png of the figure beside it)")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny cube and network, in seconds")
-    parser.add_argument("--device", default="cpu",
+    parser.add_argument("--device", type=device_argument, default="cpu",
                         help="cpu (default), cuda or cuda:N: where every run renders its data and trains (--jobs "
                              "processes share it); each part records its device")
     args = parser.parse_args(argv)
-    try:
-        args.device = str(check_device(args.device, "--device"))
-    except ValueError as err:
-        parser.error(str(err))
+    args.device = str(args.device)
     for name, values in (("--sizes", args.sizes), ("--epochs", args.epochs)):
         if any(v < 1 for v in values):
             parser.error(f"{name} must be positive integers, got {values}")

@@ -48,7 +48,7 @@ import torch
 
 from manifoldtrain import Jet, num_pairs, triu_pairs
 from manifoldtrain._io import write_text_atomic
-from manifoldtrain.experiment import check_device, command_line, machine_info
+from manifoldtrain.experiment import command_line, device_argument, machine_info
 from manifoldtrain.manifolds import Cube, PhaseRetrieval
 from manifoldtrain.training import flush_denormals
 
@@ -184,7 +184,8 @@ def main(argv=None) -> int:
                         help="time the exact jets only (no finite differences, no torch.func)")
     parser.add_argument("--order", type=int, choices=(0, 1, 2), default=2,
                         help="order of the jets (default 2; below 2 implies --exact-only)")
-    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N: where points and jets live")
+    parser.add_argument("--device", type=device_argument, default="cpu",
+                        help="cpu (default), cuda or cuda:N: where points and jets live")
     parser.add_argument("--cpu-time", action="store_true",
                         help="time by the process's CPU time instead of wall-clock time (steadier on a loaded "
                              "machine; with --threads 1 it is the single thread's time)")
@@ -197,10 +198,7 @@ def main(argv=None) -> int:
     else:
         sizes, min_time, ad_max, fd_max = args.batch_sizes or [1, 4, 16, 64, 256, 1024], 1.0, 4, 256
     clock = time.process_time if args.cpu_time else time.perf_counter
-    try:
-        device = check_device(args.device, "--device")
-    except ValueError as err:
-        parser.error(str(err))
+    device = args.device
     if device.type == "cuda":
         if args.cpu_time:
             parser.error("--cpu-time: times the CPU; on --device cuda the wall-clock time (synchronised) is the one")

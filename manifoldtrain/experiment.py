@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import contextvars
 import json
@@ -35,7 +36,7 @@ RUN_OUTPUTS = ("config.toml", "results.json", "curves.png", CHECKPOINT_NAME, BES
                "robustness.json", "worst_case.png", "robustness_eval.json")
 
 __all__ = ["RUN_OUTPUTS", "make_data", "run_experiment", "model_from_checkpoint", "evaluate_checkpoint", "machine_info",
-           "command_line", "check_device", "using_device", "run_checkpoint"]
+           "command_line", "check_device", "device_argument", "using_device", "run_checkpoint"]
 
 _DEVICE: contextvars.ContextVar[torch.device | None] = contextvars.ContextVar("manifoldtrain_device", default=None)
 
@@ -64,6 +65,15 @@ def check_device(device: str | torch.device, argument: str = "device") -> torch.
             raise ValueError(f"{argument}: {device!r} asked for, but this machine has {count} CUDA device(s), "
                              f"cuda:0 to cuda:{count - 1}")
     return torch.device(device)
+
+
+def device_argument(value: str) -> torch.device:
+    """:func:`check_device` as an ``argparse`` ``type=``, for a script's ``--device`` option: a bad
+    name or a missing CUDA device is the parser's usage error (``argument --device: ...``)."""
+    try:
+        return check_device(value, "--device")
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix("--device: ")) from None
 
 
 @contextlib.contextmanager
