@@ -124,6 +124,30 @@ def claim_output_folder(path: str | os.PathLike, kind: str, *, force: bool = Fal
     return folder
 
 
+@contextlib.contextmanager
+def release_if_unused(path: str | os.PathLike) -> Iterator[None]:
+    """Undo :func:`claim_output_folder` on ``path`` if the block fails before writing anything.
+
+    Records whether ``path`` existed and held our marker; if the block raises (a bad data
+    path, an interrupt before the first file) and the folder then holds nothing but a marker
+    that the block wrote, the marker goes, and the folder too if the block created it: a
+    failed command leaves no empty run folder behind. A folder that holds anything else, or
+    was ours before, is left as it is. Use it around the claim and the work that follows.
+    """
+    folder = Path(os.path.abspath(path))
+    existed, marked = folder.is_dir(), (folder / MARKER).is_file()
+    try:
+        yield
+    except BaseException:
+        if not marked:
+            with contextlib.suppress(OSError):
+                if folder.is_dir() and [e.name for e in folder.iterdir()] == [MARKER]:
+                    (folder / MARKER).unlink()
+                    if not existed:
+                        folder.rmdir()
+        raise
+
+
 def _marker_kind(marker: Path) -> str | None:
     if not marker.is_file():
         return None

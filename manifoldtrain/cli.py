@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -142,20 +144,26 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         for name, value in (("n_train", 64), ("n_test", 32), ("hidden", [16, 16]), ("seconds_per_run", 2.0)):
             if getattr(args, name) is None:
                 setattr(args, name, value)
-    from manifoldtrain._io import claim_output_folder
+    from manifoldtrain._io import claim_output_folder, release_if_unused
 
     config = settings_from_arguments(DemoConfig, args)
-    claim_output_folder(args.out, "demo", force=args.force, argument="--out")
-    with using_device(device):  # the runs' models and training data; the data are drawn on the CPU
-        run_demo(args.out, config, force=args.force)
+    with release_if_unused(args.out):
+        claim_output_folder(args.out, "demo", force=args.force, argument="--out")
+        with using_device(device):  # the runs' models and training data; the data are drawn on the CPU
+            run_demo(args.out, config, force=args.force)
     return 0
 
 
 def _add_generate(sub, manifolds: dict[str, type]) -> None:
     p = sub.add_parser(
         "generate", help="generate a cache of jets, in shards (see manifoldtrain.data for the format)",
+        usage="manifoldtrain generate [-h] MANIFOLD --n N --out DIR [options]",
         description="Generate a sharded cache of jets, in parallel processes (--workers). Stopped at any moment, the "
                     "same command continues it: finished shards are kept, only the others are computed.",
+        epilog="The options (--n, --out, --seed, --order, --dtype, --shard-size, --workers and the manifold's "
+               "settings) follow the manifold's name: see `manifoldtrain generate cube --help`. Train from the cache "
+               "with `manifoldtrain train --data DIR`, or data.path = DIR in the config (source = \"shards\" reads "
+               "it batch by batch, for data larger than memory).",
     )
     gsub = p.add_subparsers(dest="manifold", required=True, metavar="MANIFOLD",
                             description="a registered name, or package.module:ClassName of your own")
@@ -210,6 +218,11 @@ def _add_train(sub) -> None:
         description="Train from a TOML config. Under torchrun (torchrun --nproc_per_node=N $(which manifoldtrain) "
                     "train ...) the N processes train one model together, data-parallel (batch_size is the global "
                     "batch; gloo on the CPU, nccl with --device cuda); rank 0 writes --out.",
+        epilog="Where the training batches come from is the config's data.source: \"memory\" (the default: the data "
+               "set, or the cache of --data, in memory), \"shards\" (a cache from `manifoldtrain generate` read batch "
+               "by batch: data larger than memory) or \"on-the-fly\" (jets computed batch by batch, new points every "
+               "epoch or a fixed pool); see examples/*.toml. Stopped (Ctrl-C, a lost machine), the same command "
+               "continues from the last checkpoint.",
     )
     p.add_argument("--config", required=True, help="TOML file")
     p.add_argument("--out", required=True, help="run directory (new, empty, or a run's): config, checkpoint, results")
@@ -225,7 +238,7 @@ def _add_train(sub) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from manifoldtrain._io import check_not_input, claim_output_folder
+    from manifoldtrain._io import check_not_input, claim_output_folder, release_if_unused
     from manifoldtrain._validation import check_int
     from manifoldtrain.config import load_config
     from manifoldtrain.experiment import RUN_OUTPUTS, check_device, run_experiment
@@ -238,6 +251,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         kind = type(err) if type(err) in (FileNotFoundError, ValueError, TypeError) else ValueError
         raise kind(named) from None
     if args.data is not None:
+        from manifoldtrain.data import _read_meta, _renamed
+
+        try:  # named as the option: the config's data.path is what it replaces
+            _read_meta(Path(args.data))
+        except (FileNotFoundError, ValueError) as err:
+            raise _renamed(err, "--data") from None
         config = attrs.evolve(config, data=attrs.evolve(config.data, path=args.data))
     if args.seed is not None:
         seed = check_int("--seed", args.seed, minimum=0)
@@ -256,7 +275,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         claim_output_folder(args.out, "run", force=args.force, argument="--out")
 
     try:
-        with ctx.failure_guard():
+        with ctx.failure_guard(), (release_if_unused(args.out) if ctx.is_main else contextlib.nullcontext()):
             ctx.run_on_main(claim)
             res = run_experiment(config, args.out, resume=not args.no_resume, force=args.force,
                                  device=ctx.device if ctx.is_distributed else device, distributed=ctx)
@@ -286,7 +305,7 @@ def _add_evaluate(sub) -> None:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from manifoldtrain._io import write_text_atomic
-    from manifoldtrain.data import load_jets
+    from manifoldtrain.data import _renamed, load_jets
     from manifoldtrain.experiment import evaluate_checkpoint
 
     device = _apply_compute_options(args)
@@ -296,7 +315,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     try:
         data = load_jets(args.data)
     except (FileNotFoundError, ValueError) as err:
-        raise type(err)(f"--data {args.data}: {err}") from None
+        raise _renamed(err, "--data") from None
     try:
         metrics = evaluate_checkpoint(args.run, data, device=device).to_dict()
     except (FileNotFoundError, ValueError) as err:
@@ -382,11 +401,12 @@ def _cmd_robustness(args: argparse.Namespace) -> int:
     if args.run is None:
         if args.json is not None:
             raise ValueError("--json: only with --run (the comparison writes OUT/results.json)")
-        from manifoldtrain._io import claim_output_folder
+        from manifoldtrain._io import claim_output_folder, release_if_unused
 
-        claim_output_folder(args.out, "robustness", force=args.force, argument="--out")  # named as the option
-        with using_device(device):
-            run_suite(args.out, config, force=args.force)
+        with release_if_unused(args.out):
+            claim_output_folder(args.out, "robustness", force=args.force, argument="--out")  # named as the option
+            with using_device(device):
+                run_suite(args.out, config, force=args.force)
         return 0
     return _robustness_of_run(args, config, device)
 
@@ -458,11 +478,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"manifoldtrain: error: {err}", file=sys.stderr)
         return 2
     parser = _build_parser(plugins)
+    if argv[:1] in (["generate"], ["show"]) and len(argv) > 1 and argv[1].startswith("-") and argv[1] not in (
+            "-h", "--help"):  # argparse would take the option's value for the manifold's name
+        names = ", ".join(sorted(MANIFOLDS.names) + sorted(plugins or {}))
+        parser.exit(2, f"manifoldtrain {argv[0]}: error: name the manifold first, then its options: manifoldtrain "
+                       f"{argv[0]} MANIFOLD {argv[1]} ... (MANIFOLD: {names}, or package.module:ClassName of your "
+                       "own)\n")
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
     except (ValueError, TypeError, OSError, FloatingPointError) as err:
         parser.exit(2, f"manifoldtrain {args.command}: error: {err}\n")
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback (under torchrun: from rank 0 only)
+        if os.environ.get("RANK", "0") == "0":
+            print(f"manifoldtrain {args.command}: interrupted{_RESUME_HINTS.get(args.command, '')}", file=sys.stderr)
+        return 130
+
+
+#: What rerunning a command after an interrupt does, for the line :func:`main` prints then.
+_RESUME_HINTS = {
+    "train": "; the same command continues the run from its last checkpoint (--no-resume starts over)",
+    "demo": "; the same command continues it: finished runs are kept, a stopped one resumes from its checkpoint",
+    "generate": "; the same command continues it: the finished shards are kept",
+    "robustness": "; the same command continues it where it stopped",
+}
 
 
 if __name__ == "__main__":

@@ -125,10 +125,14 @@ class DataConfig:
         A jet cache written by ``manifoldtrain generate`` to draw the training and test sets
         from (its first ``n_train + n_test`` samples, split by ``split_seed``), instead of
         generating them; it must have been made from the same manifold and settings
-        (checked), of an order high enough, in ``dtype``. ``seed`` is then the cache's own.
+        (checked), of an order high enough, in ``dtype`` and computed in ``compute_dtype``.
+        ``seed`` is then the cache's own. A relative path is relative to the working directory
+        of the command, not to the config file (as is ``cache_dir``'s).
     cache_dir : str or None
-        Cache generated jets here (see :func:`manifoldtrain.data.cached_jets`); ``None``:
-        generate in memory every time.
+        Cache generated jets here (see :func:`manifoldtrain.data.cached_jets`), each data set
+        in a subfolder named by its fingerprint (that subfolder, not ``cache_dir``, is what
+        ``path`` or ``train --data`` take); ``None``: generate in memory every time. Not with
+        ``source = "on-the-fly"``, which stores nothing.
     dtype : str
         ``"float32"`` or ``"float64"``: storage and training precision.
     compute_dtype : str

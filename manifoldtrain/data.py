@@ -410,6 +410,12 @@ def _shards_remedy(path: Path) -> str:
             f"the others (or delete {path} and generate it anew)")
 
 
+def _renamed(err: Exception, argument: str) -> Exception:
+    """An error of :func:`load_jets` / :class:`JetCache` (``path: ...``) as the caller's ``argument``'s."""
+    message = str(err)
+    return type(err)(f"{argument}: {message.removeprefix('path: ')}")
+
+
 def _read_meta(path: Path) -> tuple[dict, str]:
     """``(meta.json's contents, the remedy to quote)`` of a cache folder; errors as :func:`load_jets`."""
     meta_file = path / "meta.json"
@@ -418,6 +424,14 @@ def _read_meta(path: Path) -> tuple[dict, str]:
         partial = "" if not _partial_path(Path(os.path.abspath(path))).is_dir() else (
             f"; an unfinished generation is in {_partial_path(Path(os.path.abspath(path))).name} beside it: run the "
             "same `manifoldtrain generate` command again to finish it")
+        if not partial and not path.exists():
+            raise FileNotFoundError(f"path: no jet cache at {path}: there is no such file or folder; pass a folder "
+                                    "written by `manifoldtrain generate`")
+        inside = sorted(p.name for p in path.iterdir() if (p / "meta.json").is_file()) if path.is_dir() else []
+        if inside:  # a data.cache_dir: one cache per fingerprint, in subfolders
+            shown = ", ".join(inside[:3]) + (", ..." if len(inside) > 3 else "")
+            partial += (f"; it holds {len(inside)} jet cache{'s' if len(inside) > 1 else ''} in subfolders ({shown}), "
+                        f"as a data.cache_dir does: pass one of them, e.g. {path / inside[0]}")
         raise FileNotFoundError(f"path: no complete jet cache at {path} (missing {meta_file.name}){partial}")
     try:
         meta = json.loads(meta_file.read_text())

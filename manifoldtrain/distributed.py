@@ -513,8 +513,9 @@ class DistributedContext:
                     and not getattr(err, "_manifoldtrain_agreed", False)):
                 with contextlib.suppress(AttributeError, TypeError):
                     err._manifoldtrain_handled = True
-                print(f"manifoldtrain: rank {self.rank} of {self.world_size} failed: {type(err).__name__}: {err}",
-                      file=sys.stderr, flush=True)
+                if not isinstance(err, KeyboardInterrupt):  # Ctrl-C reaches every rank: not one's failure
+                    print(f"manifoldtrain: rank {self.rank} of {self.world_size} failed: {type(err).__name__}: {err}",
+                          file=sys.stderr, flush=True)
                 self.shutdown()
             raise
 

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from manifoldtrain._io import claim_output_folder, write_text_atomic
+from manifoldtrain._io import claim_output_folder, release_if_unused, write_text_atomic
 from manifoldtrain._validation import dtype_from_name
 from manifoldtrain.config import ExperimentConfig, config_to_dict, save_config
-from manifoldtrain.data import (JetCache, JetDataset, _provenance, cached_jets, fingerprint, generate_jets,
+from manifoldtrain.data import (JetCache, JetDataset, _provenance, _renamed, cached_jets, fingerprint, generate_jets,
                                 generate_shards, load_jets, manifold_description)
 from manifoldtrain.distributed import DistributedContext
 from manifoldtrain.evaluation import Metrics, evaluate
@@ -185,7 +185,7 @@ def _make_data(config: ExperimentConfig, *, progress: bool, write_cache: bool,
         try:
             data = load_jets(d.path)
         except (FileNotFoundError, ValueError) as err:
-            raise type(err)(f"data.path: {err}") from None
+            raise _renamed(err, "data.path") from None
         check_cache_matches(data, config.manifold, "data.path", d.path)
         if data.order < order:
             raise ValueError(f"data.path: {d.path} holds jets of order {data.order}; this run needs order {order} "
@@ -194,6 +194,7 @@ def _make_data(config: ExperimentConfig, *, progress: bool, write_cache: bool,
             raise ValueError(f"data.path: {d.path} holds {len(data)} samples; n_train + n_test = {n}")
         if data.inputs.dtype != dtype:
             raise ValueError(f"data.path: {d.path} is stored in {data.inputs.dtype}, data.dtype is {d.dtype!r}")
+        _check_compute_dtype(data.meta, d.compute_dtype, "data.path", d.path)
         data = data.subset(slice(0, n))
         data = JetDataset(data.points, data.inputs.truncate(order), data.targets.truncate(order), data.meta)
     elif d.cache_dir is not None and not write_cache:
@@ -210,6 +211,15 @@ def _make_data(config: ExperimentConfig, *, progress: bool, write_cache: bool,
         data = generate_jets(config.manifold, n, seed=d.seed, order=order, dtype=dtype, compute_dtype=compute,
                              progress=progress)
     return data.split(d.n_test, d.split_seed)
+
+
+def _check_compute_dtype(meta: dict, compute_dtype: str, argument: str, path) -> None:
+    """A cache's jets were computed in the dtype that the run's config says (``data.compute_dtype``
+    describes the run's data, and its config.toml records it)."""
+    cached = meta.get("compute_dtype")
+    if cached is not None and cached != compute_dtype:
+        raise ValueError(f"data.compute_dtype: the jets of {path} ({argument}) were computed in {cached}, "
+                         f"data.compute_dtype is {compute_dtype!r}; set it to {cached!r} to train on this cache")
 
 
 def _split_indices(n: int, n_test: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -243,7 +253,7 @@ def _sharded_data(config: ExperimentConfig, order: int, dtype: torch.dtype, comp
     try:
         cache = JetCache(path)
     except (FileNotFoundError, ValueError) as err:
-        raise type(err)(f"{argument}: {err}") from None
+        raise _renamed(err, argument) from None
     check_cache_matches(cache, config.manifold, argument, path)
     if cache.order < order:
         raise ValueError(f"{argument}: {path} holds jets of order {cache.order}; this run needs order {order} "
@@ -252,6 +262,7 @@ def _sharded_data(config: ExperimentConfig, order: int, dtype: torch.dtype, comp
         raise ValueError(f"{argument}: {path} holds {len(cache)} samples; n_train + n_test = {n}")
     if cache.dtype != dtype:
         raise ValueError(f"{argument}: {path} is stored in {cache.dtype}, data.dtype is {d.dtype!r}")
+    _check_compute_dtype(cache.meta, d.compute_dtype, argument, path)
     train_idx, test_idx = _split_indices(n, d.n_test, d.split_seed)
     test = cache.load(test_idx, order=order)
     train = SubsetSource(ShardedCacheSource(cache, order=config.objective.max_order), train_idx)
@@ -286,6 +297,9 @@ def _computed_data(config: ExperimentConfig, order: int, dtype: torch.dtype, com
         if d.path is not None:
             raise ValueError("data.path: source = 'on-the-fly' computes its jets and reads no cache; remove data.path "
                              "(or train --data), or use source = \"shards\" to train from the cache")
+        if d.cache_dir is not None:
+            raise ValueError("data.cache_dir: source = 'on-the-fly' computes its jets and stores none; remove "
+                             "data.cache_dir, or use source = \"shards\" to have a cache generated there")
         if (d.mode or "fresh") == "pool":
             train = OnTheFlySource(config.manifold, mode="pool", points=points[train_idx], seed=d.seed,
                                    order=train_order, dtype=dtype, compute_dtype=compute, calibration=calibration,
@@ -426,7 +440,7 @@ def run_experiment(
         device = check_device(config.device, "config.device") if config.device is not None else torch.device("cpu")
     ctx = distributed if distributed is not None else DistributedContext.from_environment(device)
     device = ctx.device if ctx.is_distributed else device
-    with ctx.failure_guard():
+    with ctx.failure_guard(), (release_if_unused(out_dir) if ctx.is_main else contextlib.nullcontext()):
         results = _run(config, out_dir, ctx, resume=resume, data=data, progress=progress, force=force, device=device)
         ctx.barrier()  # every process returns once rank 0 has written the results
     return results

@@ -122,7 +122,7 @@ def test_generate_train_evaluate_commands(tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["evaluate", "--run", "nowhere", "--data", "nowhere"], "--data nowhere: path: no complete jet cache"),
+        (["evaluate", "--run", "nowhere", "--data", "nowhere"], "--data: no jet cache at nowhere: there is no such"),
         (["train", "--config", "missing.toml", "--out", "r"], "no config file"),
         (["generate", "cube", "--n", "0", "--out", "x"], "n: expected an int >= 1"),
         (["demo", "--objectives", "value", "third"], "objectives"),
@@ -135,6 +135,52 @@ def test_command_errors(argv, message, tmp_path, monkeypatch, capsys):
         main(argv)
     assert info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_failed_command_leaves_no_folder_behind(tmp_path, monkeypatch, capsys):
+    """A run that fails before writing anything (here: a cache of other manifold settings, found
+    after the folder was claimed) takes back its folder: one it created goes, an empty one of the user's
+    stays empty; a folder that held a run is left as it is."""
+    import manifoldtrain.experiment as experiment
+
+    (tmp_path / "c.toml").write_text(TOML)
+    main(["generate", "cube", "--n", "8", "--out", str(tmp_path / "jets"), "--order", "0", "--image-size", "9",
+          "--no-progress"])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for out in (tmp_path / "new" / "run", empty):
+        with pytest.raises(SystemExit):
+            main(["train", "--config", str(tmp_path / "c.toml"), "--out", str(out), "--data", str(tmp_path / "jets")])
+        assert "was generated from another manifold or settings" in capsys.readouterr().err
+    assert not (tmp_path / "new" / "run").exists() and (tmp_path / "new").is_dir()
+    assert empty.is_dir() and list(empty.iterdir()) == []
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(tmp_path / "c.toml"), "--out", str(run)]) == 0
+    before = sorted(p.name for p in run.iterdir())
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(experiment, "_make_data", interrupted)
+    assert main(["train", "--config", str(tmp_path / "c.toml"), "--out", str(run), "--no-resume"]) == 130
+    assert sorted(p.name for p in run.iterdir()) == before
+
+
+def test_ctrl_c_is_one_line_that_says_how_to_continue(tmp_path, monkeypatch, capsys):
+    """Ctrl-C (KeyboardInterrupt) ends a command with status 130 and one line, no traceback,
+    saying that the same command continues; nothing is left of a run that had not started."""
+    import manifoldtrain.experiment as experiment
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(experiment, "_make_data", interrupted)
+    (tmp_path / "c.toml").write_text(TOML)
+    assert main(["train", "--config", str(tmp_path / "c.toml"), "--out", str(tmp_path / "run")]) == 130
+    err = capsys.readouterr().err
+    assert err == ("manifoldtrain train: interrupted; the same command continues the run from its last checkpoint "
+                   "(--no-resume starts over)\n")
+    assert not (tmp_path / "run").exists()
 
 
 def test_evaluate_refuses_a_cache_of_another_shape(tmp_path, capsys):

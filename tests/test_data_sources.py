@@ -392,6 +392,30 @@ def test_the_source_is_chosen_in_toml(shard_cache, tmp_path):
         make_data(_config(shard_cache, path=None))
     with pytest.raises(ValueError, match="data.path: source = 'on-the-fly' computes its jets and reads no cache"):
         make_data(_config(shard_cache, source="on-the-fly"))
+    with pytest.raises(ValueError, match="data.cache_dir: source = 'on-the-fly' computes its jets and stores none"):
+        make_data(_config(shard_cache, source="on-the-fly", path=None, cache_dir=str(tmp_path / "cache")))
+    assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("source", ["shards", "memory"])
+def test_a_cache_computed_in_another_dtype_is_named(shard_cache, source):
+    """data.compute_dtype describes the run's data (its config.toml records it): a cache computed
+    in another dtype is refused, as one stored in another dtype is."""
+    with pytest.raises(ValueError, match=r"data.compute_dtype: the jets of .*jets \(data.path\) were computed in "
+                                         r"float64, data.compute_dtype is 'float32'; set it to 'float64'"):
+        make_data(_config(shard_cache, source=source, compute_dtype="float32"))
+
+
+def test_a_cache_dir_passed_as_a_cache_names_its_caches(shard_cache, tmp_path):
+    """The folder of a data.cache_dir (caches in fingerprint-named subfolders) is not a cache:
+    the error points at the caches inside it; a path that does not exist says so."""
+    with pytest.raises(FileNotFoundError, match=r"data.path: no complete jet cache at .* \(missing meta.json\); it "
+                                                r"holds 1 jet cache in subfolders \(jets\), as a data.cache_dir does: "
+                                                r"pass one of them, e.g. .*jets$"):
+        make_data(_config(shard_cache.parent))
+    with pytest.raises(FileNotFoundError, match=r"^data.path: no jet cache at .*nowhere: there is no such file or "
+                                                r"folder; pass a folder written by `manifoldtrain generate`$"):
+        make_data(_config(tmp_path / "nowhere"))
 
 
 def test_generate_command_writes_shards_and_continues(tmp_path, capsys, monkeypatch):

@@ -302,6 +302,10 @@ CASES: list[Case] = [
          "ValueError: widths: expected distinct widths (they tell the blobs apart; equal widths make the blobs' order ambiguous, ...)",
          "CLEAR",
          toml('[manifold]\nkind = "phase-retrieval"\nwidths = [0.2, 0.2]\n', ValueError, r"widths: expected distinct widths")),
+    Case("generate-manifold-last", "CLI", "generate --n 10 --out j cube",
+         "name the manifold first, then its options: manifoldtrain generate MANIFOLD --n ... (MANIFOLD: cube, "
+         "phase-retrieval, or package.module:ClassName of your own)", "CLEAR",
+         cli(["generate", "--n", "10", "--out", "{tmp}/j", "cube"], r"name the manifold first.*MANIFOLD: cube")),
     Case("generate-n-zero", "CLI", "generate cube --n 0 --out j", "n: expected an int >= 1, got 0", "CLEAR",
          cli(["generate", "cube", "--n", "0", "--out", "{tmp}/j"], r"n: expected an int >= 1")),
     Case("generate-n-negative", "CLI", "generate cube --n -5 --out j", "n: expected an int >= 1, got -5", "CLEAR",
@@ -405,16 +409,28 @@ CASES: list[Case] = [
     Case(
         "train-data-missing", "CLI",
         "train --config c.toml --out r --data nowhere",
-        "data.path: path: no complete jet cache at nowhere (missing meta.json)",
+        "--data: no jet cache at nowhere: there is no such file or folder; pass a folder written by "
+        "`manifoldtrain generate`",
         "CLEAR",
-        cli(["train", "--config", "{toml}", "--out", "{tmp}/r", "--data", "{tmp}/nowhere"], r"nowhere"),
+        cli(["train", "--config", "{toml}", "--out", "{tmp}/r", "--data", "{tmp}/nowhere"],
+            r"--data: no jet cache at .*nowhere: there is no such file or folder"),
     ),
     Case(
         "train-data-user-folder", "CLI",
         "train --config c.toml --out r --data mine/",
-        "data.path: path: no complete jet cache at mine (missing meta.json)",
+        "--data: no complete jet cache at mine (missing meta.json)",
         "CLEAR",
-        cli(["train", "--config", "{toml}", "--out", "{tmp}/r", "--data", "{folder}"], r"jet cache"),
+        cli(["train", "--config", "{toml}", "--out", "{tmp}/r", "--data", "{folder}"],
+            r"--data: no complete jet cache at .*mine \(missing meta.json\)"),
+    ),
+    Case(
+        "train-data-cache-dir", "CLI",
+        "train --config c.toml --out r --data jet-cache/  (a data.cache_dir)",
+        "--data: no complete jet cache at jet-cache (missing meta.json); it holds 1 jet cache in subfolders "
+        "(3f2a...), as a data.cache_dir does: pass one of them, e.g. jet-cache/3f2a...",
+        "CLEAR",
+        cli(["train", "--config", "{toml}", "--out", "{tmp}/r", "--data", "{cache}/.."],
+            r"--data: .*it holds 1 jet cache in subfolders \(jets\), as a data.cache_dir does: pass one of them"),
     ),
     Case(
         "train-seed-negative", "CLI",
@@ -436,9 +452,10 @@ CASES: list[Case] = [
     Case(
         "evaluate-data-missing", "CLI",
         "evaluate --run r --data nowhere",
-        "--data nowhere: path: no complete jet cache at nowhere (missing meta.json)",
+        "--data: no jet cache at nowhere: there is no such file or folder; pass a folder written by "
+        "`manifoldtrain generate`",
         "CLEAR",
-        cli(["evaluate", "--run", "{run}", "--data", "{tmp}/nowhere"], r"--data .*no complete jet cache"),
+        cli(["evaluate", "--run", "{run}", "--data", "{tmp}/nowhere"], r"--data: no jet cache at .*nowhere: there is"),
     ),
     Case(
         "evaluate-run-is-cache", "CLI",
