@@ -488,11 +488,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args)
     except (ValueError, TypeError, OSError, FloatingPointError) as err:
+        if not _first_process():  # rank 0 says it: an error every process raised alike, or one that
+            return 2  # DistributedContext.failure_guard has reported as this rank's already
         parser.exit(2, f"manifoldtrain {args.command}: error: {err}\n")
     except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback (under torchrun: from rank 0 only)
-        if os.environ.get("RANK", "0") == "0":
+        if _first_process():
             print(f"manifoldtrain {args.command}: interrupted{_RESUME_HINTS.get(args.command, '')}", file=sys.stderr)
         return 130
+
+
+def _first_process() -> bool:
+    """Not one of torchrun's processes other than rank 0 (which print nothing of an error: once is enough)."""
+    return os.environ.get("WORLD_SIZE", "1") in ("", "1") or os.environ.get("RANK", "0") == "0"
 
 
 #: What rerunning a command after an interrupt does, for the line :func:`main` prints then.

@@ -183,6 +183,19 @@ def test_ctrl_c_is_one_line_that_says_how_to_continue(tmp_path, monkeypatch, cap
     assert not (tmp_path / "run").exists()
 
 
+def test_under_torchrun_rank_0_alone_reports_an_error(tmp_path, monkeypatch, capsys):
+    """Every process of a torchrun session fails alike on a bad argument; only rank 0 prints it."""
+    argv = ["train", "--config", str(tmp_path / "missing.toml"), "--out", str(tmp_path / "r")]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert main(argv) == 2
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2 and "no config file" in capsys.readouterr().err
+
+
 def test_evaluate_refuses_a_cache_of_another_shape(tmp_path, capsys):
     (tmp_path / "c.toml").write_text(TOML)
     main(["train", "--config", str(tmp_path / "c.toml"), "--out", str(tmp_path / "run")])
