@@ -206,7 +206,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
               f"(fingerprint {report.fingerprint[:12]})")
         return 0
     count = len(report.kept)
-    kept = f"; kept {count} complete shard{'s' if count != 1 else ''} of an interrupted generation" if count else ""
+    kept = (f"; kept {count} intact shard{'s' if count != 1 else ''} of an earlier, unfinished or damaged "
+            "generation") if count else ""
     print(f"wrote {report.n} samples of order {args.order} to {args.out} in {shards}{kept} "
           f"(fingerprint {report.fingerprint[:12]})")
     return 0

@@ -429,7 +429,7 @@ def test_generate_command_writes_shards_and_continues(tmp_path, capsys, monkeypa
     assert JetCache("jets").n_shards == 2
     shutil.rmtree(tmp_path / "jets" / "shard-00001")  # lost: the same command redoes it alone
     assert main(command) == 0
-    assert "wrote 6 samples of order 2 to jets in 2 shards; kept 1 complete shard of an interrupted generation" \
+    assert "wrote 6 samples of order 2 to jets in 2 shards; kept 1 intact shard of an earlier, unfinished or damaged" \
         in capsys.readouterr().out
     assert main(command) == 0
     assert "the cache at jets is complete already" in capsys.readouterr().out
