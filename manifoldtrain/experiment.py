@@ -277,6 +277,13 @@ def _computed_data(config: ExperimentConfig, order: int, dtype: torch.dtype, com
     from tqdm.auto import tqdm
 
     d = config.data
+    if d.source == "on-the-fly":  # before the test set is computed
+        if d.path is not None:
+            raise ValueError("data.path: source = 'on-the-fly' computes its jets and reads no cache; remove data.path "
+                             "(or train --data), or use source = \"shards\" to train from the cache")
+        if d.cache_dir is not None:
+            raise ValueError("data.cache_dir: source = 'on-the-fly' computes its jets and stores none; remove "
+                             "data.cache_dir, or use source = \"shards\" to have a cache generated there")
     n = d.n_train + d.n_test
     points = config.manifold.sample(n, torch.Generator().manual_seed(d.seed), dtype=torch.float64)
     train_idx, test_idx = _split_indices(n, d.n_test, d.split_seed)
@@ -294,12 +301,6 @@ def _computed_data(config: ExperimentConfig, order: int, dtype: torch.dtype, com
     calibration = d.calibration if d.calibration is not None else 512
     train_order = config.objective.max_order
     if d.source == "on-the-fly":
-        if d.path is not None:
-            raise ValueError("data.path: source = 'on-the-fly' computes its jets and reads no cache; remove data.path "
-                             "(or train --data), or use source = \"shards\" to train from the cache")
-        if d.cache_dir is not None:
-            raise ValueError("data.cache_dir: source = 'on-the-fly' computes its jets and stores none; remove "
-                             "data.cache_dir, or use source = \"shards\" to have a cache generated there")
         if (d.mode or "fresh") == "pool":
             train = OnTheFlySource(config.manifold, mode="pool", points=points[train_idx], seed=d.seed,
                                    order=train_order, dtype=dtype, compute_dtype=compute, calibration=calibration,
