@@ -9,14 +9,23 @@ exists is not run again, and a run in progress checkpoints about 40 times along 
 from there, so the sweep can be stopped and continued at any time, spread over sessions or
 machines (copy the part files together), and extended by more sizes or seeds later.
 
-Budgets: ``--epochs VALUE FIRST SECOND`` are the epochs at ``--reference-size`` (2000, the
-budgets of ``accuracy_converged.json``: 1000 1000 800). A smaller set trains the same epochs;
-a larger one ``reference / N`` times as many, the same number of optimiser steps (batch 64)
-and the same cost per run. Every run reports how much its test RMSE still fell over the last
-quarter of its budget (``tail_drop``: RMSE at 75% of the budget over the final RMSE, minus
-1). Under the trainer's cosine schedule that includes the gain of annealing the learning
-rate, so it is not a convergence test by itself: a small value says the curve was flat; a
-large one asks for a run at twice the budget to tell annealing from unfinished training.
+Budgets: ``--epochs VALUE FIRST SECOND`` are each objective's epochs up to its reference size
+(``--reference-size VALUE FIRST SECOND``, or one size for all three); a larger set trains
+``reference / N`` times as many, the same number of optimiser steps (batch 64) as at the
+reference size. The default rule, ``--epochs 1000 1000 800 --reference-size 2000 8000 8000``,
+is what the convergence checks of docs/accuracy.rst found: value training (1000 epochs at
+2000 samples, ``accuracy_converged.json``) is converged at equal steps and overfits if
+trained longer (4000 samples at twice its budget: 17% worse), so it keeps equal steps above
+2000; second-order training is converged at 800 epochs with 2000 samples (twice that gains
+0.1%) but not at 400 with 4000 (800 gains 8-15%), so it needs more steps as the data grow
+and trains 800 epochs at every size up to 8000 (first order alike, by analogy, unchecked).
+Every part records its epochs, and a sweep refuses parts trained at another budget than its
+rule gives (another rule belongs in another ``--work``). Every run reports how much its test
+RMSE still fell over the last quarter of its budget (``tail_drop``: RMSE at 75% of the budget
+over the final RMSE, minus 1). Under the trainer's cosine schedule that includes the gain of
+annealing the learning rate, so it is not a convergence test by itself: a small value says
+the curve was flat; a large one asks for a run at twice the budget to tell annealing from
+unfinished training.
 
 Each size has its own data: ``accuracy.py``'s seed ``S`` renders ``N + n_test`` cube poses with
 seed ``1000 + S`` and splits off ``n_test`` (1000) test samples; every objective at that
@@ -32,15 +41,14 @@ measured; a bootstrap over seeds (resampling each size's seeds) gives its 5-95% 
 
 Usage::
 
-    # the sweep (resumable; 1-2.5 hours per second-order run at these budgets on one core of a 2-core VM)
+    # the sweep (resumable; a second-order run at 4000 samples is 2-4.5 hours on one core of a 2-core VM)
     python benchmarks/accuracy_vs_data.py --work acc_data --sizes 1000 2000 4000 8000 --seeds 0 1 2 3 4 --jobs 2
     # reuse the 2000-sample runs of accuracy_converged.json (same protocol, seeds 0-2)
     python benchmarks/accuracy_vs_data.py --work acc_data --import benchmarks/results/accuracy_converged.json
     # summary and figure of whatever parts exist
     python benchmarks/accuracy_vs_data.py --work acc_data --summarize --out benchmarks/results/accuracy_vs_data.json
     # on a GPU: several runs share it (the data and the protocol are the same as on the CPU)
-    python benchmarks/accuracy_vs_data.py --work acc_gpu --sizes 1000 2000 4000 8000 16000 --epochs 1000 1000 1600 \
-        --device cuda --jobs 8
+    python benchmarks/accuracy_vs_data.py --work acc_gpu --sizes 1000 2000 4000 8000 16000 --device cuda --jobs 8
     python benchmarks/accuracy_vs_data.py --quick --work /tmp/q   # smoke run, in-process, seconds
 """
 
@@ -66,11 +74,13 @@ OBJECTIVES = ("value", "first", "second")
 PART_KEYS = {"meta", "runs"}
 
 
-def epochs_at(size: int, reference_epochs: tuple[int, int, int], reference_size: int) -> tuple[int, ...]:
-    """Epoch budgets at ``size``: the reference ones, scaled by ``reference_size / size`` above it."""
-    if size <= reference_size:
-        return tuple(reference_epochs)
-    return tuple(max(1, round(e * reference_size / size)) for e in reference_epochs)
+def epochs_at(size: int, reference_epochs: tuple[int, int, int],
+              reference_size: int | tuple[int, int, int]) -> tuple[int, ...]:
+    """Epoch budgets (value, first, second) at ``size``: each objective's reference epochs up to
+    its reference size (one for all three, or one each), scaled by ``reference / size`` above it
+    (the same optimiser steps as at the reference size)."""
+    sizes = (reference_size,) * 3 if isinstance(reference_size, int) else tuple(reference_size)
+    return tuple(e if size <= r else max(1, round(e * r / size)) for e, r in zip(reference_epochs, sizes))
 
 
 def part_path(work: Path, size: int, seed: int, objective: str) -> Path:
@@ -178,14 +188,27 @@ def import_results(work: Path, path: Path, budgets_for) -> int:
     return count
 
 
-def load_runs(work: Path) -> list[dict]:
+def load_runs(work: Path, budgets_for=None) -> list[dict]:
+    """Every run of the part files under ``work``; with ``budgets_for`` (size -> epochs of value,
+    first, second), a part trained for other epochs than the rule gives at its size is refused."""
     runs = []
     for f in sorted(work.glob("n*/s*_*.json")):
-        data = json.loads(f.read_text())
+        try:
+            data = json.loads(f.read_text())
+        except (OSError, ValueError) as err:
+            raise SystemExit(f"{f} cannot be read as a part file of this sweep: {err}")
         if not isinstance(data, dict) or not PART_KEYS <= data.keys():
             raise SystemExit(f"{f} is not a part file of this sweep")
+        size = int(data["meta"]["n_train"])
         for r in data["runs"]:
-            runs.append(dict(r, n_train=int(data["meta"]["n_train"]), n_test=int(data["meta"]["n_test"]),
+            if budgets_for is not None:
+                expected = dict(zip(OBJECTIVES, budgets_for(size)))[r["objective"]]
+                if r["epochs"] != expected:
+                    raise SystemExit(
+                        f"{f} trained {r['objective']} for {r['epochs']} epochs at {size} samples; this sweep's "
+                        f"budget there is {expected} (give the --epochs and --reference-size the parts were run "
+                        f"with; parts at another budget belong in another --work)")
+            runs.append(dict(r, n_train=size, n_test=int(data["meta"]["n_test"]),
                              device=data["meta"].get("device", "cpu")))
     return runs
 
@@ -355,9 +378,12 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--objectives", nargs="+", choices=OBJECTIVES, default=list(OBJECTIVES))
     parser.add_argument("--epochs", type=int, nargs=3, metavar=("VALUE", "FIRST", "SECOND"), default=[1000, 1000, 800],
-                        help="epochs at --reference-size (default 1000 1000 800, as accuracy_converged.json)")
-    parser.add_argument("--reference-size", type=int, default=2000,
-                        help="larger sets train reference/N times the epochs: the same optimiser steps")
+                        help="each objective's epochs up to its reference size (default 1000 1000 800, as "
+                             "accuracy_converged.json at 2000 samples)")
+    parser.add_argument("--reference-size", type=int, nargs="+", default=[2000, 8000, 8000],
+                        metavar="N", help="one size, or one per objective (value first second; default 2000 8000 "
+                                          "8000): a larger set trains reference/N times the epochs, the same "
+                                          "optimiser steps as at the reference size")
     parser.add_argument("--n-test", type=int, default=1000)
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time, one thread each (1: in this process)")
     parser.add_argument("--import", dest="imports", nargs="+", default=[], metavar="JSON",
@@ -374,8 +400,12 @@ def main(argv=None) -> int:
     for name, values in (("--sizes", args.sizes), ("--epochs", args.epochs)):
         if any(v < 1 for v in values):
             parser.error(f"{name} must be positive integers, got {values}")
-    if args.jobs < 1 or args.n_test < 1 or args.reference_size < 1:
-        parser.error("--jobs, --n-test and --reference-size must be positive")
+    if len(args.reference_size) not in (1, 3) or min(args.reference_size) < 1:
+        parser.error(f"--reference-size: expected one positive size or three (value first second), "
+                     f"got {args.reference_size}")
+    if args.jobs < 1 or args.n_test < 1:
+        parser.error("--jobs and --n-test must be positive")
+    reference = tuple(args.reference_size * 3 if len(args.reference_size) == 1 else args.reference_size)
     if args.quick:
         args.n_test = min(args.n_test, 16)
     work = Path(args.work)
@@ -384,15 +414,16 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
 
     def budgets_for(n):
-        return epochs_at(n, tuple(args.epochs), args.reference_size)
+        return epochs_at(n, tuple(args.epochs), reference)
 
     for path in args.imports:
         print(f"imported {import_results(work, Path(path), budgets_for)} runs from {path}")
+    load_runs(work, budgets_for)  # the parts there follow this rule (checked before hours of running)
     if not args.summarize and not args.imports:
         jobs_list = [(n, s, o) for n in args.sizes for s in args.seeds for o in args.objectives]
         run_parts(work, jobs_list, {n: budgets_for(n) for n in args.sizes}, args.n_test, args.jobs, args.quick,
                   args.device)
-    runs = load_runs(work)
+    runs = load_runs(work, budgets_for)
     if not runs:
         print(f"no runs in {work} yet")
         return 0
@@ -400,7 +431,7 @@ def main(argv=None) -> int:
     report(summary)
     if args.out:
         meta = {"command": " ".join(["python", "benchmarks/accuracy_vs_data.py", *(argv or sys.argv[1:])]),
-                "reference_epochs": args.epochs, "reference_size": args.reference_size,
+                "reference_epochs": args.epochs, "reference_size": list(reference),
                 "budgets": {str(n): budgets_for(n) for n in summary["sizes"]}}
         write_text_atomic(args.out, json.dumps({"meta": meta, "summary": summary, "runs": runs}, indent=2) + "\n")
         plot(runs, summary, os.path.splitext(args.out)[0] + ".png")

@@ -10,8 +10,9 @@
 # Settings (environment): OUT (folder of every output, default gpu_out), DEVICE (default
 # cuda), PYTHON (default python3), SWEEP_SECONDS (time for the sweep, default 360: it is
 # stopped then, its finished parts kept), SIZES, SEEDS and JOBS of the sweep (default
-# "2000 4000 8000 16000", "0 1 2 3 4" and 8), EPOCHS (the sweep's --epochs at 2000 samples,
-# default "1000 1000 1600": value at its converged budget, second order at twice it, see
+# "2000 4000 8000 16000", "0 1 2 3 4" and 8), EPOCHS and REFERENCE (the sweep's --epochs and
+# --reference-size, default "1000 1000 800" and "2000 8000 8000", its default rule: value at
+# equal steps above 2000 samples, the derivatives at equal epochs up to 8000, see
 # docs/accuracy.rst), QUICK=1 for a smoke run of the whole script
 # in a minute (tiny data; DEVICE=cpu works too, without the CUDA tests).
 set -u
@@ -22,13 +23,14 @@ SWEEP_SECONDS=${SWEEP_SECONDS:-360}
 SIZES=${SIZES:-2000 4000 8000 16000}
 SEEDS=${SEEDS:-0 1 2 3 4}
 JOBS=${JOBS:-8}
-EPOCHS=${EPOCHS:-1000 1000 1600}
+EPOCHS=${EPOCHS:-1000 1000 800}
+REFERENCE=${REFERENCE:-2000 8000 8000}
 QUICK=${QUICK:-0}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 q=()
 # shellcheck disable=SC2206
-budget=(--epochs $EPOCHS)
+budget=(--epochs $EPOCHS --reference-size $REFERENCE)
 if [ "$QUICK" = 1 ]; then q=(--quick); budget=(--epochs 4 4 2 --reference-size 24); fi
 
 step() { echo "== $(date -u +%H:%M:%S) $*"; }

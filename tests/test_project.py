@@ -214,6 +214,9 @@ def test_accuracy_vs_data_sweep_resumes_and_fits(tmp_path, capsys):
     mod = runpy.run_path(str(ROOT / "benchmarks" / "accuracy_vs_data.py"))
     assert mod["epochs_at"](4000, (1000, 1000, 800), 2000) == (500, 500, 400)
     assert mod["epochs_at"](1000, (1000, 1000, 800), 2000) == (1000, 1000, 800)
+    # One reference size per objective: value keeps equal steps above 2000, the derivatives equal epochs to 8000.
+    assert mod["epochs_at"](4000, (1000, 1000, 800), (2000, 8000, 8000)) == (500, 1000, 800)
+    assert mod["epochs_at"](16000, (1000, 1000, 800), (2000, 8000, 8000)) == (125, 500, 400)
     work, out = tmp_path / "work", tmp_path / "sum.json"
     argv = ["--quick", "--work", str(work), "--sizes", "24", "48", "--seeds", "0", "1", "--objectives", "value",
             "second", "--epochs", "4", "4", "2", "--reference-size", "24", "--jobs", "1"]
@@ -243,6 +246,17 @@ def test_accuracy_vs_data_sweep_resumes_and_fits(tmp_path, capsys):
     assert mod["main"](argv) == 0
     assert "8 runs, 8 already done, 0 to run" in capsys.readouterr().out
     assert stamps == {p: p.stat().st_mtime_ns for p in work.rglob("*.json")}
+    # Parts trained at another budget than the rule given are refused (named), before anything runs.
+    other = argv[:argv.index("--reference-size")] + ["--reference-size", "24", "48", "48"]
+    with pytest.raises(SystemExit, match=r"s0_second\.json trained second for 1 epochs at 48 samples; this sweep's "
+                                         r"budget there is 2"):
+        mod["main"](other + ["--summarize"])
+    with pytest.raises(SystemExit, match="budget there is 2"):
+        mod["main"](other + ["--sizes", "96"])
+    assert not (work / "n96").exists()
+    with pytest.raises(SystemExit):
+        mod["main"](argv[:-2] + ["--reference-size", "24", "48"])  # two sizes: neither one nor three
+    assert "--reference-size: expected one positive size or three" in capsys.readouterr().err
 
 
 def test_accuracy_vs_data_imports_only_matching_budgets(tmp_path):
