@@ -42,6 +42,28 @@ def check_tensor(
     return x
 
 
+def first_non_finite(x: torch.Tensor) -> int | None:
+    """The first index along dim 0 of ``x`` whose entries include a NaN or an infinity, or None.
+
+    One sum decides the common case (a finite sum means finite entries: a NaN or an infinity
+    makes any sum non-finite); only a non-finite sum (an overflow, or a bad entry) looks
+    further."""
+    if not x.is_floating_point() or x.numel() == 0 or bool(torch.isfinite(x.sum())):
+        return None
+    bad = (~torch.isfinite(x.reshape(len(x), -1))).any(1).nonzero()
+    return int(bad[0]) if len(bad) else None
+
+
+def non_finite_sample(jet) -> tuple[str, int] | None:
+    """``(component, sample)``: the first component of a Jet (``"value"``, ``"d1"``, ``"d2"``)
+    holding a NaN or an infinity, and the first such sample in it; None if all are finite."""
+    for name, t in zip(("value", "d1", "d2"), jet.components()):
+        bad = first_non_finite(t)
+        if bad is not None:
+            return name, bad
+    return None
+
+
 def check_int(name: str, x: object, *, minimum: int | None = None, maximum: int | None = None) -> int:
     """Check that ``x`` is an int (not a bool) within ``[minimum, maximum]``."""
     if isinstance(x, bool) or not isinstance(x, int):

@@ -280,6 +280,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
             ctx.run_on_main(claim)
             res = run_experiment(config, args.out, resume=not args.no_resume, force=args.force,
                                  device=ctx.device if ctx.is_distributed else device, distributed=ctx)
+    except (FileNotFoundError, ValueError) as err:
+        if args.data is not None and str(err).startswith("data.path: "):  # named as the option the user typed
+            raise type(err)(f"--data: {str(err).removeprefix('data.path: ')}") from None
+        raise
     finally:
         ctx.shutdown()
     if not ctx.is_main:

@@ -63,7 +63,7 @@ import numpy as np
 import torch
 
 from manifoldtrain._plain import digest, plain
-from manifoldtrain._validation import check_int, check_tensor, dtype_name
+from manifoldtrain._validation import check_int, check_tensor, dtype_name, first_non_finite, non_finite_sample
 from manifoldtrain.jet import Jet
 from manifoldtrain.manifold import Manifold
 
@@ -73,6 +73,18 @@ __all__ = ["JetDataset", "generate_jets", "load_jets", "save_jets", "cached_jets
 FORMAT = "manifoldtrain-jets"
 FORMAT_VERSION = 1
 _COMPONENTS = ("value", "d1", "d2")
+
+
+def _check_finite_jets(inputs: Jet, targets: Jet, what: str, *, first: int = 0, points: torch.Tensor | None = None) -> None:
+    """Refuse jets that hold NaN or infinite values before they are stored (a cache holds
+    finite jets only, so that a non-finite value read back means a damaged file)."""
+    for prefix, jet in (("input", inputs), ("target", targets)):
+        found = non_finite_sample(jet)
+        if found is not None:
+            name, bad = found
+            at = "" if points is None else f" (point {[round(v, 6) for v in points[bad].reshape(-1).tolist()]})"
+            raise ValueError(f"{what} the {prefix} {name} of sample {first + bad}{at} holds NaN or infinite values; "
+                             "a jet cache stores finite jets only")
 
 
 def manifold_description(manifold: Manifold) -> dict:
@@ -173,6 +185,8 @@ def generate_jets(
 
     Jets are computed in ``compute_dtype`` (default float64) and stored in ``dtype``
     (default float32, relative error ~1e-7 on the stored jets), on ``device`` (default CPU).
+    Jets holding NaN or infinite values (in ``dtype``) are refused with a ValueError naming
+    the sample and its point.
     """
     from tqdm.auto import tqdm
 
@@ -186,10 +200,12 @@ def generate_jets(
     parts_in: list[list[torch.Tensor]] = []
     parts_out: list[list[torch.Tensor]] = []
     with tqdm(total=n, desc=f"jets of {type(manifold).__name__}", unit="sample", disable=not progress, leave=False) as bar:
-        for chunk in points.split(batch_size):
+        for k, chunk in enumerate(points.split(batch_size)):
             x, y = manifold.jets(chunk, order)
             parts_in.append([c.to(dtype) for c in x.components()])
             parts_out.append([c.to(dtype) for c in y.components()])
+            _check_finite_jets(Jet(*parts_in[-1]), Jet(*parts_out[-1]), f"{type(manifold).__name__}.jets gave",
+                               first=k * batch_size, points=chunk)
             bar.update(len(chunk))
     inputs = Jet(*(torch.cat(c) for c in zip(*parts_in)))
     targets = Jet(*(torch.cat(c) for c in zip(*parts_out)))
@@ -240,10 +256,12 @@ def save_jets(dataset: JetDataset, path: str | os.PathLike) -> Path:
 
     ``path`` must not exist, or be an empty folder or a jet cache, which is replaced
     (:func:`check_cache_target`); anything else is refused, nothing is deleted. Files and
-    folders get the permissions of the user's umask.
+    folders get the permissions of the user's umask. Jets holding NaN or infinite values are
+    refused (a cache holds finite jets only), naming the sample.
     """
     from manifoldtrain._io import _publish_mode
 
+    _check_finite_jets(dataset.inputs, dataset.targets, "dataset:")
     path = check_cache_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
@@ -298,8 +316,9 @@ def load_jets(path: str | os.PathLike, *, expected_fingerprint: str | None = Non
     ValueError
         Not a manifoldtrain jet cache, an unknown version, an unfinished sharded cache,
         missing, misshapen, truncated or otherwise damaged files (each named, with the
-        remedy: regenerate the cache with ``manifoldtrain generate``), or a fingerprint other
-        than ``expected_fingerprint``.
+        remedy: regenerate the cache with ``manifoldtrain generate``), a file holding NaN or
+        infinite values (damaged since it was written: named with the row), or a fingerprint
+        other than ``expected_fingerprint``.
     """
     path = Path(path)
     meta, remedy = _read_meta(path)
@@ -333,6 +352,9 @@ def load_jets(path: str | os.PathLike, *, expected_fingerprint: str | None = Non
         if arr.dtype not in (np.float32, np.float64):
             raise ValueError(f"path: {file} holds {arr.dtype}, expected float32 or float64; {remedy}")
         arrays[name] = torch.from_numpy(arr)
+        bad = first_non_finite(arrays[name])
+        if bad is not None:
+            raise _non_finite_in(file, bad, bad, remedy)
     inputs = Jet(*(arrays[f"input_{c}"] for c in _COMPONENTS[: order + 1]))
     targets = Jet(*(arrays[f"target_{c}"] for c in _COMPONENTS[: order + 1]))
     meta = {k: v for k, v in meta.items() if k not in ("format", "version", "shapes")}
@@ -408,6 +430,13 @@ def _remedy(path: Path) -> str:
 def _shards_remedy(path: Path) -> str:
     return (f"run the `manifoldtrain generate` command that wrote it again: it keeps the intact shards and redoes "
             f"the others (or delete {path} and generate it anew)")
+
+
+def _non_finite_in(file: Path, row: int, sample: int, remedy: str) -> ValueError:
+    """The error for a cache file holding a NaN or an infinity (caches are written with finite
+    jets only: the file changed since)."""
+    return ValueError(f"path: {file} holds NaN or infinite values in row {row} (sample {sample} of the cache); caches "
+                      f"are written with finite jets only, so the file is damaged: {remedy}")
 
 
 def _renamed(err: Exception, argument: str) -> Exception:
@@ -544,7 +573,9 @@ class JetCache:
     Opening checks ``meta.json``, that a sharded cache is complete, and every file's header,
     shape, dtype and size (a truncated file is named, with the remedy). :meth:`read` gathers
     rows with positional reads straight into the output tensor (consecutive rows in one
-    read): memory holds the rows asked for and nothing else, and the operating system's page
+    read), and checks that they are finite (caches are written with finite jets only, so a NaN
+    or an infinity means a damaged file, named with its row and the remedy): memory holds
+    the rows asked for and nothing else, and the operating system's page
     cache, not the process, keeps recently read data. Safe to use from one thread at a time
     per call (a lock guards the open files); picklable (files are reopened where it lands).
     The folder is its attribute ``path`` (a ``Path``).
@@ -607,6 +638,7 @@ class JetCache:
             raise ValueError(f"path: {path} is not a {FORMAT} cache of version {FORMAT_VERSION} nor a "
                              f"{SHARDS_FORMAT} cache of version {SHARDS_VERSION}")
         self.order = order
+        self._sharded = fmt == SHARDS_FORMAT
         self.shapes = {name: tuple(shape) for name, shape in arrays.items()}
         self._files: dict[str, list[_NpyFile]] = {name: [] for name in arrays}
         np_dtype = None
@@ -737,6 +769,14 @@ class JetCache:
                 if not contiguous:
                     rows_view = out.numpy().reshape(len(idx), -1).view(np.uint8)
                     rows_view[positions] = scratch.reshape(count, row_bytes)
+        bad = first_non_finite(out)
+        if bad is not None:
+            sample = int(idx[bad])
+            k = int(np.searchsorted(self._starts, sample, side="right") - 1)
+            remedy = self._remedy if not self._sharded else (
+                f"delete {files[k].path.parent} and run the `manifoldtrain generate` command that wrote the cache "
+                "again: it computes that shard anew and keeps the others")
+            raise _non_finite_in(files[k].path, sample - int(self._starts[k]), sample, remedy)
         return out
 
     def jets(self, indices, order: int | None = None, *, pin_memory: bool = False) -> tuple[Jet, Jet]:
@@ -905,6 +945,7 @@ def save_shards(dataset: JetDataset, path: str | os.PathLike, *, shard_size: int
     if not isinstance(dataset, JetDataset):
         raise TypeError(f"dataset: expected a JetDataset, got {type(dataset).__name__}")
     check_int("shard_size", shard_size, minimum=1)
+    _check_finite_jets(dataset.inputs, dataset.targets, "dataset:")
     path = check_cache_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
@@ -951,8 +992,10 @@ def _render_shard(manifold: Manifold, points: torch.Tensor, index: int, start: i
     writer = _ShardWriter(Path(folder), index, start, len(points), arrays, np_dtype)
     try:
         writer.write({"points": points.to(dtype).cpu().numpy()})
-        for chunk in points.to(device).split(batch_size):
+        for k, chunk in enumerate(points.to(device).split(batch_size)):
             x, y = manifold.jets(chunk, order)
+            _check_finite_jets(x.to(dtype=dtype), y.to(dtype=dtype), f"{type(manifold).__name__}.jets gave",
+                               first=start + k * batch_size, points=chunk)
             parts = {}
             for prefix, jet in (("input", x), ("target", y)):
                 for name, comp in zip(_COMPONENTS, jet.components()):

@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from manifoldtrain._plain import digest, plain
-from manifoldtrain._validation import check_int, check_tensor, dtype_name
+from manifoldtrain._validation import check_int, check_tensor, dtype_name, non_finite_sample
 from manifoldtrain.data import JetCache, JetDataset, manifold_description
 from manifoldtrain.jet import Jet, pair_weights
 from manifoldtrain.manifold import Manifold
@@ -170,7 +170,7 @@ class DataSource(abc.ABC):
         """
         check_int("chunk_size", chunk_size, minimum=1)
         return streamed_scales(lambda sl, order: self.batch(torch.arange(sl.start, sl.stop), 0, order),
-                               len(self), self.order, chunk_size=chunk_size)
+                               len(self), self.order, chunk_size=chunk_size, name=f"{type(self).__name__}.batch")
 
     def load(self, indices: torch.Tensor, epoch: int = 0, *, order: int | None = None,
              chunk_size: int = 256) -> JetDataset:
@@ -256,7 +256,7 @@ def _check_batch(source: DataSource, x: object, y: object, n: int, order: int) -
 
 
 def streamed_scales(read: Callable[[slice, int], tuple[Jet, Jet]], n: int, order: int, *,
-                    chunk_size: int = 256) -> LossScales:
+                    chunk_size: int = 256, name: str = "read") -> LossScales:
     """:meth:`LossScales.from_data <manifoldtrain.objectives.LossScales.from_data>` of ``n``
     samples read chunk by chunk, never all at once: the same numbers, to the last bit.
 
@@ -271,6 +271,8 @@ def streamed_scales(read: Callable[[slice, int], tuple[Jet, Jet]], n: int, order
         The order of the statistics.
     chunk_size : int
         Samples per chunk (:meth:`LossScales.from_data`'s default 256 gives its exact sums).
+    name : str
+        What ``read`` is, for the error that names a sample holding NaN or infinite values.
     """
     check_int("n", n, minimum=1)
     check_int("order", order, minimum=0, maximum=2)
@@ -303,6 +305,10 @@ def streamed_scales(read: Callable[[slice, int], tuple[Jet, Jet]], n: int, order
     for sl in chunks:
         x, y = read(sl, order)
         for key, jet in (("input", x), ("target", y)):
+            found = non_finite_sample(jet.truncate(order))
+            if found is not None:
+                raise ValueError(f"{name}: the {key} {found[0]} of sample {sl.start + found[1]} holds NaN or infinite "
+                                 "values; the training data must be finite")
             part = _scaled(jet.truncate(order).to(device="cpu", dtype=torch.float64), s)
             acc = energy[key]
             acc[0] += float((part.value - means[key]).pow(2).sum())
@@ -686,7 +692,7 @@ class OnTheFlySource(DataSource):
                 rendered[sl.start] = self.batch(torch.arange(sl.start, sl.stop), 0, self._order)
             return rendered[sl.start]
 
-        return streamed_scales(read, m, self._order, chunk_size=chunk_size)
+        return streamed_scales(read, m, self._order, chunk_size=chunk_size, name=f"{type(self).__name__}.batch")
 
     def hold_out(self, n: int, seed: int) -> tuple[DataSource, JetDataset]:
         """Mode ``"pool"``: as :meth:`DataSource.hold_out` (samples of the pool). Mode

@@ -5,6 +5,7 @@ process and two)."""
 import gc
 import json
 import os
+import re
 import shutil
 import socket
 import time
@@ -200,6 +201,90 @@ def test_a_truncated_shard_is_named_with_the_remedy(cube64, tmp_path):
         JetCache(path)
     with pytest.raises(IndexError, match=r"indices: expected sample indices in \[0, 30\), got 30"):
         cache.read("points", [30])
+
+
+class _NaNCube(Cube):
+    """The small cube, but the third sample of a chunk of 4 gets a NaN target derivative."""
+
+    def jets(self, points, order=2, **kwargs):
+        x, y = super().jets(points, order, **kwargs)
+        if len(points) == 4:
+            y.d1[2, 1, 0] = float("nan")
+        return x, y
+
+
+def test_a_damaged_value_is_named_and_non_finite_jets_are_never_stored(cube64, tmp_path):
+    # Intact sizes and headers, one NaN inside (damage the opening checks cannot see): the
+    # read that reaches it names the file, the row and the remedy, however the cache is read.
+    path = save_shards(cube64, tmp_path / "c", shard_size=8)
+    victim = path / "shard-00001" / "target_d1.npy"
+    arr = np.load(victim, mmap_mode="r+")
+    arr[5, 2, 3] = np.nan
+    arr.flush()
+    del arr
+    cache = JetCache(path)
+    assert torch.equal(cache.read("target_d1", [0, 12]), cube64.targets.d1[[0, 12]])  # other rows read fine
+    pattern = (rf"path: {victim} holds NaN or infinite values in row 5 \(sample 13 of the cache\).* the file is "
+               rf"damaged: delete {victim.parent} and run the `manifoldtrain generate` command that wrote the cache "
+               r"again: it computes that shard anew")
+    with pytest.raises(ValueError, match=pattern):
+        cache.read("target_d1", [2, 13])
+    with pytest.raises(ValueError, match=pattern):
+        load_jets(path)
+    with pytest.raises(ValueError, match=pattern):
+        ShardedCacheSource(path).statistics()
+    # The remedy works: that shard computed anew, the others kept, the cache whole again.
+    shutil.rmtree(victim.parent)
+    report = generate_shards(SMALL, 30, path, seed=1, dtype=torch.float64, shard_size=8, batch_size=8, progress=False)
+    assert report.written == (1,) and report.kept == (0, 2, 3)
+    _assert_same_data(load_jets(path), cube64)
+    single = save_jets(cube64, tmp_path / "s")
+    arr = np.load(single / "input_d2.npy", mmap_mode="r+")
+    arr[29, 0, 0, 0] = -np.inf
+    arr.flush()
+    del arr
+    with pytest.raises(ValueError, match=r"input_d2\.npy holds NaN or infinite values in row 29 \(sample 29"):
+        load_jets(single)
+    # Nothing stores non-finite jets: a data set holding one, a manifold that gives one.
+    targets = Jet(*(c.clone() for c in cube64.targets.components()))
+    targets.d2[7, 3, 1] = float("inf")
+    bad = JetDataset(cube64.points, cube64.inputs, targets, cube64.meta)
+    for save in (save_jets, save_shards):
+        with pytest.raises(ValueError, match="dataset: the target d2 of sample 7 holds NaN or infinite values"):
+            save(bad, tmp_path / "x")
+        assert not (tmp_path / "x").exists()
+    nan_cube = _NaNCube(image_size=9, extent=0.5, sigma=0.08)
+    tenth = nan_cube.sample(12, torch.Generator().manual_seed(1), dtype=torch.float64)[10]
+    point = re.escape(f"(point {[round(v, 6) for v in tenth.tolist()]}) holds NaN or infinite values")
+    with pytest.raises(ValueError, match=rf"_NaNCube\.jets gave the target d1 of sample 10 {point}"):
+        generate_jets(nan_cube, 12, seed=1, batch_size=8, progress=False)
+    with pytest.raises(ValueError, match=rf"_NaNCube\.jets gave the target d1 of sample 10 {point}"):
+        generate_shards(nan_cube, 12, tmp_path / "y", seed=1, shard_size=8, batch_size=8, progress=False)
+    assert not (tmp_path / "y").exists()  # no cache, complete or otherwise, under that name
+
+
+def test_statistics_name_a_sample_holding_nan(cube64):
+    inputs = Jet(*(c.clone() for c in cube64.inputs.components()))
+    inputs.d1[21, 4, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="inputs: the d1 of sample 21 holds NaN or infinite values"):
+        LossScales.from_data(inputs, cube64.targets)
+    with pytest.raises(ValueError, match="inputs: the d1 of sample 21 holds NaN"):
+        InMemorySource(JetDataset(cube64.points, inputs, cube64.targets, cube64.meta)).statistics()
+
+    class Mine(DataSource):  # a user's source: the default statistics name its batch method
+        order = 2
+
+        def __len__(self):
+            return 30
+
+        def batch(self, indices, epoch, order=None):
+            return inputs[indices], cube64.targets[indices]
+
+        def description(self):
+            return {"kind": "mine"}
+
+    with pytest.raises(ValueError, match="Mine.batch: the input d1 of sample 21 holds NaN or infinite values"):
+        Mine().statistics(chunk_size=8)
 
 
 def test_a_batch_reads_its_rows_and_nothing_else(cube64, tmp_path, monkeypatch):

@@ -192,6 +192,25 @@ def jet_with_nan(w: World):
     return Jet(value, w.data.inputs.d1)
 
 
+def damaged_cache(then: Callable):
+    """Run ``then`` on a copy of the world's cache (at {tmp}/jets) holding one NaN in its
+    target_d1.npy, sizes and headers intact (damage that opening a cache cannot see)."""
+
+    def run(w: World, capsys):
+        import shutil
+
+        import numpy as np
+
+        shutil.copytree(w.cache, w.tmp / "jets")
+        arr = np.load(w.tmp / "jets" / "target_d1.npy", mmap_mode="r+")
+        arr[3, 0, 0] = np.nan
+        arr.flush()
+        del arr
+        then(w, capsys)
+
+    return run
+
+
 def two_shapes(w: World):
     other = generate_jets(Cube(image_size=7, extent=0.5, sigma=0.08), 4, order=1, progress=False)
     Trainer(model_for(w), Objective.first_order(), w.data, other, TrainConfig(epochs=1, progress=False))
@@ -414,6 +433,17 @@ CASES: list[Case] = [
         "CLEAR",
         cli(["train", "--config", "{toml}", "--out", "{tmp}/r", "--data", "{tmp}/nowhere"],
             r"--data: no jet cache at .*nowhere: there is no such file or folder"),
+    ),
+    Case(
+        "train-data-damaged-value", "CLI",
+        "train --config c.toml --out r --data jets  (a NaN inside a file, sizes intact)",
+        "--data: jets/target_d1.npy holds NaN or infinite values in row 3 (sample 3 of the cache); caches are written "
+        "with finite jets only, so the file is damaged: regenerate the cache with `manifoldtrain generate` (or delete "
+        "jets to have it generated again)",
+        "CLEAR",
+        damaged_cache(cli(["train", "--config", "{toml}", "--out", "{tmp}/r", "--data", "{tmp}/jets"],
+                          r"--data: \S*jets/target_d1\.npy holds NaN or infinite values in row 3 \(sample 3 of the "
+                          r"cache\); .* the file is damaged: regenerate the cache")),
     ),
     Case(
         "train-data-user-folder", "CLI",

@@ -26,7 +26,7 @@ from typing import Any
 import attrs
 import torch
 
-from manifoldtrain._validation import check_float, check_int, check_tensor
+from manifoldtrain._validation import check_float, check_int, check_tensor, non_finite_sample
 from manifoldtrain.jet import Jet, pair_weights, triu_pairs
 from manifoldtrain.network_jets import taylor_rows
 
@@ -285,6 +285,11 @@ class LossScales:
             raise ValueError(f"targets: expected the jets of the same {len(inputs)} samples and {inputs.param_dim} "
                              f"coordinates as inputs, got {len(targets)} samples and {targets.param_dim} coordinates")
         n, d, order = len(inputs), inputs.param_dim, min(inputs.order, targets.order)
+        for arg, jet in (("inputs", inputs), ("targets", targets)):
+            found = non_finite_sample(jet.truncate(order))
+            if found is not None:
+                raise ValueError(f"{arg}: the {found[0]} of sample {found[1]} holds NaN or infinite values; the "
+                                 "training data must be finite")
         chunks = [slice(k, k + chunk_size) for k in range(0, n, chunk_size)]
         # Pass 1: rms of the input derivatives per coordinate.
         sq = torch.zeros(d or 0, dtype=torch.float64)
