@@ -75,16 +75,24 @@ FORMAT_VERSION = 1
 _COMPONENTS = ("value", "d1", "d2")
 
 
+def _check_finite_points(points: torch.Tensor, what: str, *, first: int = 0) -> None:
+    """Refuse points holding NaN or infinite values before they are stored (as the jets)."""
+    bad = first_non_finite(points)
+    if bad is not None:
+        raise ValueError(f"{what} point {first + bad} holding NaN or infinite values; a jet cache stores finite "
+                         "points and jets only")
+
+
 def _check_finite_jets(inputs: Jet, targets: Jet, what: str, *, first: int = 0, points: torch.Tensor | None = None) -> None:
     """Refuse jets that hold NaN or infinite values before they are stored (a cache holds
-    finite jets only, so that a non-finite value read back means a damaged file)."""
+    finite points and jets only, so that a non-finite value read back means a damaged file)."""
     for prefix, jet in (("input", inputs), ("target", targets)):
         found = non_finite_sample(jet)
         if found is not None:
             name, bad = found
             at = "" if points is None else f" (point {[round(v, 6) for v in points[bad].reshape(-1).tolist()]})"
             raise ValueError(f"{what} the {prefix} {name} of sample {first + bad}{at} holds NaN or infinite values; "
-                             "a jet cache stores finite jets only")
+                             "a jet cache stores finite values only")
 
 
 def manifold_description(manifold: Manifold) -> dict:
@@ -197,6 +205,7 @@ def generate_jets(
     dtype_name("dtype", dtype)
     dtype_name("compute_dtype", compute_dtype)
     points = manifold.sample(n, torch.Generator().manual_seed(seed), dtype=compute_dtype, device=device)
+    _check_finite_points(points.to(dtype), f"{type(manifold).__name__}.sample gave")
     parts_in: list[list[torch.Tensor]] = []
     parts_out: list[list[torch.Tensor]] = []
     with tqdm(total=n, desc=f"jets of {type(manifold).__name__}", unit="sample", disable=not progress, leave=False) as bar:
@@ -257,10 +266,11 @@ def save_jets(dataset: JetDataset, path: str | os.PathLike) -> Path:
     ``path`` must not exist, or be an empty folder or a jet cache, which is replaced
     (:func:`check_cache_target`); anything else is refused, nothing is deleted. Files and
     folders get the permissions of the user's umask. Jets holding NaN or infinite values are
-    refused (a cache holds finite jets only), naming the sample.
+    refused (a cache holds finite values only), naming the sample; so are such points.
     """
     from manifoldtrain._io import _publish_mode
 
+    _check_finite_points(dataset.points, "dataset: has")
     _check_finite_jets(dataset.inputs, dataset.targets, "dataset:")
     path = check_cache_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -316,7 +326,7 @@ def load_jets(path: str | os.PathLike, *, expected_fingerprint: str | None = Non
     ValueError
         Not a manifoldtrain jet cache, an unknown version, an unfinished sharded cache,
         missing, misshapen, truncated or otherwise damaged files (each named, with the
-        remedy: regenerate the cache with ``manifoldtrain generate``), a file holding NaN or
+        remedy: write the cache again, e.g. with ``manifoldtrain generate``), a file holding NaN or
         infinite values (damaged since it was written: named with the row), or a fingerprint
         other than ``expected_fingerprint``.
     """
@@ -424,7 +434,8 @@ def _partial_path(target: Path) -> Path:
 
 
 def _remedy(path: Path) -> str:
-    return f"regenerate the cache with `manifoldtrain generate` (or delete {path} to have it generated again)"
+    return (f"write the cache again (`manifoldtrain generate`, or save_jets; a cache in a data.cache_dir: delete "
+            f"{path} and the next run computes it anew)")
 
 
 def _shards_remedy(path: Path) -> str:
@@ -432,11 +443,18 @@ def _shards_remedy(path: Path) -> str:
             f"the others (or delete {path} and generate it anew)")
 
 
-def _non_finite_in(file: Path, row: int, sample: int, remedy: str) -> ValueError:
+def _shard_remedy(folder: Path) -> str:
+    """The remedy for one damaged shard that the opening checks cannot see (so a generation
+    continued over it would keep it)."""
+    return (f"delete {folder} and rerun what wrote the cache (the `manifoldtrain generate` command, or a run with "
+            f"data.cache_dir): it computes that shard anew and keeps the others")
+
+
+def _non_finite_in(file: Path, row: int, sample: int, remedy: str, name: str = "path") -> ValueError:
     """The error for a cache file holding a NaN or an infinity (caches are written with finite
-    jets only: the file changed since)."""
-    return ValueError(f"path: {file} holds NaN or infinite values in row {row} (sample {sample} of the cache); caches "
-                      f"are written with finite jets only, so the file is damaged: {remedy}")
+    values only: the file changed since)."""
+    return ValueError(f"{name}: {file} holds NaN or infinite values in row {row} (sample {sample} of the cache); caches "
+                      f"are written with finite values only, so the file is damaged: {remedy}")
 
 
 def _renamed(err: Exception, argument: str) -> Exception:
@@ -573,7 +591,7 @@ class JetCache:
     Opening checks ``meta.json``, that a sharded cache is complete, and every file's header,
     shape, dtype and size (a truncated file is named, with the remedy). :meth:`read` gathers
     rows with positional reads straight into the output tensor (consecutive rows in one
-    read), and checks that they are finite (caches are written with finite jets only, so a NaN
+    read), and checks that they are finite (caches are written with finite values only, so a NaN
     or an infinity means a damaged file, named with its row and the remedy): memory holds
     the rows asked for and nothing else, and the operating system's page
     cache, not the process, keeps recently read data. Safe to use from one thread at a time
@@ -586,6 +604,9 @@ class JetCache:
         The cache folder.
     expected_fingerprint : str, optional
         Refuse a cache of another fingerprint.
+    name : str
+        What the errors of later reads call the cache (default ``"path"``; e.g. the config
+        field or command-line option it came from).
 
     Attributes
     ----------
@@ -600,8 +621,9 @@ class JetCache:
         The shape of one sample of each array (``points``, ``input_value``, ...).
     """
 
-    def __init__(self, path: str | os.PathLike, *, expected_fingerprint: str | None = None):
+    def __init__(self, path: str | os.PathLike, *, expected_fingerprint: str | None = None, name: str = "path"):
         self.path = Path(path)
+        self.name = name
         meta, remedy = _read_meta(self.path)
         fmt = meta.get("format")
         if expected_fingerprint is not None and fmt in (FORMAT, SHARDS_FORMAT) and (
@@ -764,8 +786,8 @@ class JetCache:
                     target = memoryview(scratch)
                 got = _pread_into(self._fd(layout.path), target, offset)
                 if got != len(target):
-                    raise ValueError(f"path: {layout.path} is truncated: it ended {len(target) - got} bytes short of "
-                                     f"row {int(ordered[a] - self._starts[k]) + count - 1}; {self._remedy}")
+                    raise ValueError(f"{self.name}: {layout.path} is truncated: it ended {len(target) - got} bytes "
+                                     f"short of row {int(ordered[a] - self._starts[k]) + count - 1}; {self._remedy}")
                 if not contiguous:
                     rows_view = out.numpy().reshape(len(idx), -1).view(np.uint8)
                     rows_view[positions] = scratch.reshape(count, row_bytes)
@@ -773,10 +795,8 @@ class JetCache:
         if bad is not None:
             sample = int(idx[bad])
             k = int(np.searchsorted(self._starts, sample, side="right") - 1)
-            remedy = self._remedy if not self._sharded else (
-                f"delete {files[k].path.parent} and run the `manifoldtrain generate` command that wrote the cache "
-                "again: it computes that shard anew and keeps the others")
-            raise _non_finite_in(files[k].path, sample - int(self._starts[k]), sample, remedy)
+            remedy = _shard_remedy(files[k].path.parent) if self._sharded else self._remedy
+            raise _non_finite_in(files[k].path, sample - int(self._starts[k]), sample, remedy, self.name)
         return out
 
     def jets(self, indices, order: int | None = None, *, pin_memory: bool = False) -> tuple[Jet, Jet]:
@@ -945,6 +965,7 @@ def save_shards(dataset: JetDataset, path: str | os.PathLike, *, shard_size: int
     if not isinstance(dataset, JetDataset):
         raise TypeError(f"dataset: expected a JetDataset, got {type(dataset).__name__}")
     check_int("shard_size", shard_size, minimum=1)
+    _check_finite_points(dataset.points, "dataset: has")
     _check_finite_jets(dataset.inputs, dataset.targets, "dataset:")
     path = check_cache_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -1103,6 +1124,7 @@ def generate_shards(
         shutil.rmtree(partial)
         previous = None
     points = manifold.sample(n, torch.Generator().manual_seed(seed), dtype=compute_dtype, device=device)
+    _check_finite_points(points.to(dtype), f"{type(manifold).__name__}.sample gave")
     if previous is None:
         # The shapes of one sample, from the jets of the first point.
         x, y = manifold.jets(points[:1], order)

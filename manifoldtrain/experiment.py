@@ -138,10 +138,12 @@ def machine_info(device: torch.device | None = None) -> dict:
     return info
 
 
-def command_line(argv: list[str] | None = None) -> str:
-    """How the running script was invoked, as ``python SCRIPT ARGS`` (``argv``: its arguments,
-    default ``sys.argv[1:]``), for results files to say which command produced them."""
-    return "python " + " ".join([os.path.relpath(sys.argv[0]), *(sys.argv[1:] if argv is None else argv)])
+def command_line(argv: list[str] | None = None, script: str | os.PathLike | None = None) -> str:
+    """How a script was invoked, as ``python SCRIPT ARGS`` (``argv``: its arguments, default
+    ``sys.argv[1:]``; ``script``: its file, default ``sys.argv[0]``, which is another script's
+    when one runs it in-process), for results files to say which command produced them."""
+    script = sys.argv[0] if script is None else script
+    return "python " + " ".join([os.path.relpath(script), *(sys.argv[1:] if argv is None else argv)])
 
 
 #: Training samples from which a model's input and output normalisation is computed when the
@@ -251,7 +253,7 @@ def _sharded_data(config: ExperimentConfig, order: int, dtype: torch.dtype, comp
         raise ValueError("data.source: 'shards' reads a jet cache batch by batch; set data.path to a cache written by "
                          "`manifoldtrain generate` (or train --data), or data.cache_dir to have one generated there")
     try:
-        cache = JetCache(path)
+        cache = JetCache(path, name=argument)  # its later read errors (damage found while training) name it too
     except (FileNotFoundError, ValueError) as err:
         raise _renamed(err, argument) from None
     check_cache_matches(cache, config.manifold, argument, path)

@@ -156,7 +156,7 @@ def test_truncated_cache_names_the_file_and_the_remedy(tmp_path, small_data, kee
     victim.write_bytes(victim.read_bytes()[:keep])
     with pytest.raises(ValueError, match=r"input_d1\.npy is truncated or damaged") as err:
         load_jets(path)
-    assert str(victim) in str(err.value) and "regenerate the cache with `manifoldtrain generate`" in str(err.value)
+    assert str(victim) in str(err.value) and "write the cache again (`manifoldtrain generate`" in str(err.value)
 
 
 def test_damaged_cache_files_name_the_file_and_the_remedy(tmp_path, small_data):

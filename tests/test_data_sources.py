@@ -225,8 +225,8 @@ def test_a_damaged_value_is_named_and_non_finite_jets_are_never_stored(cube64, t
     cache = JetCache(path)
     assert torch.equal(cache.read("target_d1", [0, 12]), cube64.targets.d1[[0, 12]])  # other rows read fine
     pattern = (rf"path: {victim} holds NaN or infinite values in row 5 \(sample 13 of the cache\).* the file is "
-               rf"damaged: delete {victim.parent} and run the `manifoldtrain generate` command that wrote the cache "
-               r"again: it computes that shard anew")
+               rf"damaged: delete {victim.parent} and rerun what wrote the cache \(the `manifoldtrain generate` "
+               r"command, or a run with data.cache_dir\): it computes that shard anew")
     with pytest.raises(ValueError, match=pattern):
         cache.read("target_d1", [2, 13])
     with pytest.raises(ValueError, match=pattern):
@@ -243,15 +243,21 @@ def test_a_damaged_value_is_named_and_non_finite_jets_are_never_stored(cube64, t
     arr[29, 0, 0, 0] = -np.inf
     arr.flush()
     del arr
-    with pytest.raises(ValueError, match=r"input_d2\.npy holds NaN or infinite values in row 29 \(sample 29"):
+    with pytest.raises(ValueError, match=r"input_d2\.npy holds NaN or infinite values in row 29 \(sample 29.*write the "
+                                         r"cache again \(`manifoldtrain generate`, or save_jets; a cache in a "
+                                         r"data.cache_dir: delete"):
         load_jets(single)
     # Nothing stores non-finite jets: a data set holding one, a manifold that gives one.
     targets = Jet(*(c.clone() for c in cube64.targets.components()))
     targets.d2[7, 3, 1] = float("inf")
     bad = JetDataset(cube64.points, cube64.inputs, targets, cube64.meta)
+    points = cube64.points.clone()
+    points[4, 0] = float("nan")
     for save in (save_jets, save_shards):
         with pytest.raises(ValueError, match="dataset: the target d2 of sample 7 holds NaN or infinite values"):
             save(bad, tmp_path / "x")
+        with pytest.raises(ValueError, match="dataset: has point 4 holding NaN or infinite values"):
+            save(JetDataset(points, cube64.inputs, cube64.targets, cube64.meta), tmp_path / "x")
         assert not (tmp_path / "x").exists()
     nan_cube = _NaNCube(image_size=9, extent=0.5, sigma=0.08)
     tenth = nan_cube.sample(12, torch.Generator().manual_seed(1), dtype=torch.float64)[10]
@@ -525,6 +531,26 @@ def test_generate_command_writes_shards_and_continues(tmp_path, capsys, monkeypa
         assert message in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["jets"]
     assert load_config(Path(__file__).resolve().parents[1] / "examples" / "on_the_fly.toml").data.mode == "fresh"
+
+
+def test_damage_found_while_training_from_shards_names_the_option(shard_cache, tmp_path, capsys):
+    from manifoldtrain.cli import main
+
+    damaged = tmp_path / "jets"
+    shutil.copytree(shard_cache, damaged)
+    victim = damaged / "shard-00002" / "target_d1.npy"
+    arr = np.load(victim, mmap_mode="r+")
+    arr[1, 0, 0] = np.nan
+    arr.flush()
+    del arr
+    save_config(_config(damaged), tmp_path / "c.toml")
+    found = f"{victim} holds NaN or infinite values in row 1 (sample 17 of the cache)"
+    for extra, name in (([], "data.path"), (["--data", str(damaged)], "--data")):
+        with pytest.raises(SystemExit) as exit_:
+            main(["train", "--config", str(tmp_path / "c.toml"), "--out", str(tmp_path / name), *extra])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and f"error: {name}: {found}" in err, err
+        assert f"delete {victim.parent} and rerun what wrote the cache" in err
 
 
 def test_each_source_gives_the_data_of_memory(shard_cache):

@@ -438,12 +438,12 @@ CASES: list[Case] = [
         "train-data-damaged-value", "CLI",
         "train --config c.toml --out r --data jets  (a NaN inside a file, sizes intact)",
         "--data: jets/target_d1.npy holds NaN or infinite values in row 3 (sample 3 of the cache); caches are written "
-        "with finite jets only, so the file is damaged: regenerate the cache with `manifoldtrain generate` (or delete "
-        "jets to have it generated again)",
+        "with finite values only, so the file is damaged: write the cache again (`manifoldtrain generate`, or "
+        "save_jets; a cache in a data.cache_dir: delete jets and the next run computes it anew)",
         "CLEAR",
         damaged_cache(cli(["train", "--config", "{toml}", "--out", "{tmp}/r", "--data", "{tmp}/jets"],
                           r"--data: \S*jets/target_d1\.npy holds NaN or infinite values in row 3 \(sample 3 of the "
-                          r"cache\); .* the file is damaged: regenerate the cache")),
+                          r"cache\); .* the file is damaged: write the cache again")),
     ),
     Case(
         "train-data-user-folder", "CLI",
