@@ -257,7 +257,7 @@ def main(argv=None) -> int:
                checkpoint_dir=args.checkpoint_dir, device=device)
     report(summarize(runs))
     if args.out:
-        meta = {"command": command_line(argv),
+        meta = {"command": command_line(argv, __file__),
                 "view": view, "n_train": n_train, "n_test": n_test, "hidden": list(hidden), "seeds": seeds,
                 "budgets": {k: {"epochs": e, "seconds": s} for k, (e, s) in budgets.items() if k in args.objectives},
                 "objectives": {k: list(v.names) + [f"weights {[t.weight for t in v.terms]}"] for k, v in OBJECTIVES.items()

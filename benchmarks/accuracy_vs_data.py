@@ -201,6 +201,9 @@ def load_runs(work: Path, budgets_for=None) -> list[dict]:
             raise SystemExit(f"{f} is not a part file of this sweep")
         size = int(data["meta"]["n_train"])
         for r in data["runs"]:
+            if r.get("objective") not in OBJECTIVES:
+                raise SystemExit(f"{f} holds a run of objective {r.get('objective')!r}; this sweep compares "
+                                 f"{', '.join(OBJECTIVES)}")
             if budgets_for is not None:
                 expected = dict(zip(OBJECTIVES, budgets_for(size)))[r["objective"]]
                 if r["epochs"] != expected:
@@ -416,9 +419,9 @@ def main(argv=None) -> int:
     def budgets_for(n):
         return epochs_at(n, tuple(args.epochs), reference)
 
+    load_runs(work, budgets_for)  # the parts there follow this rule (checked before anything is added or run)
     for path in args.imports:
         print(f"imported {import_results(work, Path(path), budgets_for)} runs from {path}")
-    load_runs(work, budgets_for)  # the parts there follow this rule (checked before hours of running)
     if not args.summarize and not args.imports:
         jobs_list = [(n, s, o) for n in args.sizes for s in args.seeds for o in args.objectives]
         run_parts(work, jobs_list, {n: budgets_for(n) for n in args.sizes}, args.n_test, args.jobs, args.quick,

@@ -325,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     print(f"order-2 cube jets ({args.image_size}x{args.image_size}), {sample_bytes(cube_for(args)) / 1e3:.1f} KB a "
           f"sample in float32; caches in {folder}", flush=True)
-    results = {"command": command_line(argv), "machine": machine_info(), "settings": {
+    results = {"command": command_line(argv, __file__), "machine": machine_info(), "settings": {
         k: v for k, v in vars(args).items() if k not in ("child", "out")}}
     try:
         if "memory" in args.parts:

@@ -228,7 +228,7 @@ def main(argv=None) -> int:
                     row["render_over_second_order_step"] = render / step
                     print(f"| cube | {row['dtype']} | {row['batch']} | {render * 1e6:.0f} | {render / step:.2f} |")
     if args.out:
-        meta = {"command": command_line(argv), "clock": "cpu" if args.cpu_time else "wall", **machine_info(device)}
+        meta = {"command": command_line(argv, __file__), "clock": "cpu" if args.cpu_time else "wall", **machine_info(device)}
         if step is not None:
             meta["second_order_step_seconds_per_sample"] = step
         write_text_atomic(args.out, json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")

@@ -181,7 +181,7 @@ def main(argv=None) -> int:
                 + f", best {tta['best_second_rmse']:.3e}"
             )
     if args.out:
-        meta = {"command": command_line(argv),
+        meta = {"command": command_line(argv, __file__),
                 "n_train": n_train, "hidden": list(hidden), "batch_size": batch, **machine_info()}
         write_text_atomic(args.out, json.dumps({"meta": meta, "step_cost": rows, "estimate_spread": spread, "time_to_accuracy": tta}, indent=2) + "\n")
         print(f"wrote {args.out}")

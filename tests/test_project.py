@@ -224,6 +224,8 @@ def test_accuracy_vs_data_sweep_resumes_and_fits(tmp_path, capsys):
     parts = sorted(p.relative_to(work).as_posix() for p in work.rglob("*.json"))
     assert parts == [f"n{n}/s{s}_{o}.json" for n in (24, 48) for s in (0, 1) for o in ("second", "value")]
     assert not list(work.rglob("*.png"))  # the parts are JSON only (accuracy.py --no-figure)
+    command = json.loads((work / "n24" / "s0_value.json").read_text())["meta"]["command"].split()
+    assert Path(command[1]).name == "accuracy.py" and command[2:4] == ["--quick", "--n-train"]  # run in-process
     runs = json.loads(out.read_text())["runs"]
     assert {(r["n_train"], r["epochs"]) for r in runs if r["objective"] == "value"} == {(24, 4), (48, 2)}
     summary = json.loads(out.read_text())["summary"]
@@ -257,6 +259,12 @@ def test_accuracy_vs_data_sweep_resumes_and_fits(tmp_path, capsys):
     with pytest.raises(SystemExit):
         mod["main"](argv[:-2] + ["--reference-size", "24", "48"])  # two sizes: neither one nor three
     assert "--reference-size: expected one positive size or three" in capsys.readouterr().err
+    part = json.loads((work / "n24" / "s0_second.json").read_text())
+    part["runs"][0]["objective"] = "second_r1"  # another objective of accuracy.py: not this sweep's
+    (tmp_path / "odd" / "n24").mkdir(parents=True)
+    (tmp_path / "odd" / "n24" / "s0_second_r1.json").write_text(json.dumps(part))
+    with pytest.raises(SystemExit, match="s0_second_r1.json holds a run of objective 'second_r1'; this sweep compares"):
+        mod["main"](["--work", str(tmp_path / "odd"), "--summarize"])
 
 
 def test_accuracy_vs_data_imports_only_matching_budgets(tmp_path):
