@@ -157,6 +157,15 @@ def run_parts(work: Path, jobs_list: list[tuple[int, int, str]], budgets: dict, 
     return written
 
 
+def budget_mismatch(run: dict, size: int, budgets_for) -> str | None:
+    """Why ``run`` (at ``size`` samples) does not follow the sweep's rule, or None if it does."""
+    expected = dict(zip(OBJECTIVES, budgets_for(size)))[run["objective"]]
+    if run["epochs"] == expected:
+        return None
+    return (f"trained {run['objective']} for {run['epochs']} epochs at {size} samples; this sweep's budget there is "
+            f"{expected}")
+
+
 def import_results(work: Path, path: Path, budgets_for) -> int:
     """Split an ``accuracy.py --epochs`` results file into part files (only runs with this sweep's budgets)."""
     try:
@@ -169,15 +178,14 @@ def import_results(work: Path, path: Path, budgets_for) -> int:
     if meta.get("view") != "converged":
         raise SystemExit(f"--import: {path} is a {meta.get('view')!r} run; only the converged view (--epochs) fits")
     size = int(meta["n_train"])
-    expected = dict(zip(OBJECTIVES, budgets_for(size)))
     count = 0
     for r in data["runs"]:
         name = r["objective"]
-        if name not in expected:
+        if name not in OBJECTIVES:
             continue
-        if r["epochs"] != expected[name]:
-            raise SystemExit(f"--import: {path} trained {name} for {r['epochs']} epochs at {size} samples; this "
-                             f"sweep's budget there is {expected[name]} (see --epochs and --reference-size)")
+        problem = budget_mismatch(r, size, budgets_for)
+        if problem is not None:
+            raise SystemExit(f"--import: {path} {problem} (see --epochs and --reference-size)")
         out = part_path(work, size, r["seed"], name)
         if out.exists():
             continue
@@ -204,13 +212,10 @@ def load_runs(work: Path, budgets_for=None) -> list[dict]:
             if r.get("objective") not in OBJECTIVES:
                 raise SystemExit(f"{f} holds a run of objective {r.get('objective')!r}; this sweep compares "
                                  f"{', '.join(OBJECTIVES)}")
-            if budgets_for is not None:
-                expected = dict(zip(OBJECTIVES, budgets_for(size)))[r["objective"]]
-                if r["epochs"] != expected:
-                    raise SystemExit(
-                        f"{f} trained {r['objective']} for {r['epochs']} epochs at {size} samples; this sweep's "
-                        f"budget there is {expected} (give the --epochs and --reference-size the parts were run "
-                        f"with; parts at another budget belong in another --work)")
+            problem = None if budgets_for is None else budget_mismatch(r, size, budgets_for)
+            if problem is not None:
+                raise SystemExit(f"{f} {problem} (give the --epochs and --reference-size the parts were run with; "
+                                 "parts at another budget belong in another --work)")
             runs.append(dict(r, n_train=size, n_test=int(data["meta"]["n_test"]),
                              device=data["meta"].get("device", "cpu")))
     return runs

@@ -282,7 +282,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                                  device=ctx.device if ctx.is_distributed else device, distributed=ctx)
     except (FileNotFoundError, ValueError) as err:
         if args.data is not None and str(err).startswith("data.path: "):  # named as the option the user typed
-            raise type(err)(f"--data: {str(err).removeprefix('data.path: ')}") from None
+            raise _renamed(err, "--data", "data.path") from None
         raise
     finally:
         ctx.shutdown()

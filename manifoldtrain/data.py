@@ -457,10 +457,11 @@ def _non_finite_in(file: Path, row: int, sample: int, remedy: str, name: str = "
                       f"are written with finite values only, so the file is damaged: {remedy}")
 
 
-def _renamed(err: Exception, argument: str) -> Exception:
-    """An error of :func:`load_jets` / :class:`JetCache` (``path: ...``) as the caller's ``argument``'s."""
+def _renamed(err: Exception, argument: str, name: str = "path") -> Exception:
+    """An error naming ``name`` (``path: ...``: :func:`load_jets`, :class:`JetCache`) as the
+    caller's ``argument``'s."""
     message = str(err)
-    return type(err)(f"{argument}: {message.removeprefix('path: ')}")
+    return type(err)(f"{argument}: {message.removeprefix(f'{name}: ')}")
 
 
 def _read_meta(path: Path) -> tuple[dict, str]:
@@ -1014,13 +1015,12 @@ def _render_shard(manifold: Manifold, points: torch.Tensor, index: int, start: i
     try:
         writer.write({"points": points.to(dtype).cpu().numpy()})
         for k, chunk in enumerate(points.to(device).split(batch_size)):
-            x, y = manifold.jets(chunk, order)
-            _check_finite_jets(x.to(dtype=dtype), y.to(dtype=dtype), f"{type(manifold).__name__}.jets gave",
-                               first=start + k * batch_size, points=chunk)
+            x, y = (jet.to(dtype=dtype) for jet in manifold.jets(chunk, order))  # as stored, checked
+            _check_finite_jets(x, y, f"{type(manifold).__name__}.jets gave", first=start + k * batch_size, points=chunk)
             parts = {}
             for prefix, jet in (("input", x), ("target", y)):
                 for name, comp in zip(_COMPONENTS, jet.components()):
-                    parts[f"{prefix}_{name}"] = comp.detach().to(dtype).cpu().numpy()
+                    parts[f"{prefix}_{name}"] = comp.detach().cpu().numpy()
             writer.write(parts)
             if progress is not None:
                 progress(len(chunk))

@@ -1,8 +1,20 @@
-"""Helpers of tests/test_data_sources.py that worker processes import (spawned: by module name)."""
+"""Helpers of tests/test_data_sources.py (worker processes import them: spawned, by module name) and of
+tests/test_troubleshooting.py."""
 
 import os
 
+import numpy as np
+
 from toy_manifolds import Sphere
+
+
+def overwrite(file, index, value=np.nan):
+    """Write ``value`` at ``index`` of the .npy ``file`` in place: damage of the same size, which
+    a cache's header and size checks cannot see."""
+    arr = np.load(file, mmap_mode="r+")
+    arr[index] = value
+    arr.flush()
+    del arr
 
 
 class DyingSphere(Sphere):

@@ -27,7 +27,7 @@ from manifoldtrain.objectives import LossScales, Objective
 from manifoldtrain.sources import DataSource, InMemorySource, OnTheFlySource, ShardedCacheSource, SubsetSource
 from manifoldtrain.training import CHECKPOINT_NAME, Trainer, TrainConfig, load_checkpoint
 
-from source_helpers import DyingSphere
+from source_helpers import DyingSphere, overwrite
 from toy_manifolds import Sphere
 
 SMALL = Cube(image_size=9, extent=0.5, sigma=0.08)
@@ -218,10 +218,7 @@ def test_a_damaged_value_is_named_and_non_finite_jets_are_never_stored(cube64, t
     # read that reaches it names the file, the row and the remedy, however the cache is read.
     path = save_shards(cube64, tmp_path / "c", shard_size=8)
     victim = path / "shard-00001" / "target_d1.npy"
-    arr = np.load(victim, mmap_mode="r+")
-    arr[5, 2, 3] = np.nan
-    arr.flush()
-    del arr
+    overwrite(victim, (5, 2, 3))
     cache = JetCache(path)
     assert torch.equal(cache.read("target_d1", [0, 12]), cube64.targets.d1[[0, 12]])  # other rows read fine
     pattern = (rf"path: {victim} holds NaN or infinite values in row 5 \(sample 13 of the cache\).* the file is "
@@ -239,10 +236,7 @@ def test_a_damaged_value_is_named_and_non_finite_jets_are_never_stored(cube64, t
     assert report.written == (1,) and report.kept == (0, 2, 3)
     _assert_same_data(load_jets(path), cube64)
     single = save_jets(cube64, tmp_path / "s")
-    arr = np.load(single / "input_d2.npy", mmap_mode="r+")
-    arr[29, 0, 0, 0] = -np.inf
-    arr.flush()
-    del arr
+    overwrite(single / "input_d2.npy", (29, 0, 0, 0), -np.inf)
     with pytest.raises(ValueError, match=r"input_d2\.npy holds NaN or infinite values in row 29 \(sample 29.*write the "
                                          r"cache again \(`manifoldtrain generate`, or save_jets; a cache in a "
                                          r"data.cache_dir: delete"):
@@ -539,10 +533,7 @@ def test_damage_found_while_training_from_shards_names_the_option(shard_cache, t
     damaged = tmp_path / "jets"
     shutil.copytree(shard_cache, damaged)
     victim = damaged / "shard-00002" / "target_d1.npy"
-    arr = np.load(victim, mmap_mode="r+")
-    arr[1, 0, 0] = np.nan
-    arr.flush()
-    del arr
+    overwrite(victim, (1, 0, 0))
     save_config(_config(damaged), tmp_path / "c.toml")
     found = f"{victim} holds NaN or infinite values in row 1 (sample 17 of the cache)"
     for extra, name in (([], "data.path"), (["--data", str(damaged)], "--data")):
