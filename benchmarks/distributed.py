@@ -6,7 +6,11 @@ global batch ``--batch``, from one shared jet cache, no validation) with
 and reads ``results.json``: throughput is ``steps * batch / seconds`` (training seconds: the
 trainer's clock, which leaves out evaluation and checkpoints), and ``communication`` gives
 rank 0's seconds in the gradient all-reduce per step (waiting for the slower process
-included). The processes share the machine's cores: ``--cores`` threads in all, so one
+included). To separate the two, each process count above one also times the all-reduce
+alone (``--all-reduce-repeats`` calls of ``DistributedContext.all_reduce_gradients`` on the
+same model's gradients under torchrun, each after a barrier, so that no process waits for
+another's compute): the transfer's own cost, the rest of the training figure is waiting.
+The processes share the machine's cores: ``--cores`` threads in all, so one
 process gets ``--cores`` threads and each of P processes ``--cores / P``. On one machine
 that shows the overhead of splitting the batch, not a speed-up; on several machines the
 all-reduce time per step is what the extra machines must pay back.
@@ -29,7 +33,7 @@ from pathlib import Path
 
 from manifoldtrain._io import write_text_atomic
 from manifoldtrain.config import DataConfig, ExperimentConfig, save_config
-from manifoldtrain.experiment import machine_info
+from manifoldtrain.experiment import command_line, machine_info
 from manifoldtrain.manifolds import Cube
 from manifoldtrain.nn import MLPConfig
 from manifoldtrain.objectives import Objective
@@ -63,6 +67,57 @@ def train(work: Path, processes: int, threads: int, batch: int, repeat: int, arg
     return results
 
 
+def all_reduce_alone(work: Path, processes: int, threads: int, args) -> dict:
+    """The gradient all-reduce with nothing to wait for, timed under torchrun by this script's worker."""
+    out = work / f"all_reduce_p{processes}.json"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+               str(Path(__file__).resolve()), "--all-reduce-worker", str(out), "--threads", str(threads),
+               "--all-reduce-repeats", str(args.all_reduce_repeats), "--hidden", *map(str, args.hidden),
+               *(["--quick"] if args.quick else [])]
+    done = subprocess.run(command, env=dict(os.environ, OMP_NUM_THREADS=str(threads)), capture_output=True,
+                          text=True, cwd=work)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed (rc {done.returncode}):\n{done.stderr[-3000:]}")
+    return json.loads(out.read_text())
+
+
+def all_reduce_worker(out: str, threads: int, repeats: int, args) -> int:
+    """One process of :func:`all_reduce_alone`: the run's model with gradients of ones, and
+    ``repeats`` calls of ``all_reduce_gradients`` (with the losses' small ``extra``, as in
+    training), each after a barrier; rank 0 writes the times (ms) to ``out``."""
+    import torch
+
+    from manifoldtrain.distributed import DistributedContext
+    from manifoldtrain.nn import build_model
+
+    torch.set_num_threads(threads)
+    ctx = DistributedContext.from_environment("cpu")
+    cube = run_config(args, 1, Path(out).parent).manifold
+    points = cube.sample(2, generator=torch.Generator().manual_seed(0))
+    inputs, targets = cube.jets(points, 0)
+    model = build_model(MLPConfig(hidden=tuple(args.hidden)), inputs.value, targets.value, seed=0)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    times = []
+    for k in range(repeats + 2):  # two warm-up calls
+        for p in parameters:
+            p.grad = torch.ones_like(p)
+        ctx.barrier()
+        started = time.perf_counter()
+        ctx.all_reduce_gradients(model, 1.0 / ctx.world_size, torch.zeros(3, dtype=torch.float64))
+        if k >= 2:
+            times.append(1e3 * (time.perf_counter() - started))
+    slowest = ctx.all_gather_object(times)  # a call costs what its slowest process paid
+    if ctx.is_main:
+        per_call = sorted(max(ts) for ts in zip(*slowest))
+        numel = sum(p.numel() for p in parameters)
+        write_text_atomic(out, json.dumps({
+            "processes": ctx.world_size, "threads_per_process": threads, "calls": repeats,
+            "parameters": numel, "megabytes": numel * 4 / 1e6,
+            "median_ms": per_call[len(per_call) // 2], "min_ms": per_call[0], "max_ms": per_call[-1]}) + "\n")
+    ctx.shutdown()
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
@@ -75,14 +130,23 @@ def main(argv=None) -> int:
     parser.add_argument("--work", default=None, help="folder for the runs and the cache (default: a temporary one)")
     parser.add_argument("--out", default=None, help="write the results as JSON here (atomically)")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny cube, network and data")
+    parser.add_argument("--all-reduce-repeats", type=int, default=50, metavar="N",
+                        help="calls of the all-reduce alone per process count (default 50)")
+    parser.add_argument("--all-reduce-worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.all_reduce_worker:
+        return all_reduce_worker(args.all_reduce_worker, args.threads, args.all_reduce_repeats, args)
     for name in ("processes", "batches", "hidden"):
         if any(v < 1 for v in getattr(args, name)):
             parser.error(f"--{name}: expected positive integers, got {getattr(args, name)}")
     if args.cores < max(args.processes):
         parser.error(f"--cores ({args.cores}) must be at least the largest --processes ({max(args.processes)})")
+    if args.all_reduce_repeats < 1:
+        parser.error(f"--all-reduce-repeats: expected a positive integer, got {args.all_reduce_repeats}")
     if args.quick:
         args.n_train, args.epochs, args.hidden, args.batches, args.repeats = 32, 1, [8], [8], 1
+        args.all_reduce_repeats = 3
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -106,6 +170,11 @@ def main(argv=None) -> int:
                 print(f"batch {batch}, {p} process(es) x {r['threads_per_process']} threads: "
                       f"{r['samples_per_s']:.0f} samples/s, step {r['step_ms']:.1f} ms, all-reduce "
                       f"{r['all_reduce_ms_per_step']:.2f} ms/step", flush=True)
+        alone = [all_reduce_alone(work, p, args.cores // p, args) for p in args.processes if p > 1]
+        for a in alone:
+            print(f"all-reduce alone, {a['processes']} processes, {a['megabytes']:.1f} MB of gradients: median "
+                  f"{a['median_ms']:.2f} ms (min {a['min_ms']:.2f}, max {a['max_ms']:.2f}) over {a['calls']} calls",
+                  flush=True)
     print("\n| global batch | processes x threads | samples/s | step ms | all-reduce ms/step | share of step |"
           "\n|---|---|---|---|---|---|")
     for r in rows:
@@ -113,11 +182,11 @@ def main(argv=None) -> int:
               f"{r['step_ms']:.1f} | {r['all_reduce_ms_per_step']:.2f} | "
               f"{r['all_reduce_ms_per_step'] / r['step_ms']:.1%} |")
     if args.out:
-        given = argv if argv is not None else sys.argv[1:]
-        meta = {"command": " ".join(["python", "benchmarks/distributed.py", *given]),
+        meta = {"command": command_line(argv, __file__),
                 "n_train": args.n_train, "epochs": args.epochs, "hidden": list(args.hidden), "cores": args.cores,
                 **machine_info()}
-        write_text_atomic(args.out, json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+        write_text_atomic(args.out, json.dumps({"meta": meta, "rows": rows, "all_reduce_alone": alone}, indent=2)
+                          + "\n")
         print(f"wrote {args.out}")
     return 0
 

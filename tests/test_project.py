@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from manifoldtrain.cli import main
+from manifoldtrain.manifolds import Cube
 
 from conftest import ROOT, requires_cuda
 
@@ -290,6 +291,10 @@ def test_distributed_benchmark_quick(tmp_path):
     assert row["world_size"] == 2 and row["threads_per_process"] == 1
     assert row["samples_per_s"] == pytest.approx(row["steps"] * row["batch"] / row["seconds"])
     assert 0 < row["all_reduce_ms_per_step"] < row["step_ms"]
+    (alone,) = json.loads(out.read_text())["all_reduce_alone"]  # the all-reduce without waiting, same model
+    (m,) = Cube(image_size=9, extent=0.5, sigma=0.08).target_shape
+    assert alone["processes"] == 2 and alone["calls"] == 3 and alone["parameters"] == (81 * 8 + 8) + (8 * m + m)
+    assert 0 < alone["min_ms"] <= alone["median_ms"] <= alone["max_ms"]
 
 
 def test_data_memory_benchmark_quick(tmp_path):
