@@ -113,7 +113,8 @@ def all_reduce_worker(out: str, threads: int, repeats: int, args) -> int:
         write_text_atomic(out, json.dumps({
             "processes": ctx.world_size, "threads_per_process": threads, "calls": repeats,
             "parameters": numel, "megabytes": numel * 4 / 1e6,
-            "median_ms": per_call[len(per_call) // 2], "min_ms": per_call[0], "max_ms": per_call[-1]}) + "\n")
+            "median_ms": per_call[len(per_call) // 2], "mean_ms": sum(per_call) / len(per_call),
+            "min_ms": per_call[0], "max_ms": per_call[-1]}) + "\n")
     ctx.shutdown()
     return 0
 

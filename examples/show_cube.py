@@ -19,7 +19,7 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    cube = Cube()  # exactly CUBE_SPEC.md; every constant is an option, e.g. Cube(sigma=0.05)
+    cube = Cube()  # the paper's cube, every constant at its default; each is an option, e.g. Cube(sigma=0.05)
     points = cube.sample(1, torch.Generator().manual_seed(args.seed), dtype=torch.float64)
     image, target = cube.jets(points)
     print(f"pose {points[0].tolist()}")
