@@ -88,7 +88,8 @@ def claim_output_folder(path: str | os.PathLike, kind: str, *, force: bool = Fal
     that holds our marker of the same ``kind``. Anything else (a file, a folder of other
     files, another kind of output) is refused with an error naming ``argument`` and the
     remedy, unless ``force`` (a file is refused even then). Checks that the folder is
-    writable, then writes the marker. Returns the folder.
+    writable, then writes the marker; a folder forced open beside other files has their
+    names recorded in it (:func:`foreign_names`). Returns the folder.
 
     Raises
     ------
@@ -118,9 +119,13 @@ def claim_output_folder(path: str | os.PathLike, kind: str, *, force: bool = Fal
     else:
         check_parent_writable(folder, argument, path, "a folder")
         folder.mkdir(parents=True, exist_ok=True)
+        others = []
     check_writable(folder, argument)
     if _marker_kind(folder / MARKER) is None:
-        write_text_atomic(folder / MARKER, json.dumps({"format": "manifoldtrain-output", "kind": kind}) + "\n")
+        marker = {"format": "manifoldtrain-output", "kind": kind}
+        if others:  # forced open beside other files: recorded, so that no later command deletes them
+            marker["foreign"] = others
+        write_text_atomic(folder / MARKER, json.dumps(marker) + "\n")
     return folder
 
 
@@ -146,6 +151,17 @@ def release_if_unused(path: str | os.PathLike) -> Iterator[None]:
                     if not existed:
                         folder.rmdir()
         raise
+
+
+def foreign_names(path: str | os.PathLike) -> frozenset[str]:
+    """The names that output folder ``path`` held before :func:`claim_output_folder` first claimed
+    it (with ``force``, beside other files), as its marker records them: never ours to delete."""
+    try:
+        data = json.loads((Path(os.path.abspath(path)) / MARKER).read_text())
+    except (OSError, ValueError):
+        return frozenset()
+    names = data.get("foreign", []) if isinstance(data, dict) else []
+    return frozenset(n for n in names if isinstance(n, str)) if isinstance(names, list) else frozenset()
 
 
 def _marker_kind(marker: Path) -> str | None:

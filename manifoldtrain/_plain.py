@@ -27,7 +27,8 @@ def plain(value):
     if isinstance(value, dict):
         return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().contiguous().numpy() if value.dtype != torch.bfloat16 else value.float().numpy()
+        value = value.detach().cpu()
+        value = (value.float() if value.dtype == torch.bfloat16 else value).contiguous().numpy()
     if isinstance(value, np.ndarray):
         data = np.ascontiguousarray(value)
         return {"array": hashlib.sha256(data.tobytes()).hexdigest(), "dtype": str(data.dtype), "shape": list(data.shape)}

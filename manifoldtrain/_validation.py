@@ -98,6 +98,18 @@ def check_float(
     return x
 
 
+def check_cpu_generator(name: str, value: object) -> None:
+    """``value`` is None or a ``torch.Generator`` on the CPU (random directions and
+    perturbations are drawn on the CPU, the same on every device, then moved to the data's)."""
+    if value is None:
+        return
+    if not isinstance(value, torch.Generator):
+        raise TypeError(f"{name}: expected a torch.Generator or None, got {type(value).__name__}")
+    if value.device.type != "cpu":
+        raise ValueError(f"{name}: expected a CPU torch.Generator (draws are made on the CPU and moved to the "
+                         f"data's device), got one on {value.device}")
+
+
 def attrs_validator(check, **kwargs):
     """Turn one of the checks above into an attrs field validator (the field name is the argument name)."""
 

@@ -316,6 +316,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     device = _apply_compute_options(args)
     if args.json is not None:
         _check_output_file("--json", args.json, "a JSON file", force=args.force)
+        _check_json_not_input(args.json, {"--run": args.run, "--data": args.data})
 
     try:
         data = load_jets(args.data)
@@ -424,6 +425,7 @@ def _robustness_of_run(args: argparse.Namespace, config, device) -> int:
     run = Path(args.run)
     if args.json is not None:
         _check_output_file("--json", args.json, "a JSON file", force=args.force)
+        _check_json_not_input(args.json, {"--run": args.run}, outputs=("robustness.json",))
     try:
         report = evaluate_run(run, noise_levels=config.noise_levels, budgets=config.budgets,
                               eval_samples=config.eval_samples, attack_samples=config.attack_samples,
@@ -461,6 +463,27 @@ def _check_output_file(argument: str, path: str, what: str, *, force: bool) -> N
         raise IsADirectoryError(f"{argument}: {path} is a folder; give the name of {what} to write")
     if target.exists() and not force:
         raise FileExistsError(f"{argument}: {path} exists; choose another file, or pass --force to replace it")
+
+
+def _check_json_not_input(json_path: str, inputs: dict[str, str | None], outputs: Sequence[str] = ()) -> None:
+    """Refuse ``--json`` where it would replace what the command reads: a file given as one of
+    ``inputs`` (by option name), or a file inside a folder given as one (but for the names in
+    ``outputs``, which the command writes into that folder itself)."""
+    target = Path(os.path.abspath(json_path))
+    if not target.exists():
+        return
+    for argument, given in inputs.items():
+        if given is None or not Path(given).exists():
+            continue
+        source = Path(os.path.abspath(given))
+        if source.is_dir():
+            inside = target.parent.exists() and os.path.samefile(target.parent, source)
+            if inside and target.name not in outputs:
+                raise FileExistsError(f"--json: {json_path} is a file of {argument} {given}, which this command "
+                                      "reads and does not write; choose another file")
+        elif os.path.samefile(target, source):
+            raise FileExistsError(f"--json: {json_path} is {argument}, which this command reads; choose another "
+                                  "file")
 
 
 def _check_image_format(argument: str, path: str) -> None:

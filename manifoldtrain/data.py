@@ -1118,6 +1118,11 @@ def generate_shards(
         os.replace(target, partial)  # checked and repaired as an unfinished generation
         log(f"checking the complete cache at {target}")
     previous = _sharded_meta_of(partial)
+    if partial.exists() and not _ours_to_discard(partial):
+        raise FileExistsError(
+            f"path: {partial} is where an unfinished generation of {target.name} is kept, but it holds no "
+            "manifoldtrain jet cache (no meta.json of one), so it is not ours to delete; move or delete it, or "
+            "choose another path")
     if partial.exists() and (previous is None or previous.get("fingerprint") != fp
                              or previous.get("shard_size") != shard_size or previous.get("rows") != n):
         log(f"discarding an unfinished generation of other settings in {partial}")
@@ -1201,6 +1206,19 @@ def _render_in_processes(manifold, points, bounds, todo, workers, bar, partial, 
         ) from None
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _ours_to_discard(folder: Path) -> bool:
+    """Whether ``folder`` (an unfinished generation's place) is ours: empty (stopped between
+    making it and writing its meta.json), or its meta.json says it is a sharded jet cache of
+    any version."""
+    if folder.is_dir() and not any(folder.iterdir()):
+        return True
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("format") == SHARDS_FORMAT
 
 
 def _sharded_meta_of(folder: Path) -> dict | None:

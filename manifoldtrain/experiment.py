@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from manifoldtrain._io import claim_output_folder, release_if_unused, write_text_atomic
+from manifoldtrain._io import claim_output_folder, foreign_names, release_if_unused, write_text_atomic
 from manifoldtrain._validation import dtype_from_name
 from manifoldtrain.config import ExperimentConfig, config_to_dict, save_config
 from manifoldtrain.data import (JetCache, JetDataset, _provenance, _renamed, cached_jets, fingerprint, generate_jets,
@@ -472,7 +472,8 @@ def _run(config: ExperimentConfig, out_dir, ctx: DistributedContext, *, resume: 
     )
     # A refused resume (other settings, a damaged checkpoint) raises here, before anything is written.
     if not (resume and trainer.resume()) and main:
-        for stale in RUN_OUTPUTS:
+        theirs = foreign_names(out)  # a folder forced open beside other files: those are not ours
+        for stale in set(RUN_OUTPUTS) - theirs:
             (out / stale).unlink(missing_ok=True)  # an earlier run's files: never beside a new run's
     if main:
         save_config(config, out / "config.toml")

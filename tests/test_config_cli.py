@@ -305,6 +305,11 @@ def test_train_and_demo_write_only_into_their_own_folders(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["evaluate", "--run", str(run), "--data", str(run), "--json", str(run)])
     assert "--json" in capsys.readouterr().err
+    # Forced into a folder of other files, a run replaces the files it writes and deletes none.
+    (mine / "robustness.json").write_text('{"my": "numbers"}')
+    assert main(["train", "--config", str(tmp_path / "c.toml"), "--out", str(mine), "--force"]) == 0
+    assert (mine / "robustness.json").read_text() == '{"my": "numbers"}'
+    assert json.loads((mine / "results.json").read_text())["steps"] > 0
 
 
 def test_a_fresh_run_clears_stale_results(tmp_path, monkeypatch):

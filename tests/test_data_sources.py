@@ -164,6 +164,16 @@ def test_generate_continues_where_it_stopped_and_redoes_only_missing_shards(tmp_
     (tmp_path / ".jets.partial" / "meta.json").write_text(json.dumps({"format": "manifoldtrain-jet-shards"}))
     assert generate_shards(sphere, 20, path, **{**args, "seed": 5}).kept == ()
     assert load_jets(path).meta["seed"] == 5 and sorted(p.name for p in tmp_path.iterdir()) == ["jets"]
+    # A folder in that place that is not ours is refused and kept, files and all; an empty one
+    # (a generation stopped before its meta.json) is ours.
+    (tmp_path / ".jets.partial").mkdir()
+    (tmp_path / ".jets.partial" / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match=r"path: .*\.jets\.partial .* holds no manifoldtrain jet cache"):
+        generate_shards(sphere, 20, path, **{**args, "seed": 6})
+    assert (tmp_path / ".jets.partial" / "notes.txt").read_text() == "mine" and load_jets(path).meta["seed"] == 5
+    (tmp_path / ".jets.partial" / "notes.txt").unlink()
+    assert generate_shards(sphere, 20, path, **{**args, "seed": 6}).kept == ()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["jets"]
 
 
 def test_a_killed_worker_is_reported_and_the_same_call_finishes(tmp_path):

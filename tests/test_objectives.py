@@ -6,6 +6,7 @@ import attrs
 import pytest
 import torch
 
+from conftest import requires_cuda
 from manifoldtrain import Jet
 from manifoldtrain.config import config_from_dict, config_to_dict
 from manifoldtrain.data import generate_jets
@@ -291,3 +292,22 @@ def test_orthogonal_directions_keep_the_mean_and_cut_the_spread():
     gram = torch.einsum("nki,nli->nkl", v[:, :4], v[:, :4])
     torch.testing.assert_close(gram, 4 * torch.eye(4, dtype=f64).expand(3, 4, 4))
     torch.testing.assert_close(v.norm(dim=-1), torch.full((3, 5), 2.0, dtype=f64))
+
+
+def test_random_draws_need_a_cpu_generator():
+    """Directions are drawn on the CPU (the same numbers on any device), then moved."""
+    from manifoldtrain.objectives import random_directions
+
+    model, x, y, scales = problem(d=4)
+    with pytest.raises(TypeError, match="generator: expected a torch.Generator or None, got int"):
+        random_directions(3, 1, 4, 7)
+    with pytest.raises(TypeError, match="generator: expected a torch.Generator or None, got int"):
+        Objective((DerivativeTerm(1, directions=1),)).losses(model, x, y, scales, generator=7)
+
+
+@requires_cuda
+def test_a_cuda_generator_is_named():
+    model, x, y, scales = problem(d=4)
+    with pytest.raises(ValueError, match="generator: expected a CPU torch.Generator .* on cuda"):
+        Objective((DerivativeTerm(1, directions=1),)).losses(model, x, y, scales,
+                                                             generator=torch.Generator(device="cuda"))

@@ -2,6 +2,7 @@
 
 import math
 
+import attrs
 import pytest
 import torch
 from hypothesis import given, settings
@@ -325,6 +326,8 @@ def test_noisy_rmse_and_adversarial_error(sphere_set):
     (lambda mod, m, d: __import__("manifoldtrain.robustness", fromlist=["x"]).noisy_rmse(mod, m, d, (float("nan"),)), "levels"),
     (lambda mod, m, d: __import__("manifoldtrain.robustness", fromlist=["x"]).adversarial_error(mod, m, d, (float("inf"),)), "budgets"),
     (lambda mod, m, d: __import__("manifoldtrain.robustness", fromlist=["x"]).evaluate_robustness(mod, m, d, budgets=(-1,)), "budgets"),
+    (lambda mod, m, d: __import__("manifoldtrain.robustness", fromlist=["x"]).Robustness(m, samples=0), "samples: expected an int >= 1"),
+    (lambda mod, m, d: __import__("manifoldtrain.robustness", fromlist=["x"]).Robustness(m, steps=-1), "steps: expected an int >= 0"),
 ])
 def test_robustness_evaluation_bad_levels(sphere_set, call, match):
     with pytest.raises(ValueError, match=match):
@@ -392,6 +395,8 @@ def test_suite_config_errors():
         SuiteConfig(invariance_strengths=(0.0,))
     with pytest.raises(ValueError, match="manifold: kind: unknown manifold"):
         SuiteConfig(manifold="sphere-of-nowhere")
+    with pytest.raises(ValueError, match=r"dtype: expected one of \['float32', 'float64'\], got 'float16'"):
+        SuiteConfig(dtype="float16")
     with pytest.raises(TypeError, match="strength"):
         robustness_objective("oracle-random", None)
 
@@ -436,6 +441,13 @@ def test_cli_robustness_of_a_run(sphere_run, tmp_path, capsys):
         main(["robustness", "--run", str(sphere_run), *EVAL, "--json", str(tmp_path / "mine.json")])
     assert stop.value.code == 2 and (tmp_path / "mine.json").read_text() == "keep me"
     assert "--json" in capsys.readouterr().err
+    # Nor, even with --force, a file of the run it reads (its checkpoint, its results).
+    for name in ("checkpoint.pt", "results.json"):
+        before = (sphere_run / name).read_bytes()
+        with pytest.raises(SystemExit) as stop:
+            main(["robustness", "--run", str(sphere_run), *EVAL, "--json", str(sphere_run / name), "--force"])
+        assert stop.value.code == 2 and (sphere_run / name).read_bytes() == before
+        assert f"--json: {sphere_run / name} is a file of --run" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, match", [
@@ -500,3 +512,9 @@ def test_evaluate_run_scores_the_runs_own_test_set(sphere_run):
     torch.testing.assert_close(mine.points, test.points)
     torch.testing.assert_close(mine.inputs.d1, test.inputs.d1)
     torch.testing.assert_close(mine.targets.d1, test.targets.d1)
+    # Jets computed in float32 (data.compute_dtype): the same ones the run computed, bit for bit.
+    config = attrs.evolve(config, data=attrs.evolve(config.data, compute_dtype="float32"))
+    _, test = make_data(config, progress=False)
+    mine = _test_set(config, 1, progress=False)
+    for a, b in ((mine.points, test.points), (mine.inputs.d1, test.inputs.d1), (mine.targets.value, test.targets.value)):
+        assert torch.equal(a, b)

@@ -120,6 +120,9 @@ def test_loss_scales_balance_coordinates(small_data):
     scaled = scales.scale_jet(small_data.inputs)
     rms = scaled.d1.double().transpose(0, 1).reshape(6, -1).pow(2).mean(1).sqrt()
     torch.testing.assert_close(rms, torch.ones(6, dtype=torch.float64), rtol=1e-5, atol=0)
+    # Targets of order 0 (value training on jets with derivatives): the statistics of the values.
+    values_only = LossScales.from_data(small_data.inputs.truncate(0), small_data.targets.truncate(0))
+    assert LossScales.from_data(small_data.inputs, small_data.targets.truncate(0)) == values_only
 
 
 def test_losses_vanish_for_an_exact_network_and_random_directions_estimate_the_full_loss():

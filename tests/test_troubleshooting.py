@@ -513,6 +513,11 @@ CASES: list[Case] = [
          "replaced, as asked", "OK",
          cli_ok(["evaluate", "--run", "{run}", "--data", "{cache}", "--json", "{file}", "--force"],
                 lambda w: '"rmse"' in (w.tmp / "notes.txt").read_text() or pytest.fail("not replaced"))),
+    Case("evaluate-json-run-file", "CLI", "evaluate --run r --data j --json r/results.json --force",
+         "--json: r/results.json is a file of --run r, which this command reads and does not write; choose "
+         "another file", "CLEAR",
+         cli(["evaluate", "--run", "{run}", "--data", "{cache}", "--json", "{run}/results.json", "--force"],
+             r"--json: .*results\.json is a file of --run")),
     Case(
         "evaluate-other-shape", "CLI",
         "evaluate --run r --data j7  (a cache of 7x7 images)",

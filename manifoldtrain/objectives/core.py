@@ -26,7 +26,9 @@ from typing import Any
 import attrs
 import torch
 
-from manifoldtrain._validation import check_float, check_int, check_tensor, non_finite_sample
+from manifoldtrain._validation import (
+    attrs_validator, check_cpu_generator, check_float, check_int, check_tensor, non_finite_sample,
+)
 from manifoldtrain.jet import Jet, pair_weights, triu_pairs
 from manifoldtrain.network_jets import taylor_rows
 
@@ -50,6 +52,7 @@ def random_directions(
     check_int("n", n, minimum=1)
     check_int("k", k, minimum=1)
     check_int("d", d, minimum=1)
+    check_cpu_generator("generator", generator)
     if not orthogonal or k == 1:
         g = torch.randn(n, k, d, generator=generator, dtype=torch.float64)
         return g * (d**0.5 / g.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny))
@@ -115,7 +118,8 @@ class Batch:
         objective's order: ``[n, *input_shape]``, ``[n, d, ...]``, ``[n, d(d+1)/2, ...]``.
     scales : LossScales
     generator : torch.Generator or None
-        Draws the batch's random directions.
+        Draws the batch's random directions: a CPU generator (the draws are moved to the
+        batch's device).
     value : Tensor or None
         :math:`N(x)` ``[n, *output_shape]``; set by the objective's pass, before any
         :meth:`Term.loss` runs.
@@ -125,7 +129,7 @@ class Batch:
     inputs: Jet
     targets: Jet
     scales: LossScales
-    generator: torch.Generator | None = None
+    generator: torch.Generator | None = attrs.field(default=None, validator=attrs_validator(check_cpu_generator))
     value: torch.Tensor | None = None
     _directions: dict = attrs.field(factory=dict, init=False, repr=False)
     _cache: dict = attrs.field(factory=dict, init=False, repr=False)  # keeps the keyed tensors alive
@@ -296,7 +300,8 @@ class LossScales:
         for sl in chunks:
             if order >= 1:
                 sq += inputs.d1[sl].double().cpu().transpose(0, 1).reshape(d, -1).pow(2).sum(1)
-        s = 1.0 / (sq / (n * inputs.value[0].numel())).sqrt().clamp_min(1e-300) if order >= 1 else sq
+        # (order 0, even of inputs with derivatives: no coordinate scales, as for value-only data)
+        s = 1.0 / (sq / (n * inputs.value[0].numel())).sqrt().clamp_min(1e-300) if order >= 1 else sq[:0]
         # Pass 2: mean squares of the centred value and the scaled derivatives.
         energy = _energies(targets, s, order, chunks)
         input_energy = _energies(inputs, s, order, chunks)

@@ -21,9 +21,14 @@ Random perturbations are Gaussian, :math:`\\delta = \\sigma g` with :math:`g` st
 per input entry (:math:`E[\\delta \\delta^T] = \\sigma^2 I`), so the random terms are unbiased:
 over draws, :class:`JacobianInvarianceTerm` has mean :math:`\\sigma^2 \\lVert N'(x) \\rVert_F^2 / m`
 and :class:`OracleTerm` (order 1) :math:`\\sigma^2 \\lVert E \\rVert_F^2 / m` (per sample,
-:math:`m` outputs; ``tests/test_robustness.py`` checks both statistically), and the linearised
-noise term is the Jacobian term: :math:`E\\lVert N(x + \\delta) - y \\rVert^2 = \\lVert N(x) - y
-\\rVert^2 + \\sigma^2 \\lVert N'(x) \\rVert_F^2 + O(\\sigma^4)`.
+:math:`m` outputs; ``tests/test_robustness.py`` checks both statistically). For the network
+linearised at :math:`x`, the noise term is the Jacobian term plus the clean loss, exactly:
+:math:`E\\lVert N(x) + N'(x)\\,\\delta - y \\rVert^2 = \\lVert e \\rVert^2 + \\sigma^2
+\\lVert N'(x) \\rVert_F^2` with :math:`e = N(x) - y`. The network itself adds a curvature term
+of the same order: :math:`E\\lVert N(x + \\delta) - y \\rVert^2 = \\lVert e \\rVert^2 +
+\\sigma^2 \\bigl(\\lVert N'(x) \\rVert_F^2 + \\textstyle\\sum_i e_i\\, \\Delta N_i(x)\\bigr) +
+O(\\sigma^4)` (:math:`\\Delta N_i` the Laplacian of output :math:`i`), so the two agree to
+:math:`O(\\sigma^2)` only where the network fits (:math:`e \\approx 0`).
 
 ``strength`` is :math:`\\sigma`, in input units per entry (the noise level of the evaluation
 protocol). Every term is divided by the variance of the training targets, like

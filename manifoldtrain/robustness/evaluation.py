@@ -23,7 +23,7 @@ import attrs
 import torch
 from torch.func import vjp
 
-from manifoldtrain._validation import check_int
+from manifoldtrain._validation import attrs_validator, check_int
 from manifoldtrain.data import JetDataset, check_dataset
 from manifoldtrain.evaluation import Metric
 from manifoldtrain.manifold import Manifold
@@ -344,8 +344,8 @@ class Robustness(Metric):
     manifold: Manifold | None = None
     noise_levels: tuple = attrs.field(default=(0.03,), converter=lambda v: _finite_levels("noise_levels", v))
     budgets: tuple = attrs.field(default=(0.3,), converter=lambda v: _finite_levels("budgets", v))
-    samples: int = 100
-    steps: int = 5
+    samples: int = attrs.field(default=100, validator=attrs_validator(check_int, minimum=1))
+    steps: int = attrs.field(default=5, validator=attrs_validator(check_int, minimum=0))
 
     def check(self, model: torch.nn.Module, data: JetDataset) -> None:
         check_dataset("data", data, order=1)

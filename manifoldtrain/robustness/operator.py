@@ -27,7 +27,7 @@ import attrs
 import torch
 from torch.func import functional_call, jvp, vjp, vmap
 
-from manifoldtrain._validation import check_int, check_tensor
+from manifoldtrain._validation import check_cpu_generator, check_int, check_tensor
 from manifoldtrain.jet import Jet
 from manifoldtrain.robustness.oracle import LinearisedOracle
 
@@ -209,7 +209,7 @@ def spectral_norm(
     tol : float
         Relative change of the top value that counts as converged.
     generator : torch.Generator, optional
-        Draws the random start.
+        Draws the random start (a CPU generator; the draws are moved to the data's device).
     start : Tensor, optional
         ``[n, block, *output_shape]`` start vectors in the output space (e.g. from a previous
         call), instead of random ones.
@@ -222,6 +222,7 @@ def spectral_norm(
     block = (m if m <= 16 else 8) if block is None else check_int("block", block, minimum=1)
     block = min(block, m)
     check_int("iterations", iterations, minimum=1)
+    check_cpu_generator("generator", generator)
     like = operator.inputs.value
     if start is None:
         w = torch.randn(n, block, m, generator=generator, dtype=torch.float64).to(dtype=like.dtype, device=like.device)

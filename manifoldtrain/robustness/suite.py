@@ -32,7 +32,7 @@ import torch
 
 from manifoldtrain._io import claim_output_folder, write_text_atomic
 from manifoldtrain._plain import digest
-from manifoldtrain._validation import attrs_validator, check_float, check_int
+from manifoldtrain._validation import attrs_validator, check_float, check_int, dtype_from_name
 from manifoldtrain.data import JetDataset
 from manifoldtrain.nn import _check_hidden
 from manifoldtrain.objectives import (
@@ -143,7 +143,7 @@ class SuiteConfig:
     attack_samples: int = attrs.field(default=30, validator=attrs_validator(check_int, minimum=1))
     attack_steps: int = attrs.field(default=5, validator=attrs_validator(check_int, minimum=0))
     seed: int = attrs.field(default=0, validator=attrs_validator(check_int, minimum=0))
-    dtype: str = "float32"
+    dtype: str = attrs.field(default="float32", validator=lambda i, a, v: dtype_from_name(a.name, v))
     progress: bool = True
 
     def __attrs_post_init__(self):
@@ -337,11 +337,12 @@ def _test_set(config, order: int, progress: bool) -> JetDataset:
         config = attrs.evolve(config, data=attrs.evolve(d, test_order=max(order, d.test_order or 0)))
         return make_data(config, progress=progress)[1]
     n = d.n_train + d.n_test
-    points = config.manifold.sample(n, torch.Generator().manual_seed(d.seed), dtype=torch.float64)
+    compute = dtype_from_name("data.compute_dtype", d.compute_dtype)  # as generate_jets draws and computes them
+    points = config.manifold.sample(n, torch.Generator().manual_seed(d.seed), dtype=compute)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(d.split_seed))
     chosen = points[perm[: d.n_test].sort().values]
     dtype = dtype_from_name("data.dtype", d.dtype)
-    parts = [config.manifold.jets(chunk, order) for chunk in chosen.split(256)]  # as generate_jets computes them
+    parts = [config.manifold.jets(chunk, order) for chunk in chosen.split(256)]
     inputs = Jet(*(torch.cat(c).to(dtype) for c in zip(*(x.components() for x, _ in parts))))
     targets = Jet(*(torch.cat(c).to(dtype) for c in zip(*(y.components() for _, y in parts))))
     return JetDataset(chosen.to(dtype), inputs, targets, {"manifold": manifold_description(config.manifold), "seed": d.seed})
