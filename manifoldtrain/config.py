@@ -55,7 +55,7 @@ from manifoldtrain._io import write_text_atomic
 from manifoldtrain._validation import attrs_validator, check_int, dtype_from_name
 from manifoldtrain.manifold import Manifold
 from manifoldtrain.manifolds import Cube
-from manifoldtrain.nn import ConvNetConfig, MLPConfig
+from manifoldtrain.nn import MLPConfig, ModelConfig
 from manifoldtrain.objectives import Objective
 from manifoldtrain.registry import MANIFOLDS, MODELS, TERMS, Registry
 from manifoldtrain.training import TrainConfig
@@ -181,6 +181,12 @@ class DataConfig:
     calibration: int | None = attrs.field(default=None, validator=_check_calibration)
 
 
+def _check_model(instance, attribute, value):
+    if not isinstance(value, ModelConfig):
+        raise TypeError(f"model: expected a ModelConfig (MLPConfig, ConvNetConfig or a subclass of your own), got "
+                        f"{type(value).__name__}")
+
+
 def _check_device_name(instance, attribute, value):
     if value is not None and not (isinstance(value, str) and re.fullmatch(r"cpu|cuda(:\d+)?", value)):
         raise ValueError(f"{attribute.name}: expected 'cpu', 'cuda' or 'cuda:N' (or no device key), got {value!r}")
@@ -200,8 +206,8 @@ class ExperimentConfig:
         Default ``Cube()``.
     data : DataConfig
         Default ``DataConfig()``.
-    model : MLPConfig or ConvNetConfig
-        Default ``MLPConfig()``.
+    model : ModelConfig
+        Default ``MLPConfig()``; ``ConvNetConfig`` or a model of your own (:class:`~manifoldtrain.nn.ModelConfig`).
     objective : Objective
         Default ``Objective.second_order()`` (a new one per config).
     train : TrainConfig
@@ -219,7 +225,7 @@ class ExperimentConfig:
 
     manifold: Manifold = attrs.field(factory=Cube, validator=attrs.validators.instance_of(Manifold))
     data: DataConfig = attrs.field(factory=DataConfig)
-    model: MLPConfig | ConvNetConfig = attrs.field(factory=MLPConfig)
+    model: ModelConfig = attrs.field(factory=MLPConfig, validator=_check_model)
     objective: Objective = attrs.field(factory=_default_objective)
     train: TrainConfig = attrs.field(factory=TrainConfig)
     model_seed: int = attrs.field(default=0, validator=attrs_validator(check_int, minimum=0))

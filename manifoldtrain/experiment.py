@@ -531,7 +531,8 @@ def evaluate_checkpoint(
         if run_data.get("path") is None and test.meta.get("seed") == run_data.get("seed", 0):
             warnings.warn(
                 f"test: drawn with seed {test.meta.get('seed')}, the seed of the run's own data: these are the run's "
-                "training points (generate a test set with another --seed)",
+                "training points, unless this is the run's own test split (make_data's); generate a test set with "
+                "another --seed",
                 stacklevel=2,
             )
     spec = extra.get("model_spec", {})

@@ -18,8 +18,9 @@ derivative training with an error naming them.
 
 from __future__ import annotations
 
+import abc
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import attrs
 import torch
@@ -37,6 +38,7 @@ __all__ = [
     "Sine",
     "SMOOTH_ACTIVATIONS",
     "Affine",
+    "ModelConfig",
     "MLPConfig",
     "ConvNetConfig",
     "build_model",
@@ -189,8 +191,33 @@ def _check_hidden(instance, attribute, value):
         raise ValueError(f"{attribute.name}: expected a non-empty list of positive ints, got {shown!r}")
 
 
+class ModelConfig(abc.ABC):
+    """The settings of a network: what :func:`build_model` builds, and what a config's
+    ``[model]`` table names (``kind = "mlp"``, ``"convnet"``, or ``"package.module:Class"``).
+
+    Implementing a new model
+    ------------------------
+    Subclass it as a frozen attrs class whose fields are the settings (so that it is saved in
+    a run's ``config.toml`` and checkpoint and rebuilt from them), and implement
+    :meth:`layers`. That is all that must be written: :func:`build_model` puts the layers
+    between the input normalisation and the output denormalisation, draws their weights
+    with the run's ``model_seed`` and moves them to the data's dtype and device. For
+    derivative training every layer needs a jet rule (the layers of :mod:`torch.nn` listed in
+    :mod:`manifoldtrain.nn`, any :class:`SmoothActivation`, or one registered with
+    :func:`~manifoldtrain.network_jets.register_jet_rule`); a layer without one is named
+    when training starts. ``examples/custom_model.py`` shows one.
+    """
+
+    @abc.abstractmethod
+    def layers(self, input_shape: tuple[int, ...], n_outputs: int) -> Sequence[nn.Module]:
+        """The network's layers, in order, from inputs ``[n, *input_shape]`` (normalised:
+        zero mean, unit standard deviation) to outputs ``[n, n_outputs]`` (in normalised
+        target units); new modules at every call, their weights drawn from torch's global
+        generator (which :func:`build_model` seeds)."""
+
+
 @attrs.frozen
-class MLPConfig:
+class MLPConfig(ModelConfig):
     """A multilayer perceptron on the flattened input.
 
     Attributes
@@ -204,9 +231,18 @@ class MLPConfig:
     hidden: tuple[int, ...] = attrs.field(default=(512, 512, 512), converter=_as_tuple, validator=_check_hidden)
     activation: str = attrs.field(default="tanh", validator=_check_activation)
 
+    def layers(self, input_shape: tuple[int, ...], n_outputs: int) -> list[nn.Module]:
+        act = _activation_class(self.activation)
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = math.prod(input_shape)
+        for size in self.hidden:
+            layers += [nn.Linear(width, size), act()]
+            width = size
+        return [*layers, nn.Linear(width, n_outputs)]
+
 
 @attrs.frozen
-class ConvNetConfig:
+class ConvNetConfig(ModelConfig):
     """A small conv net for image inputs ``[H, W]``: two strided convolutions, then an MLP head.
 
     Attributes
@@ -223,9 +259,25 @@ class ConvNetConfig:
     hidden: tuple[int, ...] = attrs.field(default=(256,), converter=_as_tuple, validator=_check_hidden)
     activation: str = attrs.field(default="tanh", validator=_check_activation)
 
+    def layers(self, input_shape: tuple[int, ...], n_outputs: int) -> list[nn.Module]:
+        if len(input_shape) != 2:
+            raise ValueError(f"inputs: a ConvNetConfig needs images [n, H, W], got [n, {', '.join(map(str, input_shape))}]")
+        act = _activation_class(self.activation)
+        layers: list[nn.Module] = [nn.Unflatten(1, (1, input_shape[0]))]
+        c_in, h, w = 1, *input_shape
+        for c in self.channels:
+            layers += [nn.Conv2d(c_in, c, 3, stride=2, padding=1), act()]
+            c_in, h, w = c, (h + 1) // 2, (w + 1) // 2
+        layers.append(nn.Flatten())
+        width = c_in * h * w
+        for size in self.hidden:
+            layers += [nn.Linear(width, size), act()]
+            width = size
+        return [*layers, nn.Linear(width, n_outputs)]
+
 
 def build_model(
-    config: MLPConfig | ConvNetConfig,
+    config: ModelConfig,
     inputs: torch.Tensor,
     targets: torch.Tensor,
     *,
@@ -233,40 +285,27 @@ def build_model(
 ) -> nn.Sequential:
     """Build a network for inputs like ``inputs`` ``[n, *input_shape]`` and targets ``[n, m]``.
 
-    The first layer normalises inputs with statistics of ``inputs`` (per-feature mean, one
-    global standard deviation: background pixels with no variance stay finite); the last
-    puts outputs in the units of ``targets`` (per-output mean and standard deviation).
-    Weights are drawn with ``seed``; the model has the dtype and device of ``inputs``.
+    The layers are ``config``'s (:meth:`ModelConfig.layers`), between two fixed maps: the
+    first normalises inputs with statistics of ``inputs`` (per-feature mean, one global
+    standard deviation: background pixels with no variance stay finite); the last puts
+    outputs in the units of ``targets`` (per-output mean and standard deviation). Weights are
+    drawn with ``seed``; the model has the dtype and device of ``inputs``.
     """
-    if not isinstance(config, (MLPConfig, ConvNetConfig)):
-        raise TypeError(f"config: expected MLPConfig or ConvNetConfig, got {type(config).__name__}")
+    if not isinstance(config, ModelConfig):
+        raise TypeError(f"config: expected a ModelConfig (MLPConfig, ConvNetConfig or a subclass of your own), "
+                        f"got {type(config).__name__}")
     check_tensor("inputs", inputs)
     check_tensor("targets", targets, shape=(inputs.shape[0], None))
     check_int("seed", seed, minimum=0)
     if inputs.shape[0] < 2:
         raise ValueError(f"inputs: expected at least 2 samples for the normalisation statistics, got {inputs.shape[0]}")
     in_shape, n_out = tuple(inputs.shape[1:]), targets.shape[1]
-    act = _activation_class(config.activation)
     fork = torch.random.fork_rng(devices=[])
     with fork:
         torch.manual_seed(seed)
-        layers: list[nn.Module] = [Affine.normalizing(inputs)]
-        if isinstance(config, MLPConfig):
-            layers.append(nn.Flatten())
-            width = math.prod(in_shape)
-        else:
-            if len(in_shape) != 2:
-                raise ValueError(f"inputs: a ConvNetConfig needs images [n, H, W], got {list(inputs.shape)}")
-            layers.append(nn.Unflatten(1, (1, in_shape[0])))
-            c_in, h, w = 1, *in_shape
-            for c in config.channels:
-                layers += [nn.Conv2d(c_in, c, 3, stride=2, padding=1), act()]
-                c_in, h, w = c, (h + 1) // 2, (w + 1) // 2
-            layers.append(nn.Flatten())
-            width = c_in * h * w
-        for size in config.hidden:
-            layers += [nn.Linear(width, size), act()]
-            width = size
-        layers += [nn.Linear(width, n_out), Affine.denormalizing(targets)]
-        model = nn.Sequential(*layers)
+        layers = list(config.layers(in_shape, n_out))
+        bad = [type(layer).__name__ for layer in layers if not isinstance(layer, nn.Module)]
+        if bad:
+            raise TypeError(f"config: {type(config).__name__}.layers returned {', '.join(bad)}; expected nn.Modules")
+        model = nn.Sequential(Affine.normalizing(inputs), *layers, Affine.denormalizing(targets))
     return model.to(dtype=inputs.dtype, device=inputs.device)

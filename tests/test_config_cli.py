@@ -391,6 +391,43 @@ def test_a_users_manifold_in_their_own_file_works_from_the_command_line(tmp_path
     assert "cannot import module 'no_such_module'" in capsys.readouterr().err
 
 
+MY_NET = '''
+import attrs
+from torch import nn
+from manifoldtrain.nn import ModelConfig, Sine
+
+
+@attrs.frozen
+class SineNet(ModelConfig):
+    width: int = 8
+
+    def layers(self, input_shape, n_outputs):
+        return [nn.Flatten(), nn.Linear(input_shape[0] * input_shape[1], self.width), Sine(),
+                nn.Linear(self.width, n_outputs)]
+'''
+
+
+def test_a_users_model_in_their_own_file_works_from_the_command_line(tmp_path, monkeypatch, capsys):
+    (tmp_path / "my_net.py").write_text(MY_NET)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c.toml").write_text(TOML.replace('kind = "mlp"\nhidden = [12, 12]\nactivation = "gelu"',
+                                                  'kind = "my_net:SineNet"\nwidth = 6'))
+    assert main(["train", "--config", "c.toml", "--out", "run"]) == 0
+    assert 'kind = "my_net:SineNet"' in (tmp_path / "run" / "config.toml").read_text()
+    assert main(["generate", "cube", "--n", "8", "--seed", "9", "--out", "jets", "--image-size", "9", "--extent", "0.5",
+                 "--sigma", "0.08", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--run", "run", "--data", "jets"]) == 0  # the model rebuilt from the checkpoint
+    assert json.loads(capsys.readouterr().out)["rmse_d2"] > 0
+    # Not a model config: named where the config names it.
+    (tmp_path / "bad.toml").write_text(TOML.replace('kind = "mlp"\nhidden = [12, 12]\nactivation = "gelu"',
+                                                    'kind = "manifoldtrain.training:TrainConfig"'))
+    with pytest.raises(SystemExit):
+        main(["train", "--config", "bad.toml", "--out", "bad"])
+    assert "model: expected a ModelConfig" in capsys.readouterr().err
+
+
 def test_train_and_evaluate_on_generated_caches_checked_by_manifold_settings(tmp_path, capsys):
     small = ["--image-size", "9", "--extent", "0.5", "--no-progress"]
     assert main(["generate", "cube", "--n", "60", "--out", str(tmp_path / "train-jets"), "--sigma", "0.08", *small]) == 0

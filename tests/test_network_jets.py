@@ -15,7 +15,7 @@ from manifoldtrain.network_jets import (
     register_jet_rule,
     taylor_rows,
 )
-from manifoldtrain.nn import GELU, SMOOTH_ACTIVATIONS, Affine, ConvNetConfig, MLPConfig, build_model
+from manifoldtrain.nn import GELU, SMOOTH_ACTIVATIONS, Affine, ConvNetConfig, MLPConfig, ModelConfig, build_model
 
 from conftest import requires_cuda
 
@@ -209,8 +209,15 @@ def test_model_building_and_configs():
         build_model(ConvNetConfig(), torch.rand(10, 6), targets)
     with pytest.raises(ValueError, match="inputs: expected at least 2 samples"):
         build_model(MLPConfig(), inputs[:1], targets[:1])
-    with pytest.raises(TypeError, match="config"):
+    with pytest.raises(TypeError, match=r"config: expected a ModelConfig \(MLPConfig, ConvNetConfig or a subclass"):
         build_model("mlp", inputs, targets)
+
+    class Broken(ModelConfig):
+        def layers(self, input_shape, n_outputs):
+            return [torch.nn.Flatten(), "tanh"]
+
+    with pytest.raises(TypeError, match="config: Broken.layers returned str; expected nn.Modules"):
+        build_model(Broken(), inputs, targets)
 
 
 def test_gelu_derivatives_match_autograd():
