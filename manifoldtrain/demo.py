@@ -104,8 +104,8 @@ def _busy_machine_note(load: float | None, cpus: int | None, threads: int) -> st
         return None
     return (f"note: this machine is busy (load {load:.1f} on {cpus} cores before the demo, torch uses {threads} "
             f"threads): the wall-clock budgets will give every run fewer epochs, derivative training relatively "
-            f"fewer still, so the ratio below is not a quiet machine's (4-5x for the cube on 2 idle cores). "
-            f"Rerun when the machine is idle, or compare epoch counts.")
+            f"fewer still, so the ratio below is not a quiet machine's (5-7x for the cube on 2 idle cores in our "
+            f"fresh installs). Rerun when the machine is idle, or compare epoch counts.")
 
 
 def _load_average(seconds: float = 0.5) -> float | None:
