@@ -150,7 +150,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     with release_if_unused(args.out):
         claim_output_folder(args.out, "demo", force=args.force, argument="--out")
         with using_device(device):  # the runs' models and training data; the data are drawn on the CPU
-            run_demo(args.out, config, force=args.force)
+            run_demo(args.out, config, force=args.force, fit_threads=args.threads is None)
     return 0
 
 

@@ -108,6 +108,16 @@ def _busy_machine_note(load: float | None, cpus: int | None, threads: int) -> st
             f"fresh installs). Rerun when the machine is idle, or compare epoch counts.")
 
 
+def _threads_for(load: float | None, cpus: int | None, threads: int) -> int:
+    """Torch threads that fit the idle cores: ``threads``, unless other work keeps some of the
+    ``cpus`` busy (``load``), then as many as are idle (at least 1). On a shared machine a torch
+    thread whose core is busy stalls every parallel region it is part of: measured here, a
+    3x256 MLP step ran at 6-8 steps/s on 2 threads with one of 2 cores busy, 100 on 1 thread."""
+    if load is None or not cpus or load + threads <= cpus + 0.5:
+        return threads
+    return max(1, min(threads, cpus - int(round(load))))
+
+
 def _load_average(seconds: float = 0.5) -> float | None:
     """Cores kept busy by other work now: the non-idle share of all CPUs over ``seconds`` while
     this process sleeps (``/proc/stat``; the 1-minute load average would count the work just
@@ -128,22 +138,38 @@ def _load_average(seconds: float = 0.5) -> float | None:
     return (os.cpu_count() or 1) * (1.0 - (idle1 - idle0) / (total1 - total0))
 
 
-def run_demo(out_dir: str | os.PathLike = "demo", config: DemoConfig = DemoConfig(), *, echo=print, force: bool = False) -> dict:
+def run_demo(out_dir: str | os.PathLike = "demo", config: DemoConfig = DemoConfig(), *, echo=print, force: bool = False,
+             fit_threads: bool = False) -> dict:
     """Train the demo's runs, print a table, write ``results.json`` and ``report.png`` to ``out_dir``.
 
     ``results.json`` holds ``"runs"``: per run ``objective``, ``test_rmse``, ``test_rmse_d1``,
     ``test_rmse_d2``, ``seconds``, ``epochs``, ``seed``; and ``"ratio_value_to_second"``, the
     clean test RMSE of value training over that of second-order training. Each run also keeps
     its own directory (config, checkpoint, history): a stopped demo resumes where it stopped.
-    ``out_dir`` must be new, empty or a demo folder already (``force``: any folder).
+    ``out_dir`` must be new, empty or a demo folder already (``force``: any folder). With
+    ``fit_threads`` (the command line's default, unless ``--threads`` is given), torch uses only
+    the cores that other work leaves idle while the demo runs (see :func:`_threads_for`).
     """
     if not isinstance(config, DemoConfig):
         raise TypeError(f"config: expected a DemoConfig, got {type(config).__name__}")
     out = claim_output_folder(out_dir, "demo", force=force, argument="out_dir")
     load, cpus, threads = _load_average(), os.cpu_count(), torch.get_num_threads()
     busy = _busy_machine_note(load, cpus, threads)
+    fitted = _threads_for(load, cpus, threads) if fit_threads else threads
+    if busy and fitted != threads:
+        busy += (f" The demo uses {fitted} torch thread{'s' if fitted > 1 else ''} instead of {threads} meanwhile "
+                 "(a thread on a busy core stalls every step; --threads N chooses).")
     if busy:
         echo(busy)
+    torch.set_num_threads(fitted)
+    try:
+        return _run_demo(out, config, echo, busy, load, cpus)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_demo(out: Path, config: DemoConfig, echo, busy: str | None, load: float | None, cpus: int | None) -> dict:
+    """:func:`run_demo` in ``out``, claimed, with the busy-machine note (or None) said."""
     t0 = time.perf_counter()
     echo(f"manifoldtrain demo: {config.manifold}, {config.n_train} training / {config.n_test} test samples, "
          f"MLP {list(config.hidden)} tanh, {config.seconds_per_run:g} s per objective -> {out}")
@@ -171,7 +197,8 @@ def run_demo(out_dir: str | os.PathLike = "demo", config: DemoConfig = DemoConfi
         "runs": runs,
         "config": attrs.asdict(config),
         "total_seconds": time.perf_counter() - t0,
-        "machine": dict(machine_info(), cpus=cpus, load_average_before=load, load_average_after=_load_average()),
+        "machine": dict(machine_info(), cpus=cpus, load_average_before=load, load_average_after=_load_average(),
+                        torch_threads=torch.get_num_threads()),
     }
     if busy:
         results["busy_machine"] = busy

@@ -231,6 +231,7 @@ def test_demo_says_when_the_machine_is_busy(tmp_path, capsys, monkeypatch):
     assert "load 1.0 on 2 cores" in note(1.0, 2, 2) and note(3.0, 4, 2)
     monkeypatch.setattr(demo, "_load_average", lambda: 3.0)
     monkeypatch.setattr(demo.os, "cpu_count", lambda: 2)
+    threads = torch.get_num_threads()
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(out), "--no-progress"]) == 0
     text = capsys.readouterr().out
@@ -238,6 +239,19 @@ def test_demo_says_when_the_machine_is_busy(tmp_path, capsys, monkeypatch):
     results = json.loads((out / "results.json").read_text())
     assert results["busy_machine"].startswith("note: this machine is busy")
     assert results["machine"]["load_average_before"] == 3.0 and results["machine"]["cpus"] == 2
+    # Torch kept to the idle cores (here none: one thread) while the demo ran, and given back after.
+    assert "uses 1 torch thread instead of" in text and results["machine"]["torch_threads"] == 1
+    assert torch.get_num_threads() == threads
+    fit = demo._threads_for
+    assert fit(None, 2, 2) == 2 and fit(0.2, 2, 2) == 2 and fit(1.0, 2, 2) == 1 and fit(2.0, 16, 16) == 14
+    assert fit(9.0, 8, 4) == 1
+    # --threads given: used as given, busy or not.
+    status = main(["demo", "--quick", "--out", str(tmp_path / "d2"), "--no-progress", "--threads", "2"])
+    torch.set_num_threads(threads)  # --threads set it for the process
+    assert status == 0
+    text = capsys.readouterr().out
+    assert "instead of" not in text
+    assert json.loads((tmp_path / "d2" / "results.json").read_text())["machine"]["torch_threads"] == 2
 
 
 # ----------------------------------------------------------------- nothing lost
