@@ -49,19 +49,25 @@ def run_config(args, batch: int, cache: Path) -> ExperimentConfig:
         model_seed=0)
 
 
+def torchrun(work: Path, processes: int, threads: int, program: list[str]) -> None:
+    """Run ``program`` (``-m module ...`` or ``script ...``) on ``processes`` processes of ``threads``
+    threads each under ``python -m torch.distributed.run --standalone``, in ``work``; stop on failure."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", *program]
+    done = subprocess.run(command, env=dict(os.environ, OMP_NUM_THREADS=str(threads)), capture_output=True,
+                          text=True, cwd=work)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed (rc {done.returncode}):\n{done.stderr[-3000:]}")
+
+
 def train(work: Path, processes: int, threads: int, batch: int, repeat: int, args) -> dict:
     """One run under torchrun (a new folder); returns its results.json."""
     name = f"p{processes}_b{batch}_r{repeat}"
     config = work / f"{name}.toml"
     save_config(run_config(args, batch, work / "cache"), config)
     out = work / name
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-               "-m", "manifoldtrain", "train", "--config", str(config), "--out", str(out), "--threads", str(threads)]
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     t0 = time.perf_counter()
-    done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=work)
-    if done.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed (rc {done.returncode}):\n{done.stderr[-3000:]}")
+    torchrun(work, processes, threads, ["-m", "manifoldtrain", "train", "--config", str(config), "--out", str(out),
+                                        "--threads", str(threads)])
     results = json.loads((out / "results.json").read_text())
     results["launcher_seconds"] = time.perf_counter() - t0
     return results
@@ -70,14 +76,10 @@ def train(work: Path, processes: int, threads: int, batch: int, repeat: int, arg
 def all_reduce_alone(work: Path, processes: int, threads: int, args) -> dict:
     """The gradient all-reduce with nothing to wait for, timed under torchrun by this script's worker."""
     out = work / f"all_reduce_p{processes}.json"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-               str(Path(__file__).resolve()), "--all-reduce-worker", str(out), "--threads", str(threads),
-               "--all-reduce-repeats", str(args.all_reduce_repeats), "--hidden", *map(str, args.hidden),
-               *(["--quick"] if args.quick else [])]
-    done = subprocess.run(command, env=dict(os.environ, OMP_NUM_THREADS=str(threads)), capture_output=True,
-                          text=True, cwd=work)
-    if done.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed (rc {done.returncode}):\n{done.stderr[-3000:]}")
+    torchrun(work, processes, threads, [
+        str(Path(__file__).resolve()), "--all-reduce-worker", str(out), "--threads", str(threads),
+        "--all-reduce-repeats", str(args.all_reduce_repeats), "--hidden", *map(str, args.hidden),
+        *(["--quick"] if args.quick else [])])
     return json.loads(out.read_text())
 
 

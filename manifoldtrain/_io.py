@@ -156,22 +156,21 @@ def release_if_unused(path: str | os.PathLike) -> Iterator[None]:
 def foreign_names(path: str | os.PathLike) -> frozenset[str]:
     """The names that output folder ``path`` held before :func:`claim_output_folder` first claimed
     it (with ``force``, beside other files), as its marker records them: never ours to delete."""
-    try:
-        data = json.loads((Path(os.path.abspath(path)) / MARKER).read_text())
-    except (OSError, ValueError):
-        return frozenset()
-    names = data.get("foreign", []) if isinstance(data, dict) else []
+    names = (_read_marker(Path(os.path.abspath(path)) / MARKER) or {}).get("foreign", [])
     return frozenset(n for n in names if isinstance(n, str)) if isinstance(names, list) else frozenset()
 
 
-def _marker_kind(marker: Path) -> str | None:
-    if not marker.is_file():
-        return None
+def _read_marker(marker: Path) -> dict | None:
+    """The contents of our marker file ``marker``, or None (no file, or not one of ours)."""
     try:
         data = json.loads(marker.read_text())
     except (OSError, ValueError):
         return None
-    return data.get("kind") if isinstance(data, dict) and data.get("format") == "manifoldtrain-output" else None
+    return data if isinstance(data, dict) and data.get("format") == "manifoldtrain-output" else None
+
+
+def _marker_kind(marker: Path) -> str | None:
+    return (_read_marker(marker) or {}).get("kind")
 
 
 def check_not_input(output: Path, inputs: dict[str, str | os.PathLike | None]) -> None:

@@ -55,16 +55,12 @@ from manifoldtrain._io import write_text_atomic
 from manifoldtrain._validation import attrs_validator, check_int, dtype_from_name
 from manifoldtrain.manifold import Manifold
 from manifoldtrain.manifolds import Cube
-from manifoldtrain.nn import MLPConfig, ModelConfig
+from manifoldtrain.nn import MLPConfig, ModelConfig, check_model_config
 from manifoldtrain.objectives import Objective
 from manifoldtrain.registry import MANIFOLDS, MODELS, TERMS, Registry
 from manifoldtrain.training import TrainConfig
 
 __all__ = ["DataConfig", "ExperimentConfig", "load_config", "config_from_dict", "config_to_dict", "save_config"]
-
-
-def _check_dtype(instance, attribute, value):
-    dtype_from_name(attribute.name, value)
 
 
 def _check_test_order(instance, attribute, value):
@@ -174,17 +170,11 @@ class DataConfig:
     split_seed: int = attrs.field(default=0, validator=attrs_validator(check_int, minimum=0))
     path: str | None = None
     cache_dir: str | None = None
-    dtype: str = attrs.field(default="float32", validator=_check_dtype)
-    compute_dtype: str = attrs.field(default="float64", validator=_check_dtype)
+    dtype: str = attrs.field(default="float32", validator=attrs_validator(dtype_from_name))
+    compute_dtype: str = attrs.field(default="float64", validator=attrs_validator(dtype_from_name))
     source: str = attrs.field(default="memory", validator=_check_source)
     mode: str | None = attrs.field(default=None, validator=_check_mode)
     calibration: int | None = attrs.field(default=None, validator=_check_calibration)
-
-
-def _check_model(instance, attribute, value):
-    if not isinstance(value, ModelConfig):
-        raise TypeError(f"model: expected a ModelConfig (MLPConfig, ConvNetConfig or a subclass of your own), got "
-                        f"{type(value).__name__}")
 
 
 def _check_device_name(instance, attribute, value):
@@ -225,7 +215,7 @@ class ExperimentConfig:
 
     manifold: Manifold = attrs.field(factory=Cube, validator=attrs.validators.instance_of(Manifold))
     data: DataConfig = attrs.field(factory=DataConfig)
-    model: ModelConfig = attrs.field(factory=MLPConfig, validator=_check_model)
+    model: ModelConfig = attrs.field(factory=MLPConfig, validator=attrs_validator(check_model_config))
     objective: Objective = attrs.field(factory=_default_objective)
     train: TrainConfig = attrs.field(factory=TrainConfig)
     model_seed: int = attrs.field(default=0, validator=attrs_validator(check_int, minimum=0))

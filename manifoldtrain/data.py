@@ -1118,7 +1118,7 @@ def generate_shards(
         os.replace(target, partial)  # checked and repaired as an unfinished generation
         log(f"checking the complete cache at {target}")
     previous = _sharded_meta_of(partial)
-    if partial.exists() and not _ours_to_discard(partial):
+    if partial.exists() and previous is None and not _ours_to_discard(partial):
         raise FileExistsError(
             f"path: {partial} is where an unfinished generation of {target.name} is kept, but it holds no "
             "manifoldtrain jet cache (no meta.json of one), so it is not ours to delete; move or delete it, or "
@@ -1209,9 +1209,9 @@ def _render_in_processes(manifold, points, bounds, todo, workers, bar, partial, 
 
 
 def _ours_to_discard(folder: Path) -> bool:
-    """Whether ``folder`` (an unfinished generation's place) is ours: empty (stopped between
-    making it and writing its meta.json), or its meta.json says it is a sharded jet cache of
-    any version."""
+    """Whether ``folder`` (an unfinished generation's place, with no readable meta.json of this
+    version) is ours all the same: empty (stopped between making it and writing its meta.json),
+    or its meta.json says it is a sharded jet cache of another version."""
     if folder.is_dir() and not any(folder.iterdir()):
         return True
     try:

@@ -100,7 +100,7 @@ def _busy_machine_note(load: float | None, cpus: int | None, threads: int) -> st
     epochs, the slower derivative runs relatively fewer still (a multi-threaded torch op that
     waits for a descheduled thread can run several times slower), and the ratio is then not
     the quiet machine's."""
-    if load is None or not cpus or load + threads <= cpus + 0.5:
+    if not _busy(load, cpus, threads):
         return None
     return (f"note: this machine is busy (load {load:.1f} on {cpus} cores before the demo, torch uses {threads} "
             f"threads): the wall-clock budgets will give every run fewer epochs, derivative training relatively "
@@ -113,9 +113,14 @@ def _threads_for(load: float | None, cpus: int | None, threads: int) -> int:
     ``cpus`` busy (``load``), then as many as are idle (at least 1). On a shared machine a torch
     thread whose core is busy stalls every parallel region it is part of: measured here, a
     3x256 MLP step ran at 6-8 steps/s on 2 threads with one of 2 cores busy, 100 on 1 thread."""
-    if load is None or not cpus or load + threads <= cpus + 0.5:
+    if not _busy(load, cpus, threads):
         return threads
     return max(1, min(threads, cpus - int(round(load))))
+
+
+def _busy(load: float | None, cpus: int | None, threads: int) -> bool:
+    """Whether other work (``load`` busy cores) leaves fewer than ``threads`` of the ``cpus`` idle."""
+    return load is not None and bool(cpus) and load + threads > cpus + 0.5
 
 
 def _load_average(seconds: float = 0.5) -> float | None:

@@ -41,6 +41,7 @@ __all__ = [
     "ModelConfig",
     "MLPConfig",
     "ConvNetConfig",
+    "check_model_config",
     "build_model",
 ]
 
@@ -276,6 +277,13 @@ class ConvNetConfig(ModelConfig):
         return [*layers, nn.Linear(width, n_outputs)]
 
 
+def check_model_config(name: str, value: object) -> None:
+    """``value`` is a :class:`ModelConfig`; ``name`` is the argument."""
+    if not isinstance(value, ModelConfig):
+        raise TypeError(f"{name}: expected a ModelConfig (MLPConfig, ConvNetConfig or a subclass of your own), got "
+                        f"{type(value).__name__}")
+
+
 def build_model(
     config: ModelConfig,
     inputs: torch.Tensor,
@@ -291,9 +299,7 @@ def build_model(
     outputs in the units of ``targets`` (per-output mean and standard deviation). Weights are
     drawn with ``seed``; the model has the dtype and device of ``inputs``.
     """
-    if not isinstance(config, ModelConfig):
-        raise TypeError(f"config: expected a ModelConfig (MLPConfig, ConvNetConfig or a subclass of your own), "
-                        f"got {type(config).__name__}")
+    check_model_config("config", config)
     check_tensor("inputs", inputs)
     check_tensor("targets", targets, shape=(inputs.shape[0], None))
     check_int("seed", seed, minimum=0)

@@ -143,7 +143,7 @@ class SuiteConfig:
     attack_samples: int = attrs.field(default=30, validator=attrs_validator(check_int, minimum=1))
     attack_steps: int = attrs.field(default=5, validator=attrs_validator(check_int, minimum=0))
     seed: int = attrs.field(default=0, validator=attrs_validator(check_int, minimum=0))
-    dtype: str = attrs.field(default="float32", validator=lambda i, a, v: dtype_from_name(a.name, v))
+    dtype: str = attrs.field(default="float32", validator=attrs_validator(dtype_from_name))
     progress: bool = True
 
     def __attrs_post_init__(self):
