@@ -65,7 +65,7 @@ import torch
 from manifoldtrain._plain import digest, plain
 from manifoldtrain._validation import check_int, check_tensor, dtype_name, first_non_finite, non_finite_sample
 from manifoldtrain.jet import Jet
-from manifoldtrain.manifold import Manifold
+from manifoldtrain.manifold import Manifold, check_is_manifold
 
 __all__ = ["JetDataset", "generate_jets", "load_jets", "save_jets", "cached_jets", "fingerprint", "is_jet_cache",
            "check_cache_target", "JetCache", "generate_shards", "save_shards", "ShardReport", "DEFAULT_SHARD_SIZE"]
@@ -198,6 +198,7 @@ def generate_jets(
     """
     from tqdm.auto import tqdm
 
+    check_is_manifold("manifold", manifold)
     check_int("n", n, minimum=1)
     check_int("seed", seed, minimum=0)
     check_int("order", order, minimum=0, maximum=2)
@@ -385,6 +386,7 @@ def cached_jets(
     """:func:`generate_jets`, cached in ``cache_dir/<fingerprint>``: loaded when it exists, else
     generated and saved. Any change of manifold setting, size, seed, order or dtype changes the
     fingerprint, so a stale cache is never reused."""
+    check_is_manifold("manifold", manifold)
     key = fingerprint(manifold, n, seed, order, dtype, compute_dtype)
     path = Path(cache_dir) / key
     if (path / "meta.json").is_file():
@@ -1090,6 +1092,7 @@ def generate_shards(
 
     from manifoldtrain._io import _publish_mode
 
+    check_is_manifold("manifold", manifold)
     check_int("n", n, minimum=1)
     check_int("seed", seed, minimum=0)
     check_int("order", order, minimum=0, maximum=2)

@@ -348,3 +348,16 @@ class Manifold(abc.ABC):
             chart_jet(lambda t: self.input(points, t), theta, order, chunk_size=chunk_size),
             chart_jet(lambda t: self.target(points, t), theta, order, chunk_size=chunk_size),
         )
+
+
+def check_is_manifold(name: str, value: object) -> Manifold:
+    """``value`` if it is a :class:`Manifold`, else a TypeError naming ``name``.
+
+    >>> check_is_manifold("manifold", None)
+    Traceback (most recent call last):
+    ...
+    TypeError: manifold: expected a Manifold, got NoneType
+    """
+    if not isinstance(value, Manifold):
+        raise TypeError(f"{name}: expected a Manifold, got {type(value).__name__}")
+    return value

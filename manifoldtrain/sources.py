@@ -39,7 +39,7 @@ from manifoldtrain._plain import digest, plain
 from manifoldtrain._validation import check_int, check_tensor, dtype_name, non_finite_sample
 from manifoldtrain.data import JetCache, JetDataset, manifold_description
 from manifoldtrain.jet import Jet, pair_weights
-from manifoldtrain.manifold import Manifold
+from manifoldtrain.manifold import Manifold, check_is_manifold
 from manifoldtrain.objectives.core import LossScales, _scaled
 
 __all__ = ["DataSource", "InMemorySource", "ShardedCacheSource", "OnTheFlySource", "SubsetSource",
@@ -595,8 +595,7 @@ class OnTheFlySource(DataSource):
                  dtype: torch.dtype = torch.float32, compute_dtype: torch.dtype = torch.float64,
                  calibration: int = 512, points: torch.Tensor | None = None, chunk_size: int = 256,
                  device: torch.device | str | None = None):
-        if not isinstance(manifold, Manifold):
-            raise TypeError(f"manifold: expected a Manifold, got {type(manifold).__name__}")
+        check_is_manifold("manifold", manifold)
         if mode not in MODES:
             raise ValueError(f"mode: expected one of {list(MODES)}, got {mode!r}")
         check_int("seed", seed, minimum=0)

@@ -26,7 +26,7 @@ from torch.func import vjp
 from manifoldtrain._validation import attrs_validator, check_int
 from manifoldtrain.data import JetDataset, check_dataset
 from manifoldtrain.evaluation import Metric
-from manifoldtrain.manifold import Manifold
+from manifoldtrain.manifold import Manifold, check_is_manifold
 from manifoldtrain.robustness.operator import ErrorOperator, detached, spectral_norm
 from manifoldtrain.robustness.oracle import LinearisedOracle, _finite_levels, _step, exact_oracle
 
@@ -47,8 +47,7 @@ def _batches(data: JetDataset, batch_size: int):
 
 
 def _check_manifold(manifold: object, data: JetDataset) -> Manifold:
-    if not isinstance(manifold, Manifold):
-        raise TypeError(f"manifold: expected a Manifold, got {type(manifold).__name__}")
+    check_is_manifold("manifold", manifold)
     if tuple(data.points.shape[1:]) != tuple(manifold.point_shape) or tuple(data.inputs.shape) != tuple(manifold.input_shape):
         raise ValueError(
             f"data: its points {list(data.points.shape[1:])} and inputs {list(data.inputs.shape)} do not fit "

@@ -38,7 +38,7 @@ import torch
 
 from manifoldtrain._validation import check_float, check_int, check_tensor
 from manifoldtrain.jet import Jet
-from manifoldtrain.manifold import Manifold
+from manifoldtrain.manifold import Manifold, check_is_manifold
 
 __all__ = ["LinearisedOracle", "taylor_oracle", "exact_oracle", "OracleResult", "OracleError"]
 
@@ -285,8 +285,7 @@ def exact_oracle(
     OracleError
         ``strict`` and some samples did not converge, naming how many and the largest residual.
     """
-    if not isinstance(manifold, Manifold):
-        raise TypeError(f"manifold: expected a Manifold, got {type(manifold).__name__}")
+    check_is_manifold("manifold", manifold)
     points = manifold.check_points(points)
     n = points.shape[0]
     check_tensor("perturbed", perturbed, shape=(n, *manifold.input_shape))

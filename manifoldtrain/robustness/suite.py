@@ -372,7 +372,7 @@ def evaluate_run(
     from manifoldtrain.config import load_config
     from manifoldtrain.data import manifold_description
     from manifoldtrain.experiment import make_data, model_from_checkpoint, run_checkpoint
-    from manifoldtrain.manifold import Manifold
+    from manifoldtrain.manifold import check_is_manifold
     from manifoldtrain.training import CHECKPOINT_NAME, _first_difference, load_checkpoint
 
     run_dir = Path(run_dir)
@@ -382,8 +382,7 @@ def evaluate_run(
     config = load_config(run_dir / "config.toml")
     state = load_checkpoint(run_checkpoint(run_dir))  # its best model where it kept one
     if manifold is not None:
-        if not isinstance(manifold, Manifold):
-            raise TypeError(f"manifold: expected a Manifold, got {type(manifold).__name__}")
+        check_is_manifold("manifold", manifold)
         diff = _first_difference(state.get("extra", {}).get("manifold"), manifold_description(manifold), "manifold",
                                  ("in the checkpoint", "given"))
         if diff is not None:
