@@ -68,13 +68,32 @@ def _plugin_manifolds(argv: Sequence[str]) -> dict[str, type]:
     return found
 
 
-def _add_compute_options(p: argparse.ArgumentParser) -> None:
-    """``--device`` and ``--threads``, on every command that computes (see :func:`_apply_compute_options`)."""
+def _add_compute_options(p: argparse.ArgumentParser, *, fit_threads: bool = True) -> None:
+    """``--device`` and ``--threads``, on every command that computes (see :func:`_apply_compute_options`).
+    Without ``--threads``, a command with ``fit_threads`` runs on the cores that other work leaves
+    idle (:func:`_idle_core_threads`); the demo does that itself, with its busy-machine note."""
     group = p.add_argument_group("where to compute")
     group.add_argument("--device", default=None, metavar="DEVICE",
                        help="cpu (the default), cuda or cuda:N; an error if CUDA is not available")
     group.add_argument("--threads", type=int, default=None, metavar="N",
-                       help="CPU threads for torch (torch.set_num_threads; default: torch's choice)")
+                       help="CPU threads for torch (torch.set_num_threads; default: torch's, fewer while other work "
+                            "keeps some cores busy)")
+    p.set_defaults(fit_threads=fit_threads)
+
+
+@contextlib.contextmanager
+def _idle_core_threads(args: argparse.Namespace):
+    """Run a command on the cores that other work leaves idle (:func:`manifoldtrain._threads.idle_core_threads`,
+    a note on stderr when torch gets fewer threads), unless ``--threads`` or ``OMP_NUM_THREADS`` chose,
+    the command computes nothing, or torchrun started it (its processes are each other's other work)."""
+    if (not getattr(args, "fit_threads", False) or args.threads is not None or os.environ.get("OMP_NUM_THREADS")
+            or os.environ.get("WORLD_SIZE", "1") not in ("", "1")):
+        yield
+        return
+    from manifoldtrain import _threads
+
+    with _threads.idle_core_threads(lambda text: print(f"manifoldtrain {args.command}: {text}", file=sys.stderr)):
+        yield
 
 
 def _apply_compute_options(args: argparse.Namespace):
@@ -131,7 +150,7 @@ def _add_demo(sub) -> None:
     p.add_argument("--force", action="store_true", help="write into --out even if it holds other files")
     p.add_argument("--quick", action="store_true", help="a tiny run for smoke tests (seconds, not minutes)")
     add_settings_arguments(p, DemoConfig, "demo settings")
-    _add_compute_options(p)
+    _add_compute_options(p, fit_threads=False)
     p.set_defaults(handler=_cmd_demo)
 
 
@@ -514,7 +533,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                        "own)\n")
     args = parser.parse_args(argv)
     try:
-        return args.handler(args)
+        with _idle_core_threads(args):
+            return args.handler(args)
     except (ValueError, TypeError, OSError, FloatingPointError) as err:
         if not _first_process():  # rank 0 says it: an error every process raised alike, or one that
             return 2  # DistributedContext.failure_guard has reported as this rank's already

@@ -11,6 +11,7 @@ import attrs
 import torch
 
 from manifoldtrain._io import claim_output_folder, write_text_atomic
+from manifoldtrain._threads import busy as _busy, load_average as _load_average, threads_for as _threads_for
 from manifoldtrain._validation import attrs_validator, check_float, check_int
 from manifoldtrain.config import DataConfig, ExperimentConfig
 from manifoldtrain.experiment import machine_info, make_data, run_experiment
@@ -108,41 +109,6 @@ def _busy_machine_note(load: float | None, cpus: int | None, threads: int) -> st
             f"fresh installs). Rerun when the machine is idle, or compare epoch counts.")
 
 
-def _threads_for(load: float | None, cpus: int | None, threads: int) -> int:
-    """Torch threads that fit the idle cores: ``threads``, unless other work keeps some of the
-    ``cpus`` busy (``load``), then as many as are idle (at least 1). On a shared machine a torch
-    thread whose core is busy stalls every parallel region it is part of: measured here, a
-    3x256 MLP step ran at 6-8 steps/s on 2 threads with one of 2 cores busy, 100 on 1 thread."""
-    if not _busy(load, cpus, threads):
-        return threads
-    return max(1, min(threads, cpus - int(round(load))))
-
-
-def _busy(load: float | None, cpus: int | None, threads: int) -> bool:
-    """Whether other work (``load`` busy cores) leaves fewer than ``threads`` of the ``cpus`` idle."""
-    return load is not None and bool(cpus) and load + threads > cpus + 0.5
-
-
-def _load_average(seconds: float = 0.5) -> float | None:
-    """Cores kept busy by other work now: the non-idle share of all CPUs over ``seconds`` while
-    this process sleeps (``/proc/stat``; the 1-minute load average would count the work just
-    before the demo, such as the install in the README's one-liner). ``None`` where unknown."""
-    def idle_total() -> tuple[int, int]:
-        with open("/proc/stat") as f:
-            fields = [int(v) for v in f.readline().split()[1:]]
-        return fields[3] + fields[4], sum(fields)  # idle + iowait, all
-
-    try:
-        idle0, total0 = idle_total()
-        time.sleep(seconds)
-        idle1, total1 = idle_total()
-    except (OSError, ValueError, IndexError):  # not Linux
-        return None
-    if total1 <= total0:
-        return None
-    return (os.cpu_count() or 1) * (1.0 - (idle1 - idle0) / (total1 - total0))
-
-
 def run_demo(out_dir: str | os.PathLike = "demo", config: DemoConfig = DemoConfig(), *, echo=print, force: bool = False,
              fit_threads: bool = False) -> dict:
     """Train the demo's runs, print a table, write ``results.json`` and ``report.png`` to ``out_dir``.
@@ -153,7 +119,7 @@ def run_demo(out_dir: str | os.PathLike = "demo", config: DemoConfig = DemoConfi
     its own directory (config, checkpoint, history): a stopped demo resumes where it stopped.
     ``out_dir`` must be new, empty or a demo folder already (``force``: any folder). With
     ``fit_threads`` (the command line's default, unless ``--threads`` is given), torch uses only
-    the cores that other work leaves idle while the demo runs (see :func:`_threads_for`).
+    the cores that other work leaves idle while the demo runs, and says so in its busy-machine note.
     """
     if not isinstance(config, DemoConfig):
         raise TypeError(f"config: expected a DemoConfig, got {type(config).__name__}")

@@ -254,6 +254,40 @@ def test_demo_says_when_the_machine_is_busy(tmp_path, capsys, monkeypatch):
     assert json.loads((tmp_path / "d2" / "results.json").read_text())["machine"]["torch_threads"] == 2
 
 
+def test_computing_commands_keep_torch_to_the_idle_cores(tmp_path, capsys, monkeypatch):
+    import manifoldtrain._threads as threads_module
+    import manifoldtrain.cli as cli
+
+    seen = []
+    monkeypatch.setattr(cli, "_cmd_train", lambda args: seen.append(torch.get_num_threads()) or 0)
+    monkeypatch.setattr(threads_module, "load_average", lambda seconds: 1.0)  # one of the two cores busy
+    monkeypatch.setattr(threads_module.os, "cpu_count", lambda: 2)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    command = ["train", "--config", str(tmp_path / "c.toml"), "--out", str(tmp_path / "run")]
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert main(command) == 0
+        assert seen == [1] and torch.get_num_threads() == 2  # one thread while it ran, given back after
+        assert "manifoldtrain train: note: other work keeps about 1.0 of the 2 cores busy; torch uses 1 thread " \
+               "instead of 2" in capsys.readouterr().err
+        # --threads chooses (here the handler, replaced, does not set it), and so do OMP_NUM_THREADS and torchrun.
+        assert main(command + ["--threads", "2"]) == 0
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        assert main(command) == 0
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        assert main(command) == 0
+        assert seen == [1, 2, 2, 2] and "note:" not in capsys.readouterr().err
+        monkeypatch.delenv("WORLD_SIZE")
+        monkeypatch.setattr(threads_module, "load_average", lambda seconds: 0.1)  # idle: nothing changes
+        assert main(command) == 0
+        assert seen[-1] == 2 and "note:" not in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(before)
+
+
 # ----------------------------------------------------------------- nothing lost
 
 GEN = ["generate", "cube", "--n", "4", "--image-size", "9", "--extent", "0.5", "--sigma", "0.08", "--no-progress"]
