@@ -8,9 +8,18 @@ jet rule, so derivative training runs it in Taylor mode like the built-in MLP.
 :func:`~manifoldtrain.experiment.run_experiment` trains it with second-order derivative
 training, writes the run folder (its ``config.toml`` names the model by its class), and
 :func:`~manifoldtrain.experiment.evaluate_checkpoint` rebuilds it from the checkpoint alone.
-Prints both networks' test RMSE and, rebuilt from their checkpoints, their RMSE on fresh
-poses; from a config file, the same class is named
-``kind = "package.module:SirenConfig"`` in the ``[model]`` table.
+
+``Snake`` is an activation of your own (Ziyin et al., 2020: :math:`v + \\sin^2(v)`), a
+:class:`~manifoldtrain.nn.SmoothActivation` with closed-form first and second derivatives;
+:func:`~manifoldtrain.testing.check_activation` checks them against finite differences before
+anything trains, and the built-in MLP uses it by its import path,
+``MLPConfig(activation="custom_model:Snake")`` (``activation = "custom_model:Snake"`` in a
+config file's ``[model]`` table; this file's folder must be on the path, as it is when the
+script runs).
+
+Prints each network's test RMSE and, rebuilt from its checkpoint, its RMSE on fresh poses;
+from a config file, the model class is named ``kind = "package.module:SirenConfig"`` in the
+``[model]`` table.
 
 Run: ``python examples/custom_model.py [--seconds 60] [--quick]``
 """
@@ -20,6 +29,7 @@ from __future__ import annotations
 import argparse
 import math
 import tempfile
+from pathlib import Path
 
 import attrs
 import torch
@@ -29,7 +39,8 @@ from manifoldtrain.config import DataConfig, ExperimentConfig
 from manifoldtrain.data import generate_jets
 from manifoldtrain.experiment import evaluate_checkpoint, run_experiment
 from manifoldtrain.manifolds import Cube
-from manifoldtrain.nn import MLPConfig, ModelConfig, Sine
+from manifoldtrain.nn import MLPConfig, ModelConfig, Sine, SmoothActivation
+from manifoldtrain.testing import check_activation
 from manifoldtrain.training import TrainConfig
 
 
@@ -53,6 +64,14 @@ class SirenConfig(ModelConfig):
         return [*layers, nn.Linear(width, n_outputs)]
 
 
+class Snake(SmoothActivation):
+    """:math:`v + \\sin^2 v`: its derivatives :math:`1 + \\sin 2v` and :math:`2 \\cos 2v`."""
+
+    def derivatives(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        s = torch.sin(v)
+        return v + s * s, 1 + torch.sin(2 * v), 2 * torch.cos(2 * v)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=60.0, help="training budget per network")
@@ -65,13 +84,16 @@ def main(argv=None) -> None:
 
     train = TrainConfig(epochs=10**6, time_budget=seconds, eval_every=0, progress=False)
     fresh = generate_jets(cube, data.n_test, seed=1, progress=False)  # poses no run has seen (its data: seed 0)
+    print(check_activation(Snake()))  # an AssertionError, before any training, if a derivative were wrong
+    models = (("SIREN (yours)", SirenConfig(hidden=hidden)), ("MLP, Snake (yours)", MLPConfig(hidden, "custom_model:Snake")),
+              ("MLP (built in)", MLPConfig(hidden=hidden)))
     with tempfile.TemporaryDirectory() as work:
-        for name, model in (("SIREN (yours)", SirenConfig(hidden=hidden)), ("MLP (built in)", MLPConfig(hidden=hidden))):
+        for name, model in models:
             config = ExperimentConfig(manifold=cube, data=data, model=model, train=train)
-            out = f"{work}/{type(model).__name__}"
+            out = f"{work}/{len(list(Path(work).iterdir()))}"
             result = run_experiment(config, out, progress=False)
             again = evaluate_checkpoint(out, fresh)  # the model rebuilt from the checkpoint: its class is named there
-            print(f"{name:16s} {result['epochs']:5d} epochs  test RMSE {result['test']['rmse']:.3e}, "
+            print(f"{name:18s} {result['epochs']:5d} epochs  test RMSE {result['test']['rmse']:.3e}, "
                   f"on {len(fresh)} other poses {again.rmse:.3e} (the model rebuilt from its checkpoint)")
 
 

@@ -50,7 +50,12 @@ class SmoothActivation(nn.Module):
     """An elementwise activation with closed-form first and second derivatives.
 
     Subclasses implement :meth:`derivatives`, returning :math:`(\\sigma, \\sigma', \\sigma'')`
-    at ``v``; ``forward`` is the first of them.
+    at ``v``; ``forward`` is the first of them (override it with a faster form of the same
+    function if there is one). The Taylor pass of derivative training uses the closed forms:
+    check them with :func:`manifoldtrain.testing.check_activation`. A model config names one by
+    ``"package.module:ClassName"`` (``MLPConfig(activation=...)``, ``activation = ...`` in the
+    ``[model]`` table), or by a short name registered in
+    :data:`~manifoldtrain.registry.ACTIVATIONS`.
     """
 
     def derivatives(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -168,9 +173,14 @@ class Affine(nn.Module):
 
 
 def _activation_class(activation: str) -> type[SmoothActivation]:
-    if activation not in SMOOTH_ACTIVATIONS:
-        raise ValueError(f"activation: expected one of {sorted(SMOOTH_ACTIVATIONS)}, got {activation!r}")
-    return SMOOTH_ACTIVATIONS[activation]
+    """The class named ``activation`` in :data:`~manifoldtrain.registry.ACTIVATIONS` (a short name
+    or ``"package.module:ClassName"`` of a :class:`SmoothActivation` subclass)."""
+    from manifoldtrain.registry import ACTIVATIONS  # the registry imports this module
+
+    try:
+        return ACTIVATIONS.get(activation)
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"activation: {str(err).removeprefix('kind: ')}") from None
 
 
 def _check_activation(instance, attribute, value):
@@ -226,7 +236,9 @@ class MLPConfig(ModelConfig):
     hidden : tuple of int
         Widths of the hidden layers (default ``(512, 512, 512)``).
     activation : str
-        One of :data:`SMOOTH_ACTIVATIONS` (default ``"tanh"``).
+        A name of :data:`~manifoldtrain.registry.ACTIVATIONS` (those of
+        :data:`SMOOTH_ACTIVATIONS`; default ``"tanh"``) or ``"package.module:ClassName"`` of a
+        :class:`SmoothActivation` of your own, built without arguments.
     """
 
     hidden: tuple[int, ...] = attrs.field(default=(512, 512, 512), converter=_as_tuple, validator=_check_hidden)
@@ -253,7 +265,9 @@ class ConvNetConfig(ModelConfig):
     hidden : tuple of int
         Widths of the dense hidden layers after flattening (default ``(256,)``).
     activation : str
-        One of :data:`SMOOTH_ACTIVATIONS`.
+        A name of :data:`~manifoldtrain.registry.ACTIVATIONS` (those of
+        :data:`SMOOTH_ACTIVATIONS`, default ``"tanh"``) or ``"package.module:ClassName"`` of a
+        :class:`SmoothActivation` of your own, built without arguments.
     """
 
     channels: tuple[int, ...] = attrs.field(default=(16, 32), converter=_as_tuple, validator=_check_hidden)

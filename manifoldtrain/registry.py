@@ -1,6 +1,7 @@
 """Names for classes, at the boundary of files and the command line (nowhere else).
 
-One registry per kind of piece (:data:`MANIFOLDS`, :data:`MODELS`, :data:`TERMS`), shared by
+One registry per kind of piece (:data:`MANIFOLDS`, :data:`MODELS`, :data:`ACTIVATIONS`,
+:data:`TERMS`, :data:`SOURCES`), shared by
 the TOML configs (:mod:`manifoldtrain.config`) and the command line. A ``kind`` is either a
 registered short name (``"cube"``, ``"derivative"``) or an import path
 ``"package.module:ClassName"`` of any class of the right base, so a user's own piece works
@@ -22,13 +23,13 @@ import importlib
 from manifoldtrain._plain import qualified_name
 from manifoldtrain.manifold import Manifold
 from manifoldtrain.manifolds import Cube, PhaseRetrieval
-from manifoldtrain.nn import ConvNetConfig, MLPConfig
+from manifoldtrain.nn import SMOOTH_ACTIVATIONS, ConvNetConfig, MLPConfig, SmoothActivation
 from manifoldtrain.sources import DataSource, InMemorySource, OnTheFlySource, ShardedCacheSource
 from manifoldtrain.objectives import (
     DerivativeTerm, HessianOracleTerm, JacobianInvarianceTerm, NoiseInvarianceTerm, OracleTerm, Term, ValueTerm,
 )
 
-__all__ = ["Registry", "MANIFOLDS", "MODELS", "TERMS", "SOURCES"]
+__all__ = ["Registry", "MANIFOLDS", "MODELS", "ACTIVATIONS", "TERMS", "SOURCES"]
 
 
 class Registry:
@@ -105,6 +106,14 @@ MANIFOLDS.register("phase-retrieval", PhaseRetrieval)
 MODELS = Registry("model")
 MODELS.register("mlp", MLPConfig)
 MODELS.register("convnet", ConvNetConfig)
+
+#: Smooth activations by name, for ``activation = ...`` of the bundled model configs:
+#: ``tanh``, ``sigmoid``, ``softplus``, ``gelu``, ``silu``, ``sine`` (:data:`~manifoldtrain.nn.SMOOTH_ACTIVATIONS`),
+#: or ``"package.module:ClassName"`` of any :class:`~manifoldtrain.nn.SmoothActivation` subclass
+#: (built without arguments).
+ACTIVATIONS = Registry("activation", SmoothActivation)
+for _name, _cls in SMOOTH_ACTIVATIONS.items():
+    ACTIVATIONS.register(_name, _cls)
 
 #: Objective terms by name: ``value``, ``derivative``, ``invariance-noise``,
 #: ``invariance-jacobian``, ``oracle``, ``oracle-hessian``.

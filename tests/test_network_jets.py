@@ -15,7 +15,11 @@ from manifoldtrain.network_jets import (
     register_jet_rule,
     taylor_rows,
 )
-from manifoldtrain.nn import GELU, SMOOTH_ACTIVATIONS, Affine, ConvNetConfig, MLPConfig, ModelConfig, build_model
+from manifoldtrain.nn import (
+    GELU, SMOOTH_ACTIVATIONS, Affine, ConvNetConfig, MLPConfig, ModelConfig, SmoothActivation, build_model,
+)
+from manifoldtrain.registry import ACTIVATIONS
+from manifoldtrain.testing import check_activation
 
 from conftest import requires_cuda
 
@@ -36,7 +40,10 @@ def assert_jets_close(a, b, rtol=1e-11):
         assert (x - y).abs().max() <= rtol * y.abs().max() + 1e-14
 
 
-@pytest.mark.parametrize("activation", sorted(SMOOTH_ACTIVATIONS))
+USERS_ACTIVATION = "custom_model:Snake"  # examples/custom_model.py, on the tests' path
+
+
+@pytest.mark.parametrize("activation", sorted(SMOOTH_ACTIVATIONS) + [USERS_ACTIVATION])
 def test_taylor_equals_nested_jvp_for_every_activation(activation):
     x = random_jet(5, 3, (7,))
     model = build_model(MLPConfig(hidden=(11, 6), activation=activation), x.value, torch.randn(5, 4, dtype=f64), seed=1)
@@ -244,3 +251,52 @@ def test_cuda_network_jets_and_a_training_step_match_cpu():
         Trainer(m, Objective.second_order(), d, None, TrainConfig(epochs=1, batch_size=8, progress=False)).fit()
     for a, b in zip(model.state_dict().values(), gpu.state_dict().values()):
         torch.testing.assert_close(b.cpu(), a, rtol=1e-9, atol=1e-11)
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.lists(st.floats(-8.0, 8.0), min_size=1, max_size=12))
+@pytest.mark.parametrize("name", ACTIVATIONS.names + [USERS_ACTIVATION])
+def test_every_activations_derivatives_match_finite_differences(name, values):
+    # Tolerances are relative to the largest reference over the points, so a grid goes with the
+    # drawn points (alone, a point like 7.0 has a GELU'' of -4e-10, below what differences resolve).
+    points = torch.cat([torch.linspace(-6.0, 6.0, 25, dtype=f64), torch.tensor(values, dtype=f64)])
+    check_activation(ACTIVATIONS.get(name)(), points)
+
+
+def test_check_activation_finds_a_wrong_derivative_and_names_what_is_wrong():
+    class WrongSecond(SmoothActivation):  # tanh'' is -2 tanh (1 - tanh^2); this misses the factor 2
+        def derivatives(self, v):
+            t = torch.tanh(v)
+            return t, 1 - t * t, -t * (1 - t * t)
+
+    report = check_activation(WrongSecond(), raise_on_failure=False)
+    assert [i.passed for i in report.items] == [True, True, False] and "FAIL derivatives.d2" in str(report)
+    with pytest.raises(AssertionError, match="WrongSecond.derivatives vs forward"):
+        check_activation(WrongSecond())
+
+    class Flat(SmoothActivation):
+        def derivatives(self, v):
+            return v, torch.ones(()), torch.zeros_like(v)
+
+    with pytest.raises(AssertionError, match=r"Flat.derivatives: f' has shape \[\] .* expected the same"):
+        check_activation(Flat())
+    with pytest.raises(TypeError, match="activation: expected a SmoothActivation instance, got Tanh"):
+        check_activation(torch.nn.Tanh())
+
+
+def test_a_users_activation_by_import_path_in_a_config_and_its_errors(tmp_path):
+    from manifoldtrain.config import ExperimentConfig, load_config, save_config
+
+    config = ExperimentConfig(model=MLPConfig(hidden=(6,), activation=USERS_ACTIVATION))
+    save_config(config, tmp_path / "c.toml")
+    assert 'activation = "custom_model:Snake"' in (tmp_path / "c.toml").read_text()
+    again = load_config(tmp_path / "c.toml")
+    assert again.model == config.model
+    model = build_model(again.model, torch.randn(4, 5, dtype=f64), torch.randn(4, 2, dtype=f64))
+    assert [type(m).__name__ for m in model.modules()].count("Snake") == 1
+    with pytest.raises(ValueError, match=r"activation: unknown activation 'relu'; expected one of \['gelu'"):
+        MLPConfig(activation="relu")
+    with pytest.raises(TypeError, match="activation: 'torch.nn:ReLU' is not a subclass of SmoothActivation"):
+        ConvNetConfig(activation="torch.nn:ReLU")
+    with pytest.raises(ValueError, match="activation: cannot import module 'nowhere'"):
+        MLPConfig(activation="nowhere:Act")

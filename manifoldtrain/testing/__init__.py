@@ -8,9 +8,12 @@ the way the bundled ones are checked.
 * :func:`check_batching`, :func:`check_conventions`: batch equals one-by-one; shapes, dtypes
   and devices follow the library's convention.
 * :func:`check_move`: :meth:`~manifoldtrain.Manifold.move` re-centres the chart.
+* :func:`check_activation`: a :class:`~manifoldtrain.nn.SmoothActivation`'s closed-form
+  derivatives against central differences of its ``forward``.
 * :mod:`manifoldtrain.testing.strategies`: hypothesis strategies for valid points.
 """
 
+from manifoldtrain.testing._activations import check_activation
 from manifoldtrain.testing._checks import (
     CheckReport,
     Discrepancy,
@@ -29,6 +32,7 @@ __all__ = [
     "CheckReport",
     "Discrepancy",
     "FiniteDifferenceJets",
+    "check_activation",
     "check_batching",
     "check_conventions",
     "check_default_jets",
