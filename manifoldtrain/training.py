@@ -99,7 +99,8 @@ CHECKPOINT_NAME = "checkpoint.pt"
 BEST_NAME = "best.pt"
 #: One row per evaluation, in ``checkpoint_dir``.
 METRICS_NAME = "metrics.csv"
-#: The validation metric that chooses the best model (lowest is best).
+#: The default of :attr:`TrainConfig.best_metric`: the validation metric whose lowest value
+#: chooses the best model (:class:`~manifoldtrain.evaluation.JetRMSE`'s clean RMSE).
 BEST_METRIC = "rmse"
 CHECKPOINT_FORMAT = "manifoldtrain-checkpoint"
 CHECKPOINT_VERSION = 2
@@ -116,6 +117,11 @@ def _check_validation(instance, attribute, value):
         raise ValueError(f"{attribute.name}: expected a fraction of the training data in [0, 1), got {value}")
 
 
+def _check_metric_name(instance, attribute, value):
+    if not isinstance(value, str) or not value:
+        raise TypeError(f"{attribute.name}: expected the name of a metric's number (e.g. 'rmse'), got {value!r}")
+
+
 def _check_patience(instance, attribute, value):
     if value is None:
         return
@@ -127,7 +133,7 @@ def _check_patience(instance, attribute, value):
 
 #: TrainConfig fields added after checkpoint version 2 was defined, with the values that
 #: reproduce the training of a checkpoint that predates them.
-_NEW_FIELD_DEFAULTS = {"validation": 0.0, "patience": None}
+_NEW_FIELD_DEFAULTS = {"validation": 0.0, "patience": None, "best_metric": BEST_METRIC}
 
 
 @attrs.frozen
@@ -168,13 +174,18 @@ class TrainConfig:
     validation : float
         Fraction of the training data held out as a validation set (default 0: none), at
         least one sample when above 0. It is scored with the Trainer's metrics at every
-        evaluation; the model of lowest validation ``rmse`` is kept as ``best.pt`` beside the
-        checkpoint. A :class:`~manifoldtrain.sources.DataSource` gives it by
+        evaluation; the model of lowest validation ``best_metric`` is kept as ``best.pt``
+        beside the checkpoint. A :class:`~manifoldtrain.sources.DataSource` gives it by
         :meth:`~manifoldtrain.sources.DataSource.hold_out` (the same samples as in memory; for
         data drawn anew every epoch, points of a draw of their own).
     patience : int or None
         Early stopping: stop once this many evaluations in a row have not lowered the
-        validation ``rmse`` (needs ``validation > 0``; default None: never stop early).
+        validation ``best_metric`` (needs ``validation > 0``; default None: never stop early).
+    best_metric : str
+        The name of the validation number whose lowest value chooses the best model and
+        drives ``patience``: any number a metric returns (default ``"rmse"``, the clean RMSE
+        of :class:`~manifoldtrain.evaluation.JetRMSE`; a metric of your own may return its
+        own, negated where higher is better). Checked at the first validation.
     progress : bool
         Show a progress bar with the live loss (default True).
     """
@@ -193,6 +204,7 @@ class TrainConfig:
     seed: int = attrs.field(default=0, validator=attrs_validator(check_int, minimum=0))
     validation: float = attrs.field(default=0.0, validator=_check_validation)
     patience: int | None = attrs.field(default=None, validator=_check_patience)
+    best_metric: str = attrs.field(default=BEST_METRIC, validator=_check_metric_name)
     progress: bool = True
 
     def learning_rate_at(self, fraction: float) -> float:
@@ -878,7 +890,8 @@ class Trainer:
                     if validation is not None:
                         record["validation"] = validation
                         self._track_best(record)
-                        shown = {f"val_{BEST_METRIC}": f"{record['validation'][BEST_METRIC]:.2e}", **shown}
+                        name = cfg.best_metric
+                        shown = {f"val_{name}": f"{record['validation'][name]:.2e}", **shown}
                     bar.set_postfix(loss=f"{record['loss']:.3e}", **dict(list(shown.items())[:2]))
                     if self.metrics_path is not None and writes:
                         self.write_metrics()
@@ -896,15 +909,17 @@ class Trainer:
     def _track_best(self, record: dict) -> None:
         """After a validation: keep the model if it is the best so far (and write ``best.pt``,
         before the checkpoint that records it), else count one more evaluation without improvement."""
-        value = record["validation"].get(BEST_METRIC)
+        name = self.config.best_metric
+        value = record["validation"].get(name)
         if value is None:
-            raise ValueError(f"metrics: choosing the best model needs a metric named {BEST_METRIC!r} (e.g. JetRMSE) "
-                             f"on the validation set; the metrics gave {sorted(record['validation'])}")
+            raise ValueError(f"best_metric: choosing the best model needs a validation number named {name!r}; the "
+                             f"metrics gave {sorted(record['validation'])} (set best_metric to one of them, or add a "
+                             "metric that gives it, e.g. JetRMSE for 'rmse')")
         if self.best is not None and not value < self.best["value"]:
             self.since_best += 1
             return
         self.best = {
-            "epoch": self.epoch, "step": self.steps, "seconds": self.seconds, "metric": BEST_METRIC, "value": value,
+            "epoch": self.epoch, "step": self.steps, "seconds": self.seconds, "metric": name, "value": value,
             "validation": dict(record["validation"]),
             "model": {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()},
         }

@@ -105,8 +105,11 @@ def test_validation_settings_are_checked(small_data):
     tiny = small_data.subset(slice(0, 14))  # 2 training samples once 12 are taken for the test
     with pytest.raises(ValueError, match="validation: holding out 0.9 of 2 training samples leaves none"):
         _trainer(tiny, validation=0.9)
-    with pytest.raises(ValueError, match="metrics: choosing the best model needs a metric named 'rmse'"):
+    with pytest.raises(ValueError, match=r"best_metric: choosing the best model needs a validation number named "
+                                         r"'rmse'; the metrics gave \['mae'\] \(set best_metric"):
         _trainer(small_data, metrics=[lambda model, data: {"mae": 1.0}], validation=0.2).fit()
+    with pytest.raises(TypeError, match="best_metric: expected the name of a metric's number"):
+        TrainConfig(best_metric="")
     config = config_from_dict({"train": {"validation": 0.2, "patience": 3}})
     assert config.train.validation == 0.2 and config.train.patience == 3
 
@@ -151,6 +154,32 @@ class Worsening:
     def __call__(self, model, data):
         self.calls += 1
         return {"rmse": float(self.calls)}
+
+
+class Improving:
+    """A validation number 'loss_like' that improves until the third evaluation, then worsens; its 'rmse' only worsens."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, model, data):
+        self.calls += 1
+        return {"rmse": float(self.calls), "loss_like": float(abs(self.calls - 3))}
+
+
+def test_the_best_model_is_chosen_by_any_metrics_number(small_data, tmp_path):
+    # A metric of one's own chooses: best_metric names its number (the rmse would pick epoch 1).
+    trainer = _trainer(small_data, tmp_path, metrics=[Improving()], test=False, validation=0.25, patience=2,
+                       epochs=20, best_metric="loss_like")
+    trainer.fit()
+    assert trainer.best["epoch"] == 3 and trainer.best["metric"] == "loss_like" and trainer.best["value"] == 0.0
+    assert trainer.epoch == 5 and trainer.stopped_early
+    assert load_checkpoint(tmp_path / BEST_NAME)["best"]["metric"] == "loss_like"
+    # The setting is part of the run: resuming under another name is refused, naming it.
+    with pytest.raises(ValueError, match="best_metric"):
+        _trainer(small_data, tmp_path, metrics=[Improving()], test=False, validation=0.25, patience=2, epochs=20,
+                 best_metric="rmse").fit()
+    assert config_from_dict({"train": {"validation": 0.2, "best_metric": "loss_like"}}).train.best_metric == "loss_like"
 
 
 def test_early_stopping_after_patience_evaluations(small_data, tmp_path):
