@@ -178,7 +178,8 @@ _OBJECTIVE_COLORS = {"value": "tab:blue", "second": "tab:green", "invariance-noi
 
 def plot_tradeoff(runs: list[dict], path: str | os.PathLike, *, title: str = "") -> None:
     """Clean test RMSE against worst-case amplification, one point per run (the robustness
-    trade-off); invariance runs of one width joined in order of strength. ``runs`` are the
+    trade-off); the runs of one objective and width at several strengths joined in order of
+    strength. ``runs`` are the
     entries of a robustness results file (``objective``, ``width``, ``strength``, ``test_rmse``,
     ``amplification``). Written atomically to ``path``."""
     from matplotlib.figure import Figure
@@ -189,23 +190,27 @@ def plot_tradeoff(runs: list[dict], path: str | os.PathLike, *, title: str = "")
     ax = fig.add_subplot(1, 1, 1)
     widths = sorted({r["width"] for r in runs})
     markers = dict(zip(widths, "os^Dv<>"))
+    others = iter(["tab:olive", "tab:cyan", "tab:pink", "tab:gray", "black"] * len(runs))  # objectives of one's own
+    colors = {}
+    for r in runs:
+        if r["objective"] not in colors:
+            colors[r["objective"]] = _OBJECTIVE_COLORS.get(r["objective"]) or next(others)
     seen = set()
     for r in runs:
         name = r["objective"]
         label = name if name not in seen else None
         seen.add(name)
-        ax.scatter(r["amplification"], r["test_rmse"], color=_OBJECTIVE_COLORS.get(name, "black"),
+        ax.scatter(r["amplification"], r["test_rmse"], color=colors[name],
                    marker=markers[r["width"]], s=45, label=label, zorder=3)
         if r.get("strength") is not None:
             ax.annotate(f"{r['strength']:g}", (r["amplification"], r["test_rmse"]), fontsize=7,
                         xytext=(4, 3), textcoords="offset points")
-    for name in {r["objective"] for r in runs if r["objective"].startswith("invariance")}:
+    for name in colors:
         for w in widths:
             line = sorted((r["strength"], r["amplification"], r["test_rmse"]) for r in runs
-                          if r["objective"] == name and r["width"] == w)
+                          if r["objective"] == name and r["width"] == w and r.get("strength") is not None)
             if len(line) > 1:
-                ax.plot([a for _, a, _ in line], [e for _, _, e in line], color=_OBJECTIVE_COLORS.get(name, "black"),
-                        lw=0.8, alpha=0.6)
+                ax.plot([a for _, a, _ in line], [e for _, _, e in line], color=colors[name], lw=0.8, alpha=0.6)
     for w in widths:
         ax.scatter([], [], marker=markers[w], color="gray", label=f"width {w}")
     ax.set(xscale="log", yscale="log", xlabel="worst-case amplification  median ||E||_2  (lower: more robust)",

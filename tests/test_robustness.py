@@ -361,14 +361,27 @@ def test_robustness_metric_in_the_trainer(sphere_set):
 def test_suite_results_figures_and_resume(tmp_path):
     from manifoldtrain.robustness.suite import SuiteConfig, run_suite
 
+    from manifoldtrain.objectives import NoiseInvarianceTerm, Objective, ValueTerm
+    from manifoldtrain.robustness.suite import SuiteObjective
+
+    # An objective of one's own joins the comparison on the invariance side.
+    mine = SuiteObjective("noise-x2", lambda s: Objective((ValueTerm(), NoiseInvarianceTerm(s, weight=2.0))),
+                          family="invariance")
     config = SuiteConfig(manifold="toy_manifolds:SettingsSphere", n_train=40, n_test=6, widths=(8,), depth=1, seconds_per_run=0.3,
-                         objectives=("value", "invariance-jacobian", "oracle-hessian"),
+                         objectives=("value", "invariance-jacobian", mine, "oracle-hessian"),
                          invariance_strengths=(0.03,), noise_levels=(0.01,), budgets=(0.02,), eval_samples=4,
                          attack_samples=2, attack_steps=1, dtype="float64", progress=False)
     lines = []
     results = run_suite(tmp_path / "rob", config, echo=lines.append)
     runs = results["runs"]
-    assert [r["objective"] for r in runs] == ["value", "invariance-jacobian", "oracle-hessian"]
+    assert [r["objective"] for r in runs] == ["value", "invariance-jacobian", "noise-x2", "oracle-hessian"]
+    assert [r["family"] for r in runs] == [None, "invariance", "invariance", "oracle"]
+    invariance = [r for r in runs if r["family"] == "invariance"]
+    best = min(invariance, key=lambda r: r["test_rmse"])
+    (key,) = [k for k in results["summary"] if "clean RMSE" in k]
+    assert key.startswith(f"w8: clean RMSE, {best['objective']}-w8-s0.03 / oracle-hessian-w8-s1")
+    assert results["summary"][key] == best["test_rmse"] / runs[-1]["test_rmse"]
+    assert (tmp_path / "rob" / "runs" / "noise-x2-w8-s0.03" / "checkpoint.pt").is_file()
     for r in runs:
         assert {"objective", "width", "strength", "test_rmse", "amplification", "invariance_part", "sensitivity_part",
                 "noisy_rmse", "adversarial_error"} <= set(r)
@@ -376,6 +389,9 @@ def test_suite_results_figures_and_resume(tmp_path):
         assert (r["strength"] is None) == (r["objective"] == "value")
     saved = __import__("json").loads((tmp_path / "rob" / "results.json").read_text())
     assert saved["runs"] == runs
+    assert saved["config"]["objectives"][:2] == ["value", "invariance-jacobian"]
+    assert saved["config"]["objectives"][2]["name"] == "noise-x2" and saved["config"]["objectives"][2]["family"] == "invariance"
+    assert saved["config"]["objectives"][2]["build"].startswith("test_robustness:")
     assert (tmp_path / "rob" / "tradeoff.png").stat().st_size > 0 and (tmp_path / "rob" / "worst_case.png").stat().st_size > 0
     # Stopped and started again: finished runs are neither retrained nor re-scored.
     lines.clear()
@@ -399,6 +415,23 @@ def test_suite_config_errors():
         SuiteConfig(dtype="float16")
     with pytest.raises(TypeError, match="strength"):
         robustness_objective("oracle-random", None)
+    with pytest.raises(ValueError, match="strength: 'value' has no family, so it trains without a strength"):
+        robustness_objective("value", 0.1)
+    from manifoldtrain.robustness.suite import SuiteObjective
+
+    value = lambda s: __import__("manifoldtrain").objectives.Objective.value()  # noqa: E731
+    with pytest.raises(ValueError, match="objectives: two objectives are called 'value'"):
+        SuiteConfig(objectives=("value", SuiteObjective("value", value)))
+    with pytest.raises(ValueError, match=r"family: expected one of \['invariance', 'oracle'\] or None, got 'robust'"):
+        SuiteObjective("mine", value, family="robust")
+    with pytest.raises(TypeError, match="build: expected a callable strength -> Objective, got str"):
+        SuiteObjective("mine", "value")
+    with pytest.raises(ValueError, match="name: expected a non-empty name usable in a folder name, got 'a/b'"):
+        SuiteObjective("a/b", value)
+    with pytest.raises(TypeError, match="build: the objective 'mine' built float, expected an Objective"):
+        SuiteObjective("mine", lambda s: 1.0, family="oracle").objective(0.1)
+    with pytest.raises(ValueError, match="objective: this config has no objective 'second'"):
+        SuiteConfig().objective("second")
 
 
 # --- command line -----------------------------------------------------------------------------

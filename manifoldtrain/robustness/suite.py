@@ -7,7 +7,8 @@ and writes ``results.json``, ``tradeoff.png`` (clean RMSE against amplification,
 run) and ``worst_case.png``. ``manifoldtrain robustness`` runs its quick defaults;
 ``benchmarks/robustness.py`` the full sweep. :func:`evaluate_run` scores one trained run folder.
 
-The objectives, by name (:data:`OBJECTIVES`):
+The objectives are :class:`SuiteObjective` s (a name, a builder ``strength -> Objective``, and
+the family whose strengths it sweeps); the bundled ones, by name (:data:`OBJECTIVES`):
 
 * ``value``: values only;
 * ``invariance-noise``: values, plus noise augmentation with the clean target at ``strength``;
@@ -17,6 +18,10 @@ The objectives, by name (:data:`OBJECTIVES`):
 * ``oracle-hessian``: second-order derivative training, plus the oracle term along the top
   direction of the error operator (2 subspace iterations per step) at ``strength``;
 * ``second``: second-order derivative training alone (the ablation: what the oracle term adds).
+
+An objective of your own joins the comparison as a :class:`SuiteObjective` in
+``SuiteConfig.objectives``, beside the names; its family says which side of the summary it
+is on.
 """
 
 from __future__ import annotations
@@ -41,39 +46,108 @@ from manifoldtrain.objectives import (
 from manifoldtrain.robustness.evaluation import adversarial_error, amplification, evaluate_robustness
 from manifoldtrain.robustness.oracle import _finite_levels
 
-__all__ = ["OBJECTIVES", "robustness_objective", "SuiteConfig", "run_suite", "evaluate_run", "format_runs"]
+__all__ = ["OBJECTIVES", "SuiteObjective", "robustness_objective", "SuiteConfig", "run_suite", "evaluate_run",
+           "format_runs"]
 
 
 def _second(*extra) -> Objective:
     return Objective(Objective.second_order().terms + tuple(extra))
 
 
-#: The compared objectives by name: ``strength -> Objective`` (``None`` for objectives
-#: without a strength).
-OBJECTIVES: dict[str, Callable[[float | None], Objective]] = {
-    "value": lambda s: Objective.value(),
-    "second": lambda s: Objective.second_order(),
-    "invariance-noise": lambda s: Objective((ValueTerm(), NoiseInvarianceTerm(s))),
-    "invariance-jacobian": lambda s: Objective((ValueTerm(), JacobianInvarianceTerm(s, directions=2))),
-    "oracle-random": lambda s: _second(OracleTerm(s, directions=2)),
-    "oracle-hessian": lambda s: _second(HessianOracleTerm(s, directions=1, iterations=2)),
-}
+#: The families of :class:`SuiteObjective`: which strengths of the :class:`SuiteConfig` an
+#: objective is trained at (``None``: once, without a strength).
+FAMILIES = ("invariance", "oracle")
 
-_NEEDS_STRENGTH = {"invariance-noise", "invariance-jacobian", "oracle-random", "oracle-hessian"}
+
+def _check_run_name(instance, attribute, value):
+    if not isinstance(value, str) or not value or any(c in value for c in '/\\:*?"<>|') or value.startswith("."):
+        raise ValueError(f"{attribute.name}: expected a non-empty name usable in a folder name, got {value!r}")
+
+
+def _check_family(instance, attribute, value):
+    if value is not None and value not in FAMILIES:
+        raise ValueError(f"{attribute.name}: expected one of {list(FAMILIES)} or None, got {value!r}")
+
+
+def _check_callable(instance, attribute, value):
+    if not callable(value):
+        raise TypeError(f"{attribute.name}: expected a callable strength -> Objective, got {type(value).__name__}")
+
+
+@attrs.frozen
+class SuiteObjective:
+    """One objective of the robustness comparison.
+
+    Attributes
+    ----------
+    name : str
+        The ``objective`` of its results and the start of its runs' folder names
+        (``{name}-w{width}-s{strength}``).
+    build : callable
+        ``build(strength) -> Objective``, the training objective at a strength (a float > 0;
+        ``None`` when ``family`` is ``None``).
+    family : str or None
+        ``"invariance"``: one run at each of ``SuiteConfig.invariance_strengths``, compared as
+        the conventional baseline; ``"oracle"``: one at each of ``oracle_strengths``, compared
+        as oracle training; ``None`` (default): one run without a strength, in the table but
+        in neither side of the summary (:func:`summarise`).
+
+    Examples
+    --------
+    >>> from manifoldtrain.objectives import NoiseInvarianceTerm, Objective, ValueTerm
+    >>> mine = SuiteObjective("noise-x2", lambda s: Objective((ValueTerm(), NoiseInvarianceTerm(s, weight=2.0))),
+    ...                       family="invariance")
+    >>> SuiteConfig(objectives=("value", mine, "oracle-hessian")).runs()[:3]
+    [('value', 128, None), ('noise-x2', 128, 0.03), ('noise-x2', 128, 0.3)]
+    """
+
+    name: str = attrs.field(validator=_check_run_name)
+    build: Callable[[float | None], Objective] = attrs.field(validator=_check_callable)
+    family: str | None = attrs.field(default=None, validator=_check_family)
+
+    def objective(self, strength: float | None) -> Objective:
+        """``build(strength)``, checked: a strength > 0 for a family, none without; an Objective back."""
+        if self.family is not None:
+            check_float("strength", strength, positive=True)
+        elif strength is not None:
+            raise ValueError(f"strength: {self.name!r} has no family, so it trains without a strength; got {strength}")
+        objective = self.build(strength)
+        if not isinstance(objective, Objective):
+            raise TypeError(f"build: the objective {self.name!r} built {type(objective).__name__}, expected an Objective")
+        return objective
+
+
+#: The bundled objectives of the comparison, by name (the module docstring says what each is).
+OBJECTIVES: dict[str, SuiteObjective] = {o.name: o for o in (
+    SuiteObjective("value", lambda s: Objective.value()),
+    SuiteObjective("second", lambda s: Objective.second_order()),
+    SuiteObjective("invariance-noise", lambda s: Objective((ValueTerm(), NoiseInvarianceTerm(s))), "invariance"),
+    SuiteObjective("invariance-jacobian", lambda s: Objective((ValueTerm(), JacobianInvarianceTerm(s, directions=2))),
+                   "invariance"),
+    SuiteObjective("oracle-random", lambda s: _second(OracleTerm(s, directions=2)), "oracle"),
+    SuiteObjective("oracle-hessian", lambda s: _second(HessianOracleTerm(s, directions=1, iterations=2)), "oracle"),
+)}
 
 
 def robustness_objective(name: str, strength: float | None = None) -> Objective:
-    """The objective called ``name`` (see the module docstring) at ``strength``."""
+    """The bundled objective called ``name`` (see the module docstring) at ``strength``."""
     if name not in OBJECTIVES:
         raise ValueError(f"objective: expected one of {sorted(OBJECTIVES)}, got {name!r}")
-    if name in _NEEDS_STRENGTH:
-        check_float("strength", strength, positive=True)
-    return OBJECTIVES[name](strength)
+    return OBJECTIVES[name].objective(strength)
 
 
-def _check_names(instance, attribute, value):
-    if not value or any(v not in OBJECTIVES for v in value):
-        raise ValueError(f"{attribute.name}: expected names among {sorted(OBJECTIVES)}, got {value!r}")
+def _resolve(value) -> SuiteObjective:
+    return value if isinstance(value, SuiteObjective) else OBJECTIVES[value]
+
+
+def _check_objectives(instance, attribute, value):
+    if not value or any(not isinstance(v, SuiteObjective) and v not in OBJECTIVES for v in value):
+        raise ValueError(f"{attribute.name}: expected names among {sorted(OBJECTIVES)} or SuiteObjective instances, "
+                         f"got {value!r}")
+    names = [_resolve(v).name for v in value]
+    if len(set(names)) < len(names):
+        raise ValueError(f"{attribute.name}: two objectives are called {next(n for n in names if names.count(n) > 1)!r}; "
+                         "each needs its own name (it names its runs' folders)")
 
 
 def _levels(name, default):
@@ -102,8 +176,8 @@ class SuiteConfig:
     seconds_per_run : float
         Wall-clock training budget of every run.
     batch_size, learning_rate : int, float
-    objectives : tuple of str
-        Names from :data:`OBJECTIVES`.
+    objectives : tuple of str or SuiteObjective
+        Names from :data:`OBJECTIVES`, or objectives of your own (:class:`SuiteObjective`).
     invariance_strengths : tuple of float
         The sweep of noise levels (per input entry) of the invariance runs.
     oracle_strengths : tuple of float
@@ -132,7 +206,7 @@ class SuiteConfig:
     learning_rate: float = attrs.field(default=1e-3, validator=attrs_validator(check_float, positive=True))
     objectives: tuple[str, ...] = attrs.field(
         default=("value", "invariance-noise", "invariance-jacobian", "oracle-random", "oracle-hessian"),
-        converter=tuple, validator=_check_names)
+        converter=tuple, validator=_check_objectives)
     invariance_strengths: tuple[float, ...] = attrs.field(
         default=(0.03, 0.3), converter=lambda v: _finite_levels("invariance_strengths", v), validator=_check_positive_levels)
     oracle_strengths: tuple[float, ...] = attrs.field(
@@ -154,18 +228,29 @@ class SuiteConfig:
         except (TypeError, ValueError) as err:
             raise type(err)(f"manifold: {err}") from None
 
+    def objective(self, name: str) -> SuiteObjective:
+        """The :class:`SuiteObjective` of this config called ``name``."""
+        for candidate in map(_resolve, self.objectives):
+            if candidate.name == name:
+                return candidate
+        raise ValueError(f"objective: this config has no objective {name!r}; it has "
+                         f"{[_resolve(v).name for v in self.objectives]}")
+
     def runs(self) -> list[tuple[str, int, float | None]]:
         """``(objective, width, strength)`` of every run, in order."""
-        out = []
-        for width in self.widths:
-            for name in self.objectives:
-                if name.startswith("invariance"):
-                    out += [(name, width, s) for s in self.invariance_strengths]
-                elif name in _NEEDS_STRENGTH:
-                    out += [(name, width, s) for s in self.oracle_strengths]
-                else:
-                    out.append((name, width, None))
-        return out
+        strengths = {"invariance": self.invariance_strengths, "oracle": self.oracle_strengths, None: (None,)}
+        return [(o.name, width, s) for width in self.widths for o in map(_resolve, self.objectives)
+                for s in strengths[o.family]]
+
+    def to_dict(self) -> dict:
+        """The settings as JSON-able data: objectives of :data:`OBJECTIVES` by name, one's own as
+        ``{"name", "family", "build"}`` (the builder by ``module:qualname``)."""
+        out = attrs.asdict(self, recurse=False)
+        out["objectives"] = [v if isinstance(v, str) else
+                             {"name": v.name, "family": v.family,
+                              "build": f"{getattr(v.build, '__module__', '?')}:{getattr(v.build, '__qualname__', '?')}"}
+                             for v in self.objectives]
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
 
     def experiment(self, name: str, width: int, strength: float | None):
         """The :class:`~manifoldtrain.config.ExperimentConfig` of one run."""
@@ -179,7 +264,7 @@ class SuiteConfig:
             data=DataConfig(n_train=self.n_train, n_test=self.n_test, test_order=2, seed=self.seed,
                             split_seed=self.seed, dtype=self.dtype),
             model=MLPConfig(hidden=(width,) * self.depth, activation="tanh"),
-            objective=robustness_objective(name, strength),
+            objective=self.objective(name).objective(strength),
             train=TrainConfig(epochs=1_000_000, time_budget=self.seconds_per_run, batch_size=self.batch_size,
                               learning_rate=self.learning_rate, eval_every=0, seed=self.seed, progress=self.progress),
             model_seed=self.seed,
@@ -260,10 +345,11 @@ def run_suite(out_dir: str | os.PathLike = "robustness", config: SuiteConfig | N
             model = model_from_checkpoint(load_checkpoint(run_checkpoint(run_dir)))
             robust = _robustness(model, manifold, test, config)
             write_text_atomic(cache, json.dumps({"key": key, "robustness": robust}, indent=2) + "\n")
-        runs.append({"objective": name, "width": width, "strength": strength, **robust,
+        runs.append({"objective": name, "family": config.objective(name).family, "width": width, "strength": strength,
+                     **robust,
                      "seconds": res["seconds"], "epochs": res["epochs"]})
         echo("  " + format_runs(runs[-1:]).splitlines()[-1])
-    results = {"runs": runs, "summary": summarise(runs, config), "config": attrs.asdict(config),
+    results = {"runs": runs, "summary": summarise(runs, config), "config": config.to_dict(),
                "total_seconds": time.perf_counter() - t0, "machine": machine_info()}
     write_text_atomic(out / "results.json", json.dumps(results, indent=2) + "\n")
     plot_tradeoff(runs, out / "tradeoff.png", title=f"{config.manifold}: clean accuracy against worst-case amplification")
@@ -292,8 +378,8 @@ def summarise(runs: list[dict], config: SuiteConfig) -> dict:
     budget = f"{config.budgets[len(config.budgets) // 2]:g}" if config.budgets else None
     out: dict = {}
     for width in config.widths:
-        inv = [r for r in runs if r["width"] == width and r["objective"].startswith("invariance")]
-        ora = [r for r in runs if r["width"] == width and r["objective"].startswith("oracle")]
+        inv = [r for r in runs if r["width"] == width and config.objective(r["objective"]).family == "invariance"]
+        ora = [r for r in runs if r["width"] == width and config.objective(r["objective"]).family == "oracle"]
         if not inv or not ora:
             continue
         name = lambda r: _run_name(r["objective"], width, r["strength"])  # noqa: E731
