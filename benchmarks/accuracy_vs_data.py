@@ -2,8 +2,8 @@
 
 ``accuracy.py`` measures the three objectives at one data size, each trained to convergence
 (``--epochs``). This script runs it over several training-set sizes and seeds, one
-single-threaded process per (size, seed, objective), ``--jobs`` at a time, each writing its
-own part file under ``--work`` (``n{N}/s{S}_{objective}.json``, atomically). A part that
+process per (size, seed, objective) on ``--threads`` threads (default 1), ``--jobs`` at a
+time, each writing its own part file under ``--work`` (``n{N}/s{S}_{objective}.json``, atomically). A part that
 exists is not run again, and a run in progress checkpoints about 40 times along its budget
 (``n{N}/s{S}_{objective}.checkpoints``, removed once its part is written) and continues
 from there, so the sweep can be stopped and continued at any time, spread over sessions or
@@ -43,6 +43,8 @@ Usage::
 
     # the sweep (resumable; a second-order run at 4000 samples is 2-4.5 hours on one core of a 2-core VM)
     python benchmarks/accuracy_vs_data.py --work acc_data --sizes 1000 2000 4000 8000 --seeds 0 1 2 3 4 --jobs 2
+    # one run at a time on both cores of an idle 2-core machine (8000 samples, second order: ~95 min)
+    python benchmarks/accuracy_vs_data.py --work acc_data --sizes 8000 --seeds 0 --jobs 1 --threads 2
     # reuse the 2000-sample runs of accuracy_converged.json (same protocol, seeds 0-2)
     python benchmarks/accuracy_vs_data.py --work acc_data --import benchmarks/results/accuracy_converged.json
     # summary and figure of whatever parts exist
@@ -87,8 +89,8 @@ def part_path(work: Path, size: int, seed: int, objective: str) -> Path:
     return work / f"n{size}" / f"s{seed}_{objective}.json"
 
 
-def _accuracy_argv(size, seed, objective, epochs, n_test, quick, out, device="cpu") -> list[str]:
-    argv = ["--n-train", str(size), "--n-test", str(n_test), "--epochs", *map(str, epochs), "--threads", "1",
+def _accuracy_argv(size, seed, objective, epochs, n_test, quick, out, device="cpu", threads=1) -> list[str]:
+    argv = ["--n-train", str(size), "--n-test", str(n_test), "--epochs", *map(str, epochs), "--threads", str(threads),
             "--seeds", str(seed), "--objectives", objective, "--out", str(out),
             "--checkpoint-dir", str(_checkpoints(out)), "--no-figure"]
     if device != "cpu":
@@ -106,9 +108,9 @@ def _done(out: Path) -> None:
 
 
 def run_parts(work: Path, jobs_list: list[tuple[int, int, str]], budgets: dict, n_test: int, jobs: int,
-              quick: bool, device: str = "cpu") -> list[Path]:
+              quick: bool, device: str = "cpu", threads: int = 1) -> list[Path]:
     """Run the missing parts, ``jobs`` processes at a time (in this process when ``jobs == 1``),
-    on ``device`` (several processes may share one GPU)."""
+    each on ``threads`` CPU threads, on ``device`` (several processes may share one GPU)."""
     todo = [(n, s, o) for n, s, o in jobs_list if not part_path(work, n, s, o).exists()]
     done = len(jobs_list) - len(todo)
     print(f"{len(jobs_list)} runs, {done} already done, {len(todo)} to run, {jobs} at a time", flush=True)
@@ -120,7 +122,7 @@ def run_parts(work: Path, jobs_list: list[tuple[int, int, str]], budgets: dict, 
         for n, s, o in todo:
             out = part_path(work, n, s, o)
             out.parent.mkdir(parents=True, exist_ok=True)
-            if accuracy_main(_accuracy_argv(n, s, o, budgets[n], n_test, quick, out, device)) != 0:
+            if accuracy_main(_accuracy_argv(n, s, o, budgets[n], n_test, quick, out, device, threads)) != 0:
                 raise SystemExit(f"accuracy.py failed for size {n}, seed {s}, {o}")
             _done(out)
             written.append(out)
@@ -134,8 +136,9 @@ def run_parts(work: Path, jobs_list: list[tuple[int, int, str]], budgets: dict, 
             out = part_path(work, n, s, o)
             out.parent.mkdir(parents=True, exist_ok=True)
             log = open(out.with_suffix(".log"), "w")
-            cmd = [sys.executable, str(HERE / "accuracy.py"), *_accuracy_argv(n, s, o, budgets[n], n_test, quick, out, device)]
-            env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+            cmd = [sys.executable, str(HERE / "accuracy.py"),
+                   *_accuracy_argv(n, s, o, budgets[n], n_test, quick, out, device, threads)]
+            env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
             running.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), out, log,
                             time.time()))
             print(f"started size {n} seed {s} {o} -> {out}", flush=True)
@@ -393,7 +396,10 @@ def main(argv=None) -> int:
                                           "8000): a larger set trains reference/N times the epochs, the same "
                                           "optimiser steps as at the reference size")
     parser.add_argument("--n-test", type=int, default=1000)
-    parser.add_argument("--jobs", type=int, default=2, help="runs at a time, one thread each (1: in this process)")
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (1: in this process)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads of each run (default 1; jobs x threads should not exceed the idle cores: a "
+                             "thread on a busy core stalls its run's every step)")
     parser.add_argument("--import", dest="imports", nargs="+", default=[], metavar="JSON",
                         help="first split these accuracy.py --epochs results into part files")
     parser.add_argument("--summarize", action="store_true", help="run nothing; summarise the parts that exist")
@@ -411,8 +417,8 @@ def main(argv=None) -> int:
     if len(args.reference_size) not in (1, 3) or min(args.reference_size) < 1:
         parser.error(f"--reference-size: expected one positive size or three (value first second), "
                      f"got {args.reference_size}")
-    if args.jobs < 1 or args.n_test < 1:
-        parser.error("--jobs and --n-test must be positive")
+    if args.jobs < 1 or args.n_test < 1 or args.threads < 1:
+        parser.error("--jobs, --threads and --n-test must be positive")
     reference = tuple(args.reference_size * 3 if len(args.reference_size) == 1 else args.reference_size)
     if args.quick:
         args.n_test = min(args.n_test, 16)
@@ -430,7 +436,7 @@ def main(argv=None) -> int:
     if not args.summarize and not args.imports:
         jobs_list = [(n, s, o) for n in args.sizes for s in args.seeds for o in args.objectives]
         run_parts(work, jobs_list, {n: budgets_for(n) for n in args.sizes}, args.n_test, args.jobs, args.quick,
-                  args.device)
+                  args.device, args.threads)
     runs = load_runs(work, budgets_for)
     if not runs:
         print(f"no runs in {work} yet")

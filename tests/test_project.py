@@ -161,12 +161,13 @@ def test_benchmarks_name_a_bad_device(tmp_path, capsys, script, device, message)
     assert not (tmp_path / "w").exists()  # nothing was created
 
 
-def test_accuracy_vs_data_passes_the_device_on():
+def test_accuracy_vs_data_passes_the_device_and_threads_on():
     mod = runpy.run_path(str(ROOT / "benchmarks" / "accuracy_vs_data.py"))
     out = Path("w/n8/s0_second.json")
-    assert "--device" not in mod["_accuracy_argv"](8, 0, "second", (2, 2, 1), 4, False, out)
-    argv = mod["_accuracy_argv"](8, 0, "second", (2, 2, 1), 4, False, out, "cuda:1")
-    assert argv[argv.index("--device") + 1] == "cuda:1"
+    argv = mod["_accuracy_argv"](8, 0, "second", (2, 2, 1), 4, False, out)
+    assert "--device" not in argv and argv[argv.index("--threads") + 1] == "1"
+    argv = mod["_accuracy_argv"](8, 0, "second", (2, 2, 1), 4, False, out, "cuda:1", 2)
+    assert argv[argv.index("--device") + 1] == "cuda:1" and argv[argv.index("--threads") + 1] == "2"
 
 
 @requires_cuda
