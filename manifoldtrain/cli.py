@@ -81,13 +81,19 @@ def _add_compute_options(p: argparse.ArgumentParser, *, fit_threads: bool = True
     p.set_defaults(fit_threads=fit_threads)
 
 
+def _may_fit_threads(args: argparse.Namespace) -> bool:
+    """Whether a command may choose torch's threads: nobody chose them (``--threads``,
+    ``OMP_NUM_THREADS``) and torchrun did not start it (its processes are each other's other work)."""
+    return (args.threads is None and not os.environ.get("OMP_NUM_THREADS")
+            and os.environ.get("WORLD_SIZE", "1") in ("", "1"))
+
+
 @contextlib.contextmanager
 def _idle_core_threads(args: argparse.Namespace):
     """Run a command on the cores that other work leaves idle (:func:`manifoldtrain._threads.idle_core_threads`,
-    a note on stderr when torch gets fewer threads), unless ``--threads`` or ``OMP_NUM_THREADS`` chose,
-    the command computes nothing, or torchrun started it (its processes are each other's other work)."""
-    if (not getattr(args, "fit_threads", False) or args.threads is not None or os.environ.get("OMP_NUM_THREADS")
-            or os.environ.get("WORLD_SIZE", "1") not in ("", "1")):
+    a note on stderr when torch gets fewer threads) where :func:`_may_fit_threads`, unless the
+    command computes nothing or fits them itself (the demo)."""
+    if not getattr(args, "fit_threads", False) or not _may_fit_threads(args):
         yield
         return
     from manifoldtrain import _threads
@@ -169,7 +175,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     with release_if_unused(args.out):
         claim_output_folder(args.out, "demo", force=args.force, argument="--out")
         with using_device(device):  # the runs' models and training data; the data are drawn on the CPU
-            run_demo(args.out, config, force=args.force, fit_threads=args.threads is None)
+            run_demo(args.out, config, force=args.force, fit_threads=_may_fit_threads(args))
     return 0
 
 

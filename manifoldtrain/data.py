@@ -116,6 +116,7 @@ def _provenance(manifold: Manifold, n: int, seed: int, order: int, dtype: torch.
 
 def fingerprint(manifold: Manifold, n: int, seed: int, order: int, dtype: torch.dtype, compute_dtype: torch.dtype) -> str:
     """SHA-256 (hex) identifying a generated data set: manifold settings, size, seed, order, dtypes."""
+    check_is_manifold("manifold", manifold)
     return digest({"format": FORMAT, "version": FORMAT_VERSION, **_provenance(manifold, n, seed, order, dtype, compute_dtype)})
 
 

@@ -90,7 +90,7 @@ def using_device(device: str | torch.device | None) -> Iterator[None]:
 
 def run_checkpoint(path: str | os.PathLike) -> Path:
     """The checkpoint file that holds a run's model: ``path`` itself if it is a file; for a run
-    folder its ``best.pt`` (the model of lowest validation RMSE) where it has one, else its
+    folder its ``best.pt`` (the model of lowest validation ``best_metric``) where it has one, else its
     ``checkpoint.pt`` (the last model). Raises ``FileNotFoundError`` if there is neither."""
     path = Path(path)
     if not path.is_dir():
@@ -400,7 +400,7 @@ def run_experiment(
     ``out_dir/metrics.csv`` (one row per evaluation), with a validation set
     (``config.train.validation > 0``) ``out_dir/best.pt``, and ``out_dir/results.json``:
     ``objective`` (term names), ``test`` (metrics of the model in ``checkpoint``),
-    ``checkpoint`` (``"best.pt"``, the model of lowest validation RMSE, with a validation set;
+    ``checkpoint`` (``"best.pt"``, the model of lowest validation ``best_metric``, with a validation set;
     else ``"checkpoint.pt"``, the last model), ``best_epoch`` and ``validation`` (that model's
     epoch and validation metrics; None without a validation set), ``stopped_early``,
     ``seconds``, ``epochs``, ``history``; and ``out_dir/curves.png``, the learning curves of

@@ -135,7 +135,8 @@ class Sine(SmoothActivation):
         return torch.sin(v)
 
 
-#: Activations allowed for derivative training, by name (for configs and the command line).
+#: The bundled smooth activations by name. Configs look names up in
+#: :data:`manifoldtrain.registry.ACTIVATIONS`, which holds these (register one of your own there).
 SMOOTH_ACTIVATIONS = {"tanh": Tanh, "sigmoid": Sigmoid, "softplus": Softplus, "gelu": GELU, "silu": SiLU, "sine": Sine}
 
 
@@ -178,9 +179,13 @@ def _activation_class(activation: str) -> type[SmoothActivation]:
     from manifoldtrain.registry import ACTIVATIONS  # the registry imports this module
 
     try:
-        return ACTIVATIONS.get(activation)
+        cls = ACTIVATIONS.get(activation)
     except (TypeError, ValueError) as err:
         raise type(err)(f"activation: {str(err).removeprefix('kind: ')}") from None
+    if cls.derivatives is SmoothActivation.derivatives:
+        raise TypeError(f"activation: {activation!r} does not implement derivatives(v) -> (f, f', f''); "
+                        "name a SmoothActivation subclass that does")
+    return cls
 
 
 def _check_activation(instance, attribute, value):

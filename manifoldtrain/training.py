@@ -50,8 +50,8 @@ Validation, best model, early stopping
 --------------------------------------
 With ``TrainConfig.validation > 0`` a fraction of the training data is held out (the same
 samples for the same ``seed``) and scored with the Trainer's metrics at every evaluation.
-The model of lowest validation ``rmse`` so far is written to ``checkpoint_dir/best.pt``
-(:data:`BEST_NAME`; atomically, in the checkpoint's format, without the optimiser and
+The model of lowest validation ``best_metric`` (default ``rmse``) so far is written to
+``checkpoint_dir/best.pt`` (:data:`BEST_NAME`; atomically, in the checkpoint's format, without the optimiser and
 generator: it is a model to use, not a run to resume). With ``patience``, training stops
 once that many evaluations in a row have not improved on it.
 
@@ -95,7 +95,8 @@ __all__ = ["TrainConfig", "Trainer", "History", "load_checkpoint", "metrics_tabl
 
 #: The checkpoint to resume from, in ``checkpoint_dir``.
 CHECKPOINT_NAME = "checkpoint.pt"
-#: The model of lowest validation RMSE, in ``checkpoint_dir`` (with ``TrainConfig.validation > 0``).
+#: The model of lowest validation ``TrainConfig.best_metric`` (default RMSE), in ``checkpoint_dir`` (with
+#: ``TrainConfig.validation > 0``).
 BEST_NAME = "best.pt"
 #: One row per evaluation, in ``checkpoint_dir``.
 METRICS_NAME = "metrics.csv"
@@ -118,8 +119,13 @@ def _check_validation(instance, attribute, value):
 
 
 def _check_metric_name(instance, attribute, value):
-    if not isinstance(value, str) or not value:
+    if not isinstance(value, str):
         raise TypeError(f"{attribute.name}: expected the name of a metric's number (e.g. 'rmse'), got {value!r}")
+    if not value:
+        raise ValueError(f"{attribute.name}: expected the name of a metric's number (e.g. 'rmse'), got ''")
+    if value != BEST_METRIC and instance.validation == 0:
+        raise ValueError(f"{attribute.name}: chooses the best model on a validation set; set validation > 0 (e.g. "
+                         "0.1), or leave best_metric unset")
 
 
 def _check_patience(instance, attribute, value):
@@ -185,7 +191,8 @@ class TrainConfig:
         The name of the validation number whose lowest value chooses the best model and
         drives ``patience``: any number a metric returns (default ``"rmse"``, the clean RMSE
         of :class:`~manifoldtrain.evaluation.JetRMSE`; a metric of your own may return its
-        own, negated where higher is better). Checked at the first validation.
+        own, negated where higher is better). Needs ``validation > 0`` unless left at its
+        default; checked against the metrics' numbers at the first validation.
     progress : bool
         Show a progress bar with the live loss (default True).
     """
@@ -430,7 +437,7 @@ class Trainer:
         #: synchronisation that reads the summed losses back.
         self.communication_seconds = 0.0
         self.communication_steps = 0
-        #: The best model so far (lowest validation rmse): ``epoch``, ``step``, ``seconds``,
+        #: The best model so far (lowest validation ``best_metric``): ``epoch``, ``step``, ``seconds``,
         #: ``metric``, ``value``, ``validation`` (every metric) and ``model`` (its weights, on
         #: the CPU); None before the first evaluation or without a validation set.
         self.best: dict | None = None
@@ -911,10 +918,13 @@ class Trainer:
         before the checkpoint that records it), else count one more evaluation without improvement."""
         name = self.config.best_metric
         value = record["validation"].get(name)
-        if value is None:
+        if name not in record["validation"]:
             raise ValueError(f"best_metric: choosing the best model needs a validation number named {name!r}; the "
                              f"metrics gave {sorted(record['validation'])} (set best_metric to one of them, or add a "
                              "metric that gives it, e.g. JetRMSE for 'rmse')")
+        if value is None:
+            raise ValueError(f"best_metric: the validation number {name!r} is None: the metric computes nothing there "
+                             "(e.g. rmse_d1 or rmse_d2 on data without those derivatives); choose one it computes")
         if self.best is not None and not value < self.best["value"]:
             self.since_best += 1
             return

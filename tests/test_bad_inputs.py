@@ -10,7 +10,7 @@ from torch import nn
 
 from manifoldtrain import Jet
 from manifoldtrain.config import config_from_dict, load_config
-from manifoldtrain.data import cached_jets, generate_jets, generate_shards, load_jets, save_jets
+from manifoldtrain.data import cached_jets, fingerprint, generate_jets, generate_shards, load_jets, save_jets
 from manifoldtrain.manifolds import Cube
 from manifoldtrain.network_jets import nested_jvp_rows, network_jet, network_jet_nested, taylor_rows
 from manifoldtrain.nn import Affine, MLPConfig, Tanh, build_model
@@ -345,6 +345,7 @@ def test_non_finite_theta_is_named_for_a_users_manifold_and_transforms_still_wor
     lambda tmp: generate_jets(None, 4, progress=False),
     lambda tmp: cached_jets(None, 4, tmp, progress=False),
     lambda tmp: generate_shards(None, 4, tmp / "cache", progress=False),
+    lambda tmp: fingerprint(None, 4, 0, 2, torch.float32, torch.float64),
 ])
 def test_data_generation_names_a_missing_manifold(tmp_path, make):
     # generate_shards(None, ...) failed with an AttributeError from inside fingerprint()

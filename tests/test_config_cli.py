@@ -231,6 +231,7 @@ def test_demo_says_when_the_machine_is_busy(tmp_path, capsys, monkeypatch):
     assert "load 1.0 on 2 cores" in note(1.0, 2, 2) and note(3.0, 4, 2)
     monkeypatch.setattr(demo, "_load_average", lambda: 3.0)
     monkeypatch.setattr(demo.os, "cpu_count", lambda: 2)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # conftest's choice: the demo would keep it
     threads = torch.get_num_threads()
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(out), "--no-progress"]) == 0
@@ -252,6 +253,12 @@ def test_demo_says_when_the_machine_is_busy(tmp_path, capsys, monkeypatch):
     text = capsys.readouterr().out
     assert "instead of" not in text
     assert json.loads((tmp_path / "d2" / "results.json").read_text())["machine"]["torch_threads"] == 2
+    # OMP_NUM_THREADS chooses too: the note, but the threads are kept.
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert main(["demo", "--quick", "--out", str(tmp_path / "d3"), "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "note: this machine is busy" in text and "instead of" not in text
+    assert json.loads((tmp_path / "d3" / "results.json").read_text())["machine"]["torch_threads"] == 2
 
 
 def test_computing_commands_keep_torch_to_the_idle_cores(tmp_path, capsys, monkeypatch):

@@ -282,6 +282,13 @@ def test_check_activation_finds_a_wrong_derivative_and_names_what_is_wrong():
         check_activation(Flat())
     with pytest.raises(TypeError, match="activation: expected a SmoothActivation instance, got Tanh"):
         check_activation(torch.nn.Tanh())
+    tanh = ACTIVATIONS.get("tanh")()
+    with pytest.raises(ValueError, match="points: expected at least one point"):
+        check_activation(tanh, torch.tensor([], dtype=f64))
+    with pytest.raises(TypeError, match="rtol: expected three tolerances"):
+        check_activation(tanh, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"rtol\[0\]: expected a number >= 0"):
+        check_activation(tanh, rtol=(-1.0, 1.0, 1.0))
 
 
 def test_a_users_activation_by_import_path_in_a_config_and_its_errors(tmp_path):
@@ -300,3 +307,5 @@ def test_a_users_activation_by_import_path_in_a_config_and_its_errors(tmp_path):
         ConvNetConfig(activation="torch.nn:ReLU")
     with pytest.raises(ValueError, match="activation: cannot import module 'nowhere'"):
         MLPConfig(activation="nowhere:Act")
+    with pytest.raises(TypeError, match=r"activation: 'manifoldtrain.nn:SmoothActivation' does not implement derivatives"):
+        MLPConfig(activation="manifoldtrain.nn:SmoothActivation")

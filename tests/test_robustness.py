@@ -432,6 +432,31 @@ def test_suite_config_errors():
         SuiteObjective("mine", lambda s: 1.0, family="oracle").objective(0.1)
     with pytest.raises(ValueError, match="objective: this config has no objective 'second'"):
         SuiteConfig().objective("second")
+    with pytest.raises(TypeError, match="objectives: expected names among .* got list"):
+        SuiteConfig(objectives=(["value"],))
+    with pytest.raises(TypeError, match="name: expected a str, got NoneType"):
+        SuiteObjective(None, value)
+    with pytest.raises(TypeError, match="the oracle objective 'oracle-random' trains at a strength"):
+        robustness_objective("oracle-random", None)
+    # The bundled objectives stay callables strength -> Objective, as they were.
+    from manifoldtrain.robustness.suite import OBJECTIVES
+
+    assert OBJECTIVES["invariance-noise"](0.1) == robustness_objective("invariance-noise", 0.1)
+
+
+def test_summary_takes_each_runs_family_from_its_record_or_else_by_name():
+    from manifoldtrain.robustness.suite import SuiteConfig, summarise
+
+    def run(objective, rmse, **extra):
+        return dict(objective=objective, width=8, strength=0.1, test_rmse=rmse, amplification=rmse,
+                    adversarial_error={"0.3": rmse}, **extra)
+
+    config = SuiteConfig(objectives=("value",), widths=(8,))  # lists neither objective of the runs
+    old = [run("invariance-noise", 1.0), run("oracle-random", 0.5)]  # records written before families
+    assert summarise(old, config)["w8: clean RMSE, invariance-noise-w8-s0.1 / oracle-random-w8-s0.1"] == 2.0
+    mine = [run("mine", 3.0, family="invariance"), run("oracle-random", 0.5, family="oracle")]
+    assert summarise(mine, config)["w8: amplification, mine-w8-s0.1 / oracle-random-w8-s0.1"] == 6.0
+    assert summarise([run("unknown", 1.0), run("oracle-random", 0.5)], config) == {}  # no invariance side
 
 
 # --- command line -----------------------------------------------------------------------------

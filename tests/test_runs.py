@@ -108,8 +108,13 @@ def test_validation_settings_are_checked(small_data):
     with pytest.raises(ValueError, match=r"best_metric: choosing the best model needs a validation number named "
                                          r"'rmse'; the metrics gave \['mae'\] \(set best_metric"):
         _trainer(small_data, metrics=[lambda model, data: {"mae": 1.0}], validation=0.2).fit()
-    with pytest.raises(TypeError, match="best_metric: expected the name of a metric's number"):
-        TrainConfig(best_metric="")
+    with pytest.raises(ValueError, match="best_metric: expected the name of a metric's number"):
+        TrainConfig(best_metric="", validation=0.1)
+    with pytest.raises(ValueError, match="best_metric: chooses the best model on a validation set"):
+        TrainConfig(best_metric="rmse_d1")
+    with pytest.raises(ValueError, match="best_metric: the validation number 'rmse_d1' is None: the metric computes"):
+        _trainer(small_data, metrics=[lambda model, data: {"rmse": 1.0, "rmse_d1": None}], validation=0.2,
+                 best_metric="rmse_d1").fit()
     config = config_from_dict({"train": {"validation": 0.2, "patience": 3}})
     assert config.train.validation == 0.2 and config.train.patience == 3
 
@@ -246,7 +251,7 @@ def test_no_validation_trains_as_before_and_old_checkpoints_resume(small_data, t
     state = load_checkpoint(tmp_path / "a" / CHECKPOINT_NAME)
     for key in ("best", "since_best"):
         del state[key]
-    for key in ("validation", "patience"):
+    for key in ("validation", "patience", "best_metric"):
         del state["train_config"][key]
     state["epoch"], state["history"]["finished"] = 2, False
     state["history"]["records"] = state["history"]["records"][:2]

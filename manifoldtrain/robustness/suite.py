@@ -60,7 +60,9 @@ FAMILIES = ("invariance", "oracle")
 
 
 def _check_run_name(instance, attribute, value):
-    if not isinstance(value, str) or not value or any(c in value for c in '/\\:*?"<>|') or value.startswith("."):
+    if not isinstance(value, str):
+        raise TypeError(f"{attribute.name}: expected a str, got {type(value).__name__}")
+    if not value or any(c in value for c in '/\\:*?"<>|') or value.startswith("."):
         raise ValueError(f"{attribute.name}: expected a non-empty name usable in a folder name, got {value!r}")
 
 
@@ -82,7 +84,7 @@ class SuiteObjective:
     ----------
     name : str
         The ``objective`` of its results and the start of its runs' folder names
-        (``{name}-w{width}-s{strength}``).
+        (``{name}-w{width}-s{strength}``, without ``-s...`` when ``family`` is ``None``).
     build : callable
         ``build(strength) -> Objective``, the training objective at a strength (a float > 0;
         ``None`` when ``family`` is ``None``).
@@ -105,10 +107,17 @@ class SuiteObjective:
     build: Callable[[float | None], Objective] = attrs.field(validator=_check_callable)
     family: str | None = attrs.field(default=None, validator=_check_family)
 
+    def __call__(self, strength: float | None) -> Objective:
+        """:meth:`objective` (the values of :data:`OBJECTIVES` were callables ``strength -> Objective``)."""
+        return self.objective(strength)
+
     def objective(self, strength: float | None) -> Objective:
         """``build(strength)``, checked: a strength > 0 for a family, none without; an Objective back."""
         if self.family is not None:
-            check_float("strength", strength, positive=True)
+            try:
+                check_float("strength", strength, positive=True)
+            except (TypeError, ValueError) as err:
+                raise type(err)(f"{err} (the {self.family} objective {self.name!r} trains at a strength)") from None
         elif strength is not None:
             raise ValueError(f"strength: {self.name!r} has no family, so it trains without a strength; got {strength}")
         objective = self.build(strength)
@@ -141,7 +150,11 @@ def _resolve(value) -> SuiteObjective:
 
 
 def _check_objectives(instance, attribute, value):
-    if not value or any(not isinstance(v, SuiteObjective) and v not in OBJECTIVES for v in value):
+    for v in value:
+        if not isinstance(v, (str, SuiteObjective)):
+            raise TypeError(f"{attribute.name}: expected names among {sorted(OBJECTIVES)} or SuiteObjective "
+                            f"instances, got {type(v).__name__} {v!r}")
+    if not value or any(isinstance(v, str) and v not in OBJECTIVES for v in value):
         raise ValueError(f"{attribute.name}: expected names among {sorted(OBJECTIVES)} or SuiteObjective instances, "
                          f"got {value!r}")
     names = [_resolve(v).name for v in value]
@@ -246,9 +259,7 @@ class SuiteConfig:
         """The settings as JSON-able data: objectives of :data:`OBJECTIVES` by name, one's own as
         ``{"name", "family", "build"}`` (the builder by ``module:qualname``)."""
         out = attrs.asdict(self, recurse=False)
-        out["objectives"] = [v if isinstance(v, str) else
-                             {"name": v.name, "family": v.family,
-                              "build": f"{getattr(v.build, '__module__', '?')}:{getattr(v.build, '__qualname__', '?')}"}
+        out["objectives"] = [v if isinstance(v, str) else {"name": v.name, "family": v.family, "build": _describe(v.build)}
                              for v in self.objectives]
         return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
 
@@ -269,6 +280,12 @@ class SuiteConfig:
                               learning_rate=self.learning_rate, eval_every=0, seed=self.seed, progress=self.progress),
             model_seed=self.seed,
         )
+
+
+def _describe(build) -> str:
+    """``module:qualname`` of a function or class, else its repr (a partial, a callable object)."""
+    module, qualname = getattr(build, "__module__", None), getattr(build, "__qualname__", None)
+    return f"{module}:{qualname}" if module and qualname else repr(build)
 
 
 def _run_name(name: str, width: int, strength: float | None) -> str:
@@ -378,8 +395,8 @@ def summarise(runs: list[dict], config: SuiteConfig) -> dict:
     budget = f"{config.budgets[len(config.budgets) // 2]:g}" if config.budgets else None
     out: dict = {}
     for width in config.widths:
-        inv = [r for r in runs if r["width"] == width and config.objective(r["objective"]).family == "invariance"]
-        ora = [r for r in runs if r["width"] == width and config.objective(r["objective"]).family == "oracle"]
+        inv = [r for r in runs if r["width"] == width and _family(r, config) == "invariance"]
+        ora = [r for r in runs if r["width"] == width and _family(r, config) == "oracle"]
         if not inv or not ora:
             continue
         name = lambda r: _run_name(r["objective"], width, r["strength"])  # noqa: E731
@@ -391,6 +408,15 @@ def summarise(runs: list[dict], config: SuiteConfig) -> dict:
             out[f"w{width}: adversarial error at {budget}, {name(rob_i)} / {name(rob_o)}"] = (
                 rob_i["adversarial_error"][budget] / rob_o["adversarial_error"][budget])
     return out
+
+
+def _family(run: dict, config: SuiteConfig) -> str | None:
+    """A run's family: as its record says, else (records written before families) its
+    objective's in ``config``, or the bundled one of that name; ``None`` if none knows it."""
+    if "family" in run:
+        return run["family"]
+    known = dict(OBJECTIVES) | {o.name: o for o in map(_resolve, config.objectives)}
+    return known[run["objective"]].family if run["objective"] in known else None
 
 
 def format_runs(runs: list[dict]) -> str:

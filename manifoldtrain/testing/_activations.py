@@ -62,10 +62,15 @@ def check_activation(
         raise TypeError(f"activation: expected a SmoothActivation instance, got {type(activation).__name__}")
     step = check_float("step", step, positive=True)
     atol = check_float("atol", atol, nonnegative=True)
+    if not isinstance(rtol, (tuple, list)) or len(rtol) != 3:
+        raise TypeError(f"rtol: expected three tolerances (value, first, second derivative), got {rtol!r}")
+    rtol = tuple(check_float(f"rtol[{k}]", r, nonnegative=True) for k, r in enumerate(rtol))
     if points is None:
         v = torch.linspace(-6.0, 6.0, 97, dtype=torch.float64)
     else:
         v = check_tensor("points", points).detach().to("cpu", torch.float64).reshape(-1)
+        if v.numel() == 0:
+            raise ValueError("points: expected at least one point, got an empty tensor")
     name = type(activation).__name__
     with torch.no_grad():
         parts = activation.derivatives(v)
