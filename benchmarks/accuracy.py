@@ -47,10 +47,10 @@ from pathlib import Path
 
 import torch
 
-from manifoldtrain._io import write_text_atomic
 from manifoldtrain.data import generate_jets
 from manifoldtrain.evaluation import evaluate
-from manifoldtrain.experiment import command_line, device_argument, machine_info
+from manifoldtrain.devices import device_argument
+from manifoldtrain.records import command_line, machine_info, write_text_atomic
 from manifoldtrain.manifolds import Cube
 from manifoldtrain.nn import MLPConfig, build_model
 from manifoldtrain.objectives import DerivativeTerm, Objective, ValueTerm

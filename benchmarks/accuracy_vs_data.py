@@ -68,8 +68,8 @@ import sys
 import time
 from pathlib import Path
 
-from manifoldtrain._io import write_text_atomic
-from manifoldtrain.experiment import device_argument
+from manifoldtrain.devices import device_argument
+from manifoldtrain.records import write_text_atomic
 
 HERE = Path(__file__).resolve().parent
 OBJECTIVES = ("value", "first", "second")

@@ -44,9 +44,8 @@ from pathlib import Path
 
 import torch
 
-from manifoldtrain._io import write_text_atomic
 from manifoldtrain.data import DEFAULT_SHARD_SIZE, JetCache, generate_jets, generate_shards, load_jets
-from manifoldtrain.experiment import command_line, machine_info
+from manifoldtrain.records import command_line, machine_info, write_text_atomic
 from manifoldtrain.manifolds import Cube
 from manifoldtrain.nn import MLPConfig, build_model
 from manifoldtrain.objectives import Objective

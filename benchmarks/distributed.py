@@ -31,9 +31,8 @@ import sys
 import time
 from pathlib import Path
 
-from manifoldtrain._io import write_text_atomic
 from manifoldtrain.config import DataConfig, ExperimentConfig, save_config
-from manifoldtrain.experiment import command_line, machine_info
+from manifoldtrain.records import command_line, machine_info, write_text_atomic
 from manifoldtrain.manifolds import Cube
 from manifoldtrain.nn import MLPConfig
 from manifoldtrain.objectives import Objective

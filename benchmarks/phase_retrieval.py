@@ -44,10 +44,10 @@ from pathlib import Path
 
 import torch
 
-from manifoldtrain._io import write_text_atomic
 from manifoldtrain.baselines import FitSettings, HIOSettings, reconstruct
 from manifoldtrain.config import DataConfig, ExperimentConfig
-from manifoldtrain.experiment import machine_info, make_data, model_from_checkpoint, run_experiment
+from manifoldtrain.experiment import make_data, model_from_checkpoint, run_experiment
+from manifoldtrain.records import machine_info, write_text_atomic
 from manifoldtrain.manifolds import PhaseRetrieval
 from manifoldtrain.nn import MLPConfig
 from manifoldtrain.objectives import Objective

@@ -47,8 +47,8 @@ import time
 import torch
 
 from manifoldtrain import Jet, num_pairs, triu_pairs
-from manifoldtrain._io import write_text_atomic
-from manifoldtrain.experiment import command_line, device_argument, machine_info
+from manifoldtrain.devices import device_argument
+from manifoldtrain.records import command_line, machine_info, write_text_atomic
 from manifoldtrain.manifolds import Cube, PhaseRetrieval
 from manifoldtrain.training import flush_denormals
 

@@ -43,9 +43,8 @@ import time
 
 import torch
 
-from manifoldtrain._io import write_text_atomic
 from manifoldtrain.data import generate_jets
-from manifoldtrain.experiment import command_line, machine_info
+from manifoldtrain.records import command_line, machine_info, write_text_atomic
 from manifoldtrain.manifolds import Cube
 from manifoldtrain.network_jets import nested_jvp_rows, taylor_rows
 from manifoldtrain.nn import MLPConfig, build_model

@@ -27,7 +27,7 @@ def _umask() -> int:
     return mask
 
 
-def _publish_mode(path: Path, directory: bool = False) -> None:
+def publish_mode(path: Path, directory: bool = False) -> None:
     """Give a file made by ``tempfile`` (mode 0600/0700) the mode the user's umask asks for."""
     os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
 
@@ -46,7 +46,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        _publish_mode(tmp_path)
+        publish_mode(tmp_path)
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)

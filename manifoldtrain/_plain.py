@@ -49,3 +49,23 @@ def plain(value):
 def digest(value) -> str:
     """SHA-256 (hex) of ``plain(value)`` as canonical JSON (sorted keys, exact floats)."""
     return hashlib.sha256(json.dumps(plain(value), sort_keys=True, allow_nan=True).encode()).hexdigest()
+
+
+def first_difference(theirs, mine, path: str, labels: tuple[str, str] = ("in the checkpoint", "now")) -> str | None:
+    """The first place where two plain values differ, as ``path: A <labels[0]>, B <labels[1]>``."""
+    if isinstance(theirs, dict) and isinstance(mine, dict):
+        for key in list(mine) + [k for k in theirs if k not in mine]:
+            diff = first_difference(theirs.get(key, "<missing>"), mine.get(key, "<missing>"), f"{path}.{key}", labels)
+            if diff is not None:
+                return diff
+        return None
+    if isinstance(theirs, list) and isinstance(mine, list) and len(theirs) == len(mine):
+        for k, (a, b) in enumerate(zip(theirs, mine)):
+            diff = first_difference(a, b, f"{path}[{k}]", labels)
+            if diff is not None:
+                return diff
+        return None
+    if theirs != mine:
+        show = lambda v: (v if len(repr(v)) < 80 else repr(v)[:77] + "...")  # noqa: E731
+        return f"{path}: {show(theirs)!r} {labels[0]}, {show(mine)!r} {labels[1]}"
+    return None

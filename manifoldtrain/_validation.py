@@ -136,3 +136,18 @@ def dtype_name(name: str, dtype: object) -> str:
         if dtype == value:
             return key
     raise TypeError(f"{name}: expected torch.float32 or torch.float64, got {dtype}")
+
+
+def check_levels(name: str, levels) -> tuple[float, ...]:
+    """Check a sequence of noise levels, budgets or strengths (a lone number is one): finite and
+    >= 0; returned as a tuple of floats."""
+    if isinstance(levels, (int, float)):
+        levels = (levels,)
+    try:
+        levels = tuple(levels)
+    except TypeError:
+        raise TypeError(f"{name}: expected a sequence of numbers, got {type(levels).__name__}") from None
+    for v in levels:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise ValueError(f"{name}: expected finite numbers >= 0, got {v!r}")
+    return tuple(float(v) for v in levels)

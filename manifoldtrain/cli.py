@@ -105,7 +105,7 @@ def _idle_core_threads(args: argparse.Namespace):
 def _apply_compute_options(args: argparse.Namespace):
     """Check ``--device`` (returned as a torch.device, or None if not given) and set ``--threads``."""
     from manifoldtrain._validation import check_int
-    from manifoldtrain.experiment import check_device
+    from manifoldtrain.devices import check_device
 
     if args.threads is not None:
         check_int("--threads", args.threads, minimum=1)
@@ -267,7 +267,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from manifoldtrain._io import check_not_input, claim_output_folder, release_if_unused
     from manifoldtrain._validation import check_int
     from manifoldtrain.config import load_config
-    from manifoldtrain.experiment import RUN_OUTPUTS, check_device, run_experiment
+    from manifoldtrain.devices import check_device
+    from manifoldtrain.experiment import RUN_OUTPUTS, run_experiment
 
     device = _apply_compute_options(args)
     try:
@@ -277,12 +278,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         kind = type(err) if type(err) in (FileNotFoundError, ValueError, TypeError) else ValueError
         raise kind(named) from None
     if args.data is not None:
-        from manifoldtrain.data import _read_meta, _renamed
+        from manifoldtrain.data.format import read_meta, renamed
 
         try:  # named as the option: the config's data.path is what it replaces
-            _read_meta(Path(args.data))
+            read_meta(Path(args.data))
         except (FileNotFoundError, ValueError) as err:
-            raise _renamed(err, "--data") from None
+            raise renamed(err, "--data") from None
         config = attrs.evolve(config, data=attrs.evolve(config.data, path=args.data))
     if args.seed is not None:
         seed = check_int("--seed", args.seed, minimum=0)
@@ -307,7 +308,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                                  device=ctx.device if ctx.is_distributed else device, distributed=ctx)
     except (FileNotFoundError, ValueError) as err:
         if args.data is not None and str(err).startswith("data.path: "):  # named as the option the user typed
-            raise _renamed(err, "--data", "data.path") from None
+            raise renamed(err, "--data", "data.path") from None
         raise
     finally:
         ctx.shutdown()
@@ -335,7 +336,8 @@ def _add_evaluate(sub) -> None:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from manifoldtrain._io import write_text_atomic
-    from manifoldtrain.data import _renamed, load_jets
+    from manifoldtrain.data import load_jets
+    from manifoldtrain.data.format import renamed
     from manifoldtrain.experiment import evaluate_checkpoint
 
     device = _apply_compute_options(args)
@@ -346,7 +348,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     try:
         data = load_jets(args.data)
     except (FileNotFoundError, ValueError) as err:
-        raise _renamed(err, "--data") from None
+        raise renamed(err, "--data") from None
     try:
         metrics = evaluate_checkpoint(args.run, data, device=device).to_dict()
     except (FileNotFoundError, ValueError) as err:

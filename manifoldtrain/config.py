@@ -56,6 +56,7 @@ from manifoldtrain._validation import attrs_validator, check_int, dtype_from_nam
 from manifoldtrain.manifold import Manifold
 from manifoldtrain.manifolds import Cube
 from manifoldtrain.nn import MLPConfig, ModelConfig, check_model_config
+from manifoldtrain.data.sources import MODES
 from manifoldtrain.objectives import Objective
 from manifoldtrain.registry import MANIFOLDS, MODELS, TERMS, Registry
 from manifoldtrain.training import TrainConfig
@@ -82,8 +83,6 @@ def _check_source(instance, attribute, value):
 
 
 def _check_mode(instance, attribute, value):
-    from manifoldtrain.sources import MODES
-
     if value is None:
         return
     if value not in MODES:
@@ -143,16 +142,16 @@ class DataConfig:
 
         * ``"memory"`` (the default): the training set in memory, as above;
         * ``"shards"``: a jet cache on disk, read batch by batch, never loaded whole
-          (:class:`~manifoldtrain.sources.ShardedCacheSource`): ``path`` (a cache from
+          (:class:`~manifoldtrain.data.sources.ShardedCacheSource`): ``path`` (a cache from
           ``manifoldtrain generate``), or ``cache_dir`` (a sharded cache is generated there,
           and an interrupted generation continued). Training and test samples are those of
           ``"memory"`` with the same settings, and so are the batches and the weights (the
           model's input normalisation comes from the first 2048 training samples, all of
           them for a smaller set);
         * ``"on-the-fly"``: jets computed when a batch needs them
-          (:class:`~manifoldtrain.sources.OnTheFlySource`), see ``mode``; the test set is the
+          (:class:`~manifoldtrain.data.sources.OnTheFlySource`), see ``mode``; the test set is the
           test part of ``"memory"``'s samples (computed once);
-        * ``"package.module:ClassName"``: a :class:`~manifoldtrain.sources.DataSource` of
+        * ``"package.module:ClassName"``: a :class:`~manifoldtrain.data.sources.DataSource` of
           your own, made by its ``from_config`` classmethod.
     mode : str or None
         With ``source = "on-the-fly"``: ``"fresh"`` (the default: ``n_train`` new points

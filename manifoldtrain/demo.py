@@ -16,7 +16,7 @@ from manifoldtrain._validation import attrs_validator, check_float, check_int
 from manifoldtrain.config import DataConfig, ExperimentConfig
 from manifoldtrain.experiment import machine_info, make_data, run_experiment
 from manifoldtrain.registry import MANIFOLDS
-from manifoldtrain.nn import MLPConfig, _check_hidden
+from manifoldtrain.nn import MLPConfig, check_hidden
 from manifoldtrain.objectives import Objective
 from manifoldtrain.training import TrainConfig
 
@@ -64,7 +64,7 @@ class DemoConfig:
 
     n_train: int = attrs.field(default=1000, validator=attrs_validator(check_int, minimum=2))
     n_test: int = attrs.field(default=1000, validator=attrs_validator(check_int, minimum=1))
-    hidden: tuple[int, ...] = attrs.field(default=(256, 256, 256), converter=tuple, validator=_check_hidden)
+    hidden: tuple[int, ...] = attrs.field(default=(256, 256, 256), converter=tuple, validator=check_hidden)
     seconds_per_run: float = attrs.field(default=150.0, validator=attrs_validator(check_float, positive=True))
     batch_size: int = attrs.field(default=64, validator=attrs_validator(check_int, minimum=1))
     learning_rate: float = attrs.field(default=1e-3, validator=attrs_validator(check_float, positive=True))

@@ -7,7 +7,7 @@ returns the single-process context, which never communicates. The
 :class:`~manifoldtrain.training.Trainer` then trains one model on all processes:
 
 * every process holds the whole training set (or, with a
-  :class:`~manifoldtrain.sources.DataSource` such as a sharded cache or jets computed on the
+  :class:`~manifoldtrain.data.sources.DataSource` such as a sharded cache or jets computed on the
   fly, reads only its own shards of the batches) and the same model (its parameters and
   buffers are broadcast from rank 0 when the trainer is made and after a resume);
 * every step's *global* batch (``TrainConfig.batch_size`` samples, from one batch order,
@@ -46,9 +46,10 @@ import attrs
 import torch
 
 from manifoldtrain._validation import check_float, check_int
+from manifoldtrain.devices import check_device
 
-__all__ = ["DistributedContext", "direction_seed", "collective_timeout", "TIMEOUT_ENV", "DEFAULT_TIMEOUT",
-           "BUCKET_BYTES", "BACKENDS"]
+__all__ = ["DistributedContext", "direction_seed", "collective_timeout", "mark_agreed", "TIMEOUT_ENV",
+           "DEFAULT_TIMEOUT", "BUCKET_BYTES", "BACKENDS"]
 
 #: The environment variable that sets how long, in seconds, a process waits in a collective
 #: (and for the others to join the group) before it gives up with an error.
@@ -216,8 +217,6 @@ class DistributedContext:
             several processes of a machine, more processes on a machine than GPUs, a backend
             that this torch lacks, or an initialised group that disagrees.
         """
-        from manifoldtrain.experiment import check_device
-
         device = check_device(device if device is not None else "cpu", argument)
         if "WORLD_SIZE" not in os.environ:
             return cls.single(device)
@@ -462,6 +461,25 @@ class DistributedContext:
         dist.all_gather_object(out, obj)
         return out
 
+    def agree(self, mine: T, differ: Callable[[T, T, int], str | None], message: Callable[[int, str], str]) -> T:
+        """Check that every process holds the same ``mine``; returns rank 0's.
+
+        ``differ(rank0s, theirs, rank)`` says how the value of process ``rank`` differs from rank 0's (None: they
+        agree). The first difference raises, on every process alike (:func:`mark_agreed`),
+        ``ValueError(message(rank, difference))``. One process: returns ``mine``, comparing nothing.
+        """
+        if not self.is_distributed:
+            return mine
+        everyone = self.all_gather_object(mine)
+        first = everyone[0]
+        for rank, theirs in enumerate(everyone):
+            diff = differ(first, theirs, rank)
+            if diff is not None:
+                err = ValueError(message(rank, diff))
+                mark_agreed(err)
+                raise err
+        return first
+
     def run_on_main(self, fn: Callable[[], T]) -> T:
         """Call ``fn()`` on rank 0 only and give its result to every process.
 
@@ -484,7 +502,7 @@ class DistributedContext:
         outcome = self.broadcast_object(outcome)
         if outcome[0] == "error":
             raised = error if error is not None else outcome[1]
-            _mark_agreed(raised)
+            mark_agreed(raised)
             raise raised
         return outcome[1]
 
@@ -532,8 +550,9 @@ def _destroy_group() -> None:
         dist.destroy_process_group()
 
 
-def _mark_agreed(err: BaseException) -> None:
-    """Mark an error that every process raises together (not one rank's failure)."""
+def mark_agreed(err: BaseException) -> None:
+    """Mark an error that every process raises together (not one rank's failure):
+    :meth:`DistributedContext.failure_guard` then reports it once, not as one rank's."""
     with contextlib.suppress(AttributeError, TypeError):
         err._manifoldtrain_agreed = True
 

@@ -26,6 +26,7 @@ import attrs
 import torch
 from torch import nn
 
+from manifoldtrain._registry import Registry
 from manifoldtrain._validation import check_int, check_tensor
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "SiLU",
     "Sine",
     "SMOOTH_ACTIVATIONS",
+    "ACTIVATIONS",
     "Affine",
     "ModelConfig",
     "MLPConfig",
@@ -135,9 +137,17 @@ class Sine(SmoothActivation):
         return torch.sin(v)
 
 
-#: The bundled smooth activations by name. Configs look names up in
-#: :data:`manifoldtrain.registry.ACTIVATIONS`, which holds these (register one of your own there).
+#: The bundled smooth activations by name. Configs look names up in :data:`ACTIVATIONS`
+#: (also :data:`manifoldtrain.registry.ACTIVATIONS`), which holds these (register one of your own there).
 SMOOTH_ACTIVATIONS = {"tanh": Tanh, "sigmoid": Sigmoid, "softplus": Softplus, "gelu": GELU, "silu": SiLU, "sine": Sine}
+
+#: Smooth activations by name, for ``activation = ...`` of the bundled model configs:
+#: ``tanh``, ``sigmoid``, ``softplus``, ``gelu``, ``silu``, ``sine`` (:data:`SMOOTH_ACTIVATIONS`),
+#: or ``"package.module:ClassName"`` of any :class:`SmoothActivation` subclass
+#: (built without arguments).
+ACTIVATIONS = Registry("activation", SmoothActivation)
+for _name, _cls in SMOOTH_ACTIVATIONS.items():
+    ACTIVATIONS.register(_name, _cls)
 
 
 class Affine(nn.Module):
@@ -174,10 +184,8 @@ class Affine(nn.Module):
 
 
 def _activation_class(activation: str) -> type[SmoothActivation]:
-    """The class named ``activation`` in :data:`~manifoldtrain.registry.ACTIVATIONS` (a short name
+    """The class named ``activation`` in :data:`ACTIVATIONS` (a short name
     or ``"package.module:ClassName"`` of a :class:`SmoothActivation` subclass)."""
-    from manifoldtrain.registry import ACTIVATIONS  # the registry imports this module
-
     try:
         cls = ACTIVATIONS.get(activation)
     except (TypeError, ValueError) as err:
@@ -198,7 +206,9 @@ def _as_tuple(value):
     return tuple(value) if isinstance(value, Iterable) and not isinstance(value, (str, bytes)) else value
 
 
-def _check_hidden(instance, attribute, value):
+def check_hidden(instance, attribute, value):
+    """attrs validator of a network's layer sizes (``hidden``, ``channels``): a non-empty tuple of
+    positive ints, named by the attribute in the error."""
     def positive_int(h):
         return isinstance(h, int) and not isinstance(h, bool) and h > 0
 
@@ -246,7 +256,7 @@ class MLPConfig(ModelConfig):
         :class:`SmoothActivation` of your own, built without arguments.
     """
 
-    hidden: tuple[int, ...] = attrs.field(default=(512, 512, 512), converter=_as_tuple, validator=_check_hidden)
+    hidden: tuple[int, ...] = attrs.field(default=(512, 512, 512), converter=_as_tuple, validator=check_hidden)
     activation: str = attrs.field(default="tanh", validator=_check_activation)
 
     def layers(self, input_shape: tuple[int, ...], n_outputs: int) -> list[nn.Module]:
@@ -275,8 +285,8 @@ class ConvNetConfig(ModelConfig):
         :class:`SmoothActivation` of your own, built without arguments.
     """
 
-    channels: tuple[int, ...] = attrs.field(default=(16, 32), converter=_as_tuple, validator=_check_hidden)
-    hidden: tuple[int, ...] = attrs.field(default=(256,), converter=_as_tuple, validator=_check_hidden)
+    channels: tuple[int, ...] = attrs.field(default=(16, 32), converter=_as_tuple, validator=check_hidden)
+    hidden: tuple[int, ...] = attrs.field(default=(256,), converter=_as_tuple, validator=check_hidden)
     activation: str = attrs.field(default="tanh", validator=_check_activation)
 
     def layers(self, input_shape: tuple[int, ...], n_outputs: int) -> list[nn.Module]:

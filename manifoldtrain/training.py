@@ -24,7 +24,7 @@ are summed with weights shard / global batch, so that the step is the single-pro
 (exactly so for an objective without random directions, up to rounding). Random directions
 come from a generator of each process's own (:func:`~manifoldtrain.distributed.direction_seed`).
 Every process holds the whole training set and computes the same loss scales (rank 0's are
-used, and the others are checked against them); with a :class:`~manifoldtrain.sources.DataSource`
+used, and the others are checked against them); with a :class:`~manifoldtrain.data.sources.DataSource`
 (a sharded cache, data computed on the fly) each process reads only its shards of the batches,
 rank 0 computes the loss scales and hands them to the others, and every process checks that it
 has the same source (fingerprint, size, shapes). Evaluations run on every process and rank 0's
@@ -36,14 +36,14 @@ Training data
 -------------
 ``train`` is a :class:`~manifoldtrain.data.JetDataset` in memory (its jets are scaled once and
 put on the model's device, and every batch is gathered from them) or any
-:class:`~manifoldtrain.sources.DataSource`: a sharded cache on disk, data computed on the
+:class:`~manifoldtrain.data.sources.DataSource`: a sharded cache on disk, data computed on the
 fly, a source of your own. A source is asked for each batch's unscaled jets (the next batch
 is read in a background thread while the current step computes; on CUDA into page-locked
 memory, copied asynchronously), which are then scaled and moved to the model's device. Its
 loss scales come from :meth:`DataSource.statistics
-<manifoldtrain.sources.DataSource.statistics>` (exact for a cache; a calibration sample for
+<manifoldtrain.data.sources.DataSource.statistics>` (exact for a cache; a calibration sample for
 data computed on the fly), its validation set from :meth:`DataSource.hold_out
-<manifoldtrain.sources.DataSource.hold_out>`. The same data as a ``JetDataset`` and as a
+<manifoldtrain.data.sources.DataSource.hold_out>`. The same data as a ``JetDataset`` and as a
 source give the same batches and the same weights.
 
 Validation, best model, early stopping
@@ -67,8 +67,6 @@ duplicate rows.
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import math
 import os
 import sys
@@ -79,32 +77,30 @@ from pathlib import Path
 import attrs
 import torch
 
-from manifoldtrain._io import atomic_path, write_text_atomic
-from manifoldtrain._plain import plain
+from manifoldtrain._plain import first_difference, plain, qualified_name
 from manifoldtrain._validation import attrs_validator, check_float, check_int
+from manifoldtrain.checkpoints import (  # re-exported: public here before
+    BEST_NAME, CHECKPOINT_FORMAT, CHECKPOINT_NAME, CHECKPOINT_VERSION, METRICS_NAME, RunFiles, evaluated, load_checkpoint,
+    metrics_table, refused_resume, write_metrics_csv,
+)
 from manifoldtrain.data import JetDataset, check_dataset
-from manifoldtrain.distributed import DistributedContext, _mark_agreed, direction_seed
+from manifoldtrain.data.sources import DataSource, InMemorySource
+from manifoldtrain.data.statistics import LossScales
+from manifoldtrain.distributed import DistributedContext, direction_seed, mark_agreed
 from manifoldtrain.evaluation import JetRMSE, check_metric_values
+from manifoldtrain.feed import SourceFeed
 from manifoldtrain.jet import Jet
 from manifoldtrain.network_jets import check_jet_model, taylor_rows
-from manifoldtrain.objectives import LossScales, Objective
-from manifoldtrain.sources import DataSource, InMemorySource, _check_batch
+from manifoldtrain.objectives import Objective
+from manifoldtrain.objectives.objective import FORMER_NAME as OBJECTIVE_FORMER_NAME
+from manifoldtrain.selection import BestModel
 
 __all__ = ["TrainConfig", "Trainer", "History", "load_checkpoint", "metrics_table", "write_metrics_csv",
            "CHECKPOINT_NAME", "BEST_NAME", "METRICS_NAME"]
 
-#: The checkpoint to resume from, in ``checkpoint_dir``.
-CHECKPOINT_NAME = "checkpoint.pt"
-#: The model of lowest validation ``TrainConfig.best_metric`` (default RMSE), in ``checkpoint_dir`` (with
-#: ``TrainConfig.validation > 0``).
-BEST_NAME = "best.pt"
-#: One row per evaluation, in ``checkpoint_dir``.
-METRICS_NAME = "metrics.csv"
 #: The default of :attr:`TrainConfig.best_metric`: the validation metric whose lowest value
 #: chooses the best model (:class:`~manifoldtrain.evaluation.JetRMSE`'s clean RMSE).
 BEST_METRIC = "rmse"
-CHECKPOINT_FORMAT = "manifoldtrain-checkpoint"
-CHECKPOINT_VERSION = 2
 
 
 def _optional_positive(instance, attribute, value):
@@ -140,6 +136,21 @@ def _check_patience(instance, attribute, value):
 #: TrainConfig fields added after checkpoint version 2 was defined, with the values that
 #: reproduce the training of a checkpoint that predates them.
 _NEW_FIELD_DEFAULTS = {"validation": 0.0, "patience": None, "best_metric": BEST_METRIC}
+
+
+def _older_objective(theirs):
+    """An objective recorded before :class:`Objective` moved to its own module."""
+    if isinstance(theirs, dict) and theirs.get("kind") == OBJECTIVE_FORMER_NAME:
+        return {**theirs, "kind": qualified_name(Objective)}
+    return theirs
+
+
+#: What checkpoints written by earlier versions record, brought to today's form before a resume
+#: compares it (:func:`~manifoldtrain.checkpoints.refused_resume`).
+_OLDER_IDENTITY = {
+    "train_config": lambda theirs: {**_NEW_FIELD_DEFAULTS, **theirs} if isinstance(theirs, dict) else theirs,
+    "objective": _older_objective,
+}
 
 
 @attrs.frozen
@@ -181,8 +192,8 @@ class TrainConfig:
         Fraction of the training data held out as a validation set (default 0: none), at
         least one sample when above 0. It is scored with the Trainer's metrics at every
         evaluation; the model of lowest validation ``best_metric`` is kept as ``best.pt``
-        beside the checkpoint. A :class:`~manifoldtrain.sources.DataSource` gives it by
-        :meth:`~manifoldtrain.sources.DataSource.hold_out` (the same samples as in memory; for
+        beside the checkpoint. A :class:`~manifoldtrain.data.sources.DataSource` gives it by
+        :meth:`~manifoldtrain.data.sources.DataSource.hold_out` (the same samples as in memory; for
         data drawn anew every epoch, points of a draw of their own).
     patience : int or None
         Early stopping: stop once this many evaluations in a row have not lowered the
@@ -255,33 +266,6 @@ def flush_denormals():
         torch.set_flush_denormal(was_on)
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Load a checkpoint file (``weights_only=True``) and check its format.
-
-    Raises
-    ------
-    FileNotFoundError
-        No file at ``path``.
-    ValueError
-        Not a manifoldtrain checkpoint of a known version.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"path: no checkpoint at {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated, damaged, or another kind of file (torch's own advice is unsafe)
-        raise ValueError(
-            f"path: {path} is damaged or not a manifoldtrain checkpoint ({type(err).__name__}); if you meant another "
-            "file, check the path; if it is a run's damaged checkpoint, move it aside or start over (train --no-resume)"
-        ) from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"path: {path} is not a manifoldtrain checkpoint; move it away, or start over (train --no-resume)")
-    if state.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(f"path: {path} has checkpoint version {state.get('version')}, expected {CHECKPOINT_VERSION}")
-    return state
-
-
 class Trainer:
     """Trains ``model`` on ``train`` with ``objective``: one loop whatever the objective.
 
@@ -293,7 +277,7 @@ class Trainer:
     objective : Objective
     train : JetDataset or DataSource
         Training jets, of at least the objective's order (:attr:`Objective.max_order`): in
-        memory, or a :class:`~manifoldtrain.sources.DataSource` (a sharded cache, data
+        memory, or a :class:`~manifoldtrain.data.sources.DataSource` (a sharded cache, data
         computed on the fly, your own) read batch by batch.
     test : JetDataset, optional
         Scored by ``metrics`` every ``config.eval_every`` epochs and at the end.
@@ -319,7 +303,7 @@ class Trainer:
         calls them), the model must be on the context's device, and ``model`` is overwritten
         with rank 0's parameters.
     prefetch : int
-        With a :class:`~manifoldtrain.sources.DataSource`: batches read ahead in a background
+        With a :class:`~manifoldtrain.data.sources.DataSource`: batches read ahead in a background
         thread while the current step computes (default 1; 0 reads each batch when it is
         needed). Changes nothing but the speed.
 
@@ -393,6 +377,8 @@ class Trainer:
         self.rows_fn = rows_fn
         self.config = config
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        #: The run's files: checkpoint, best model, metrics table (:class:`~manifoldtrain.checkpoints.RunFiles`).
+        self.files = RunFiles(self.checkpoint_dir)
         self.extra = dict(extra or {})
         order = objective.max_order
         if self._source is None:
@@ -416,9 +402,9 @@ class Trainer:
         else:
             # Read batch by batch (pinned for a fast copy to a GPU), then scaled on the model's device.
             self._train_inputs = self._train_targets = None
-            self._pin = self.device.type == "cuda" and torch.cuda.is_available()
-            self._empty_batch: tuple[Jet, Jet] | None = None
-        self._loader = None  # the thread that reads batches ahead (a source only)
+        #: Reads a source's batches (:class:`~manifoldtrain.feed.SourceFeed`); None for data in memory.
+        self.feed = (SourceFeed(self._source, order, self.scales, self.device, self.dtype, self.prefetch)
+                     if self._source is not None else None)
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
         #: Orders the batches (identical on every process); with one process it also draws
         #: the random directions, as it always has.
@@ -437,12 +423,8 @@ class Trainer:
         #: synchronisation that reads the summed losses back.
         self.communication_seconds = 0.0
         self.communication_steps = 0
-        #: The best model so far (lowest validation ``best_metric``): ``epoch``, ``step``, ``seconds``,
-        #: ``metric``, ``value``, ``validation`` (every metric) and ``model`` (its weights, on
-        #: the CPU); None before the first evaluation or without a validation set.
-        self.best: dict | None = None
-        #: Evaluations since the best one (early stopping ends the run at ``config.patience``).
-        self.since_best = 0
+        #: The best model on the validation set and early stopping (:class:`~manifoldtrain.selection.BestModel`).
+        self.selection = BestModel(config.best_metric, config.patience)
         self._bar_by_time = False
 
     @property
@@ -458,24 +440,21 @@ class Trainer:
 
     def _agree_on_data(self, scales: LossScales) -> LossScales:
         """Check that every process holds the same training data; returns rank 0's scales."""
-        ctx = self.distributed
-        mine = {**self._data_summary(), "scales": scales}
-        everyone = ctx.all_gather_object(mine)
-        first = everyone[0]
-        for rank, theirs in enumerate(everyone):
-            diff = _first_difference({k: v for k, v in first.items() if k != "scales"},
-                                     {k: v for k, v in theirs.items() if k != "scales"}, "train",
-                                     ("on rank 0", f"on rank {rank}"))
+
+        def differ(first: dict, theirs: dict, rank: int) -> str | None:
+            diff = first_difference({k: v for k, v in first.items() if k != "scales"},
+                                    {k: v for k, v in theirs.items() if k != "scales"}, "train",
+                                    ("on rank 0", f"on rank {rank}"))
             if diff is None and not _close_scales(first["scales"], theirs["scales"]):
                 diff = (f"train: loss scales {plain(first['scales'])} on rank 0, {plain(theirs['scales'])} "
                         f"on rank {rank}")
-            if diff is not None:
-                err = ValueError(f"train: every process must train on the same data, but rank {rank} holds other "
-                                 f"training data than rank 0 ({diff}); give every process the same config, seed and "
-                                 "data")
-                _mark_agreed(err)
-                raise err
-        return first["scales"]
+            return diff
+
+        def message(rank: int, diff: str) -> str:
+            return (f"train: every process must train on the same data, but rank {rank} holds other training data "
+                    f"than rank 0 ({diff}); give every process the same config, seed and data")
+
+        return self.distributed.agree({**self._data_summary(), "scales": scales}, differ, message)["scales"]
 
     def _data_summary(self) -> dict:
         """What every process must agree on about the training data."""
@@ -489,7 +468,7 @@ class Trainer:
 
     @property
     def source(self) -> DataSource | None:
-        """The training data's :class:`~manifoldtrain.sources.DataSource` (after holding out
+        """The training data's :class:`~manifoldtrain.data.sources.DataSource` (after holding out
         a validation set), or None for a ``JetDataset`` in memory."""
         return self._source
 
@@ -499,22 +478,35 @@ class Trainer:
 
     @property
     def checkpoint_path(self) -> Path | None:
-        return self.checkpoint_dir / CHECKPOINT_NAME if self.checkpoint_dir is not None else None
+        """Where the checkpoint goes (``checkpoint_dir/checkpoint.pt``), or None without a checkpoint directory."""
+        return self.files.checkpoint_path
 
     @property
     def best_path(self) -> Path | None:
         """Where the best model goes (``checkpoint_dir/best.pt``), or None without a checkpoint directory."""
-        return self.checkpoint_dir / BEST_NAME if self.checkpoint_dir is not None else None
+        return self.files.best_path
 
     @property
     def metrics_path(self) -> Path | None:
         """Where the metrics of every evaluation go (``checkpoint_dir/metrics.csv``)."""
-        return self.checkpoint_dir / METRICS_NAME if self.checkpoint_dir is not None else None
+        return self.files.metrics_path
+
+    @property
+    def best(self) -> dict | None:
+        """The best model so far (lowest validation ``best_metric``): ``epoch``, ``step``, ``seconds``,
+        ``metric``, ``value``, ``validation`` (every metric) and ``model`` (its weights, on the
+        CPU); None before the first evaluation or without a validation set."""
+        return self.selection.best
+
+    @property
+    def since_best(self) -> int:
+        """Evaluations since the best one (early stopping ends the run at ``config.patience``)."""
+        return self.selection.since_best
 
     @property
     def stopped_early(self) -> bool:
         """Whether early stopping has ended the run (``config.patience`` evaluations without improvement)."""
-        return self.config.patience is not None and self.since_best >= self.config.patience
+        return self.selection.stopped_early
 
     def _identity(self) -> dict:
         """Every setting that shapes the weights: what a resumed run must share with its checkpoint."""
@@ -571,26 +563,15 @@ class Trainer:
 
     def save_best(self) -> Path:
         """Write ``best.pt`` atomically from :attr:`best`; returns its path."""
-        if self.best_path is None:
-            raise ValueError("checkpoint_dir: the trainer was made without a checkpoint directory")
-        with atomic_path(self.best_path) as tmp:
-            torch.save(self.best_state_dict(), tmp)
-        return self.best_path
+        return self.files.save_best(self.best_state_dict())
 
     def write_metrics(self) -> Path:
         """Rewrite ``metrics.csv`` atomically from the history (one row per evaluation); returns its path."""
-        if self.metrics_path is None:
-            raise ValueError("checkpoint_dir: the trainer was made without a checkpoint directory")
-        write_metrics_csv(self.history.records, self.metrics_path, terms=self.objective.names)
-        return self.metrics_path
+        return self.files.write_metrics(self.history.records, terms=self.objective.names)
 
     def save_checkpoint(self) -> Path:
         """Write the checkpoint atomically; returns its path."""
-        if self.checkpoint_path is None:
-            raise ValueError("checkpoint_dir: the trainer was made without a checkpoint directory")
-        with atomic_path(self.checkpoint_path) as tmp:
-            torch.save(self.state_dict(), tmp)
-        return self.checkpoint_path
+        return self.files.save_checkpoint(self.state_dict())
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from a checkpoint of the same run: the same configs, objective, data, model
@@ -599,16 +580,12 @@ class Trainer:
         if state.get("kind") == "best":
             raise ValueError(f"checkpoint: it is a best-model file ({BEST_NAME}), which cannot be resumed; resume from "
                              f"{CHECKPOINT_NAME}")
-        for key, value in self._identity().items():
-            theirs = state.get(key)
-            if key == "train_config" and isinstance(theirs, dict):  # written before these settings existed
-                theirs = {**_NEW_FIELD_DEFAULTS, **theirs}
-            diff = _first_difference(theirs, value, key)
-            if diff is not None:
-                raise ValueError(
-                    f"checkpoint: it belongs to a run with other settings ({diff}); resume with the same settings, "
-                    "start over (--no-resume, or resume=False), or use a new folder"
-                )
+        diff = refused_resume(state, self._identity(), older=_OLDER_IDENTITY)
+        if diff is not None:
+            raise ValueError(
+                f"checkpoint: it belongs to a run with other settings ({diff}); resume with the same settings, "
+                "start over (--no-resume, or resume=False), or use a new folder"
+            )
         bad = [k for k, v in state["model"].items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
         if bad:
             raise ValueError(f"checkpoint: its weights {bad[:3]} hold NaN or inf; start over (--no-resume) or use a new folder")
@@ -617,8 +594,8 @@ class Trainer:
         self.generator.set_state(state["generator"])
         self.epoch, self.steps, self.seconds = state["epoch"], state["step"], state["seconds"]
         self.history = History(list(state["history"]["records"]), bool(state["history"]["finished"]))
-        self.best = state.get("best")
-        self.since_best = int(state.get("since_best", 0))
+        self.selection.best = state.get("best")
+        self.selection.since_best = int(state.get("since_best", 0))
 
     def resume(self) -> bool:
         """Load the checkpoint in ``checkpoint_dir`` if there is one (see :meth:`load_state_dict`)
@@ -626,13 +603,13 @@ class Trainer:
         hands its contents to the others (only rank 0's machine needs to see the folder), and
         rank 0's parameters are broadcast after loading."""
         ctx = self.distributed
-        state = ctx.run_on_main(self._read_checkpoint)
+        state = ctx.run_on_main(self.files.read_checkpoint)
         if state is None:
             return False
         try:
             self.load_state_dict(state)
         except ValueError as err:  # every process holds the same state, so every one refuses it
-            _mark_agreed(err)
+            mark_agreed(err)
             raise
         if ctx.is_distributed:
             ctx.broadcast_parameters(self.model)
@@ -650,11 +627,7 @@ class Trainer:
              f"{self.checkpoint_path}", cfg.progress and ctx.is_main)
         return True
 
-    def _read_checkpoint(self) -> dict | None:
-        """The checkpoint in ``checkpoint_dir`` (:func:`load_checkpoint`), or None if there is none."""
-        if self.checkpoint_path is None or not self.checkpoint_path.is_file():
-            return None
-        return load_checkpoint(self.checkpoint_path)
+
 
     def progress(self) -> float:
         """The fraction of the training budget spent (0..1): steps or seconds, whichever is further."""
@@ -673,56 +646,12 @@ class Trainer:
         """The training samples at ``indices`` (``[b]`` long), scaled, on the model's device and
         dtype, of the objective's order: what :meth:`step` takes. (A source is asked for
         the samples of the current epoch, :attr:`epoch`.)"""
-        if self._source is not None:
-            return self._to_device(self._read(indices, self.epoch))
+        if self.feed is not None:
+            return self.feed.batch(indices, self.epoch)
         indices = indices.to(self._train_inputs.device)
         x = self._train_inputs[indices].to(device=self.device, dtype=self.dtype)
         y = self._train_targets[indices].to(device=self.device, dtype=self.dtype)
         return x, y
-
-    def _read(self, indices: torch.Tensor, epoch: int) -> tuple[Jet, Jet]:
-        """A source's batch at ``indices`` of ``epoch``: checked, truncated to the objective's
-        order and, for a model on the CPU, scaled and cast (else left on the CPU, pinned for a
-        GPU; :meth:`_to_device` does the rest). Runs in the loader thread."""
-        order = self.objective.max_order
-        if len(indices) == 0:  # a process without a share of a small global batch
-            if self._empty_batch is None:
-                x, y = self._source.batch(torch.zeros(1, dtype=torch.long), epoch, order)
-                x, y = _check_batch(self._source, x, y, 1, order)
-                self._empty_batch = (x.truncate(order)[:0], y.truncate(order)[:0])
-            x, y = self._empty_batch
-        else:
-            x, y = self._source.batch(indices, epoch, order)
-            x, y = _check_batch(self._source, x, y, len(indices), order)
-            x, y = x.truncate(order), y.truncate(order)
-        if self.device.type == "cpu":  # scaled here, off the training thread
-            return self._scaled(x, y)
-        if self._pin and x.device.type == "cpu":
-            x = Jet(*(t if t.is_pinned() else t.pin_memory() for t in x.components()))
-            y = Jet(*(t if t.is_pinned() else t.pin_memory() for t in y.components()))
-        return x, y
-
-    def _scaled(self, x: Jet, y: Jet) -> tuple[Jet, Jet]:
-        """Scaled in the jets' own dtype (as the in-memory jets are), on the model's device, in its dtype."""
-        x = self.scales.scale_jet(x.to(device=self.device, non_blocking=True)).to(dtype=self.dtype)
-        y = self.scales.scale_jet(y.to(device=self.device, non_blocking=True)).to(dtype=self.dtype)
-        return x, y
-
-    def _to_device(self, batch: tuple[Jet, Jet]) -> tuple[Jet, Jet]:
-        """A source's batch from :meth:`_read`, ready for :meth:`step` (on a GPU: copied, then scaled there)."""
-        return batch if self.device.type == "cpu" else self._scaled(*batch)
-
-    def _loader_pool(self):
-        if self._loader is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="manifoldtrain-loader")
-        return self._loader
-
-    def _close_loader(self) -> None:
-        if self._loader is not None:
-            self._loader.shutdown(wait=True, cancel_futures=True)
-            self._loader = None
 
     def step(self, batch: tuple[Jet, Jet], *, global_size: int | None = None) -> dict[str, float]:
         """One optimiser step on ``batch`` (from :meth:`batch`): learning rate from the
@@ -797,7 +726,7 @@ class Trainer:
         if not math.isfinite(sum(global_losses.values())):
             self.optimizer.zero_grad(set_to_none=True)
             err = FloatingPointError(self._non_finite_message(global_losses))
-            _mark_agreed(err)
+            mark_agreed(err)
             raise err
         if cfg.grad_clip is not None:  # on the summed gradients, identical on every process
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
@@ -850,7 +779,8 @@ class Trainer:
             try:
                 return self._fit(resume)
             finally:
-                self._close_loader()
+                if self.feed is not None:
+                    self.feed.close()
 
     def _fit(self, resume: bool) -> History:
         from tqdm.auto import tqdm
@@ -880,7 +810,7 @@ class Trainer:
                 self._train_epoch(bar)
                 due_eval = bool(cfg.eval_every) and self.epoch % cfg.eval_every == 0
                 if cfg.eval_interval is not None:
-                    last = max((r["seconds"] for r in self.history.records[:-1] if _evaluated(r)), default=0.0)
+                    last = max((r["seconds"] for r in self.history.records[:-1] if evaluated(r)), default=0.0)
                     due_eval = due_eval or self.seconds - last >= cfg.eval_interval
                 if (self.test is not None or self.validation is not None) and (due_eval or self._out_of_budget()):
                     record = self.history.records[-1]
@@ -916,25 +846,9 @@ class Trainer:
     def _track_best(self, record: dict) -> None:
         """After a validation: keep the model if it is the best so far (and write ``best.pt``,
         before the checkpoint that records it), else count one more evaluation without improvement."""
-        name = self.config.best_metric
-        value = record["validation"].get(name)
-        if name not in record["validation"]:
-            raise ValueError(f"best_metric: choosing the best model needs a validation number named {name!r}; the "
-                             f"metrics gave {sorted(record['validation'])} (set best_metric to one of them, or add a "
-                             "metric that gives it, e.g. JetRMSE for 'rmse')")
-        if value is None:
-            raise ValueError(f"best_metric: the validation number {name!r} is None: the metric computes nothing there "
-                             "(e.g. rmse_d1 or rmse_d2 on data without those derivatives); choose one it computes")
-        if self.best is not None and not value < self.best["value"]:
-            self.since_best += 1
-            return
-        self.best = {
-            "epoch": self.epoch, "step": self.steps, "seconds": self.seconds, "metric": name, "value": value,
-            "validation": dict(record["validation"]),
-            "model": {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()},
-        }
-        self.since_best = 0
-        if self.best_path is not None and self.distributed.is_main:
+        improved = self.selection.observe(record["validation"], self.model, epoch=self.epoch, step=self.steps,
+                                          seconds=self.seconds)
+        if improved and self.best_path is not None and self.distributed.is_main:
             self.save_best()
 
     def _train_epoch(self, bar) -> None:
@@ -946,7 +860,8 @@ class Trainer:
             self._reseed_directions(self.epoch)
         sums: dict[str, float] = {}
         count = 0
-        ahead = _ReadAhead(self, perm) if self._source is not None else None
+        ahead = None if self.feed is None else self.feed.epoch(
+            perm, self.epoch, cfg.batch_size, self.steps_per_epoch, ctx.shard if ctx.is_distributed else None)
         try:
             for b in range(self.steps_per_epoch):
                 if cfg.time_budget is not None and self.seconds >= cfg.time_budget:
@@ -988,47 +903,6 @@ class Trainer:
         )
 
 
-class _ReadAhead:
-    """Reads the batches of one epoch of a source in the trainer's loader thread,
-    ``trainer.prefetch`` batches ahead of the step that uses them (0: when asked)."""
-
-    def __init__(self, trainer: Trainer, perm: torch.Tensor):
-        self.trainer, self.perm, self.epoch = trainer, perm, trainer.epoch
-        self.size = trainer.config.batch_size
-        self.steps = trainer.steps_per_epoch
-        self.pending: dict = {}
-        for b in range(min(trainer.prefetch, self.steps)):
-            self._submit(b)
-
-    def _indices(self, b: int) -> torch.Tensor:
-        idx = self.perm[b * self.size : (b + 1) * self.size]
-        ctx = self.trainer.distributed
-        return ctx.shard(idx) if ctx.is_distributed else idx
-
-    def _submit(self, b: int) -> None:
-        self.pending[b] = self.trainer._loader_pool().submit(self.trainer._read, self._indices(b), self.epoch)
-
-    def get(self, b: int) -> tuple[Jet, Jet]:
-        future = self.pending.pop(b, None)
-        batch = future.result() if future is not None else self.trainer._read(self._indices(b), self.epoch)
-        ahead = b + self.trainer.prefetch
-        if self.trainer.prefetch and ahead < self.steps and ahead not in self.pending:
-            self._submit(ahead)
-        return self.trainer._to_device(batch)
-
-    def close(self) -> None:
-        """Cancel the reads not started; wait for the one running (nothing reads into the next epoch)."""
-        for future in self.pending.values():
-            future.cancel()
-        for future in self.pending.values():
-            if not future.cancelled():
-                try:
-                    future.result()
-                except Exception:  # noqa: BLE001 - a batch nobody will use
-                    pass
-        self.pending.clear()
-
-
 def _check_source(source: DataSource, order: int, config: TrainConfig) -> DataSource:
     """Check a training source before any work: its size, its order, and that a validation
     set can be held out of it."""
@@ -1066,10 +940,6 @@ def _close_scales(a: LossScales, b: LossScales, rtol: float = 1e-6) -> bool:
                for x, y in pairs)
 
 
-def _evaluated(record: dict) -> bool:
-    return "test" in record or "validation" in record
-
-
 def _hold_out(train: JetDataset, fraction: float, seed: int) -> tuple[JetDataset, JetDataset | None]:
     """``(train, validation)``: ``fraction`` of ``train`` held out (at least one sample), chosen by ``seed``."""
     if fraction == 0:
@@ -1082,65 +952,11 @@ def _hold_out(train: JetDataset, fraction: float, seed: int) -> tuple[JetDataset
     return rest, held
 
 
-def metrics_table(records: Sequence[dict], terms: Sequence[str] = ()) -> tuple[list[str], list[list]]:
-    """The evaluations in ``records`` (:attr:`History.records`) as a table: ``(columns, rows)``.
-
-    Columns: ``epoch``, ``step``, ``seconds``, ``lr``, ``loss``, ``loss.TERM`` for each term
-    (``terms`` first, then any others in order of appearance), ``test.NAME`` for each test
-    metric and ``validation.NAME`` for each validation metric. One row per record that was
-    evaluated; a number that does not apply is ``None``.
-    """
-    rows_of = [r for r in records if _evaluated(r)]
-    term_names = list(dict.fromkeys([*terms, *(k for r in records for k in r.get("losses", {}))]))
-    test_names = list(dict.fromkeys(k for r in rows_of for k in r.get("test", {})))
-    val_names = list(dict.fromkeys(k for r in rows_of for k in r.get("validation", {})))
-    columns = ["epoch", "step", "seconds", "lr", "loss", *(f"loss.{t}" for t in term_names),
-               *(f"test.{m}" for m in test_names), *(f"validation.{m}" for m in val_names)]
-    rows = []
-    for r in rows_of:
-        rows.append([r.get("epoch"), r.get("step"), r.get("seconds"), r.get("lr"), r.get("loss"),
-                     *(r.get("losses", {}).get(t) for t in term_names),
-                     *(r.get("test", {}).get(m) for m in test_names),
-                     *(r.get("validation", {}).get(m) for m in val_names)])
-    return columns, rows
-
-
-def write_metrics_csv(records: Sequence[dict], path: str | os.PathLike, *, terms: Sequence[str] = ()) -> None:
-    """Write :func:`metrics_table` of ``records`` as CSV to ``path`` atomically (``None``: an empty cell)."""
-    columns, rows = metrics_table(records, terms)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(columns)
-    for row in rows:
-        writer.writerow(["" if v is None else repr(v) if isinstance(v, float) else v for v in row])
-    write_text_atomic(path, buffer.getvalue())
-
-
 def _log(message: str, show: bool) -> None:
     if show:
         from tqdm.auto import tqdm
 
         tqdm.write(message, file=sys.stderr)
-
-
-def _first_difference(theirs, mine, path: str, labels: tuple[str, str] = ("in the checkpoint", "now")) -> str | None:
-    """The first place where two plain values differ, as ``path: A <labels[0]>, B <labels[1]>``."""
-    if isinstance(theirs, dict) and isinstance(mine, dict):
-        for key in list(mine) + [k for k in theirs if k not in mine]:
-            diff = _first_difference(theirs.get(key, "<missing>"), mine.get(key, "<missing>"), f"{path}.{key}", labels)
-            if diff is not None:
-                return diff
-        return None
-    if isinstance(theirs, list) and isinstance(mine, list) and len(theirs) == len(mine):
-        for k, (a, b) in enumerate(zip(theirs, mine)):
-            diff = _first_difference(a, b, f"{path}[{k}]", labels)
-            if diff is not None:
-                return diff
-        return None
-    if theirs != mine:
-        show = lambda v: (v if len(repr(v)) < 80 else repr(v)[:77] + "...")  # noqa: E731
-        return f"{path}: {show(theirs)!r} {labels[0]}, {show(mine)!r} {labels[1]}"
-    return None
 
 
 def _check_alike(train: JetDataset | DataSource, test: JetDataset) -> None:

@@ -120,7 +120,7 @@ def test_training_from_shards_gives_the_weights_of_memory(cube64, tmp_path):
 
 
 def test_generate_continues_where_it_stopped_and_redoes_only_missing_shards(tmp_path, monkeypatch):
-    import manifoldtrain.data as data_module
+    import manifoldtrain.data.shards as data_module
 
     sphere, path = Sphere(), tmp_path / "jets"
     args = dict(seed=4, shard_size=4, batch_size=4, progress=False)

@@ -260,6 +260,25 @@ def test_no_validation_trains_as_before_and_old_checkpoints_resume(small_data, t
     assert old.epoch == 2 and old.best is None and old.since_best == 0
 
 
+
+def test_checkpoints_written_before_objective_moved_still_resume(small_data, tmp_path):
+    """Objective moved from objectives.core to objectives.objective; checkpoints record its class
+    by module, and those written before the move resume (another kind is still refused)."""
+    from manifoldtrain.objectives.objective import FORMER_NAME
+
+    trainer = _trainer(small_data, tmp_path, epochs=2)
+    trainer.fit()
+    state = load_checkpoint(tmp_path / CHECKPOINT_NAME)
+    assert state["objective"]["kind"] == "manifoldtrain.objectives.objective:Objective"
+    state["objective"]["kind"] = FORMER_NAME
+    resumed = _trainer(small_data, epochs=2)
+    resumed.load_state_dict(state)
+    assert resumed.epoch == 2
+    state["objective"]["kind"] = "somewhere.else:Objective"
+    with pytest.raises(ValueError, match=r"objective.kind: 'somewhere.else:Objective' in the checkpoint"):
+        _trainer(small_data, epochs=2).load_state_dict(state)
+
+
 # ----------------------------------------------------------------- metrics.csv, runs
 
 

@@ -25,8 +25,10 @@ A term's loss is then the fraction of its target's energy left unexplained, and 
 every term means "every order counts equally". Weights still multiply each term.
 """
 
-from manifoldtrain.objectives.core import Batch, LossScales, Objective, Rows, Term, random_directions
+from manifoldtrain.data.statistics import LossScales
+from manifoldtrain.objectives.core import Batch, Rows, Term, random_directions
 from manifoldtrain.objectives.fitting import DerivativeTerm, ValueTerm
+from manifoldtrain.objectives.objective import Objective
 from manifoldtrain.objectives.robust import HessianOracleTerm, JacobianInvarianceTerm, NoiseInvarianceTerm, OracleTerm
 
 __all__ = [

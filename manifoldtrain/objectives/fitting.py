@@ -9,7 +9,7 @@
   :math:`y_{uv} = \\sum_{ij} u_i v_j y_{ij}`.
 
 Every term is relative: its mean squared error divided by the energy of its target in the
-training data (:class:`~manifoldtrain.objectives.LossScales`, in scaled coordinates), so
+training data (:class:`~manifoldtrain.data.statistics.LossScales`, in scaled coordinates), so
 that weight 1 on every term means "every order counts equally".
 
 Random directions, unbiased

@@ -23,12 +23,12 @@ import attrs
 import torch
 from torch.func import vjp
 
-from manifoldtrain._validation import attrs_validator, check_int
+from manifoldtrain._validation import attrs_validator, check_int, check_levels
 from manifoldtrain.data import JetDataset, check_dataset
 from manifoldtrain.evaluation import Metric
 from manifoldtrain.manifold import Manifold, check_is_manifold
 from manifoldtrain.robustness.operator import ErrorOperator, detached, spectral_norm
-from manifoldtrain.robustness.oracle import LinearisedOracle, _finite_levels, _step, exact_oracle
+from manifoldtrain.robustness.oracle import LinearisedOracle, exact_oracle, move_within_domain
 
 __all__ = [
     "RobustnessMetrics", "Amplification", "amplification", "noisy_rmse", "adversarial_error",
@@ -123,7 +123,7 @@ def noisy_rmse(
     """
     check_dataset("data", data)
     manifold = _check_manifold(manifold, data)
-    levels = _finite_levels("levels", levels)
+    levels = check_levels("levels", levels)
     data = _model_like(model, data)
     fn = detached(model)
     out = {}
@@ -180,7 +180,7 @@ def adversarial_error(
     """
     check_dataset("data", data, order=1)
     manifold = _check_manifold(manifold, data)
-    budgets = _finite_levels("budgets", budgets)
+    budgets = check_levels("budgets", budgets)
     check_int("steps", steps, minimum=0)
     data = _model_like(model, data)
     fn = detached(model)
@@ -226,7 +226,7 @@ def adversarial_error(
                 # Follow the nearest point with one Gauss-Newton step from the last one (the
                 # perturbation moved a little); every kept perturbation is re-scored exactly below.
                 dtheta = LinearisedOracle(xj, yj).coordinates((x + delta - xj.value).unsqueeze(1))[:, 0]
-                near, (xj, yj), outside = _step(manifold, near, dtheta.to(near.dtype))
+                near, (xj, yj), outside = move_within_domain(manifold, near, dtheta.to(near.dtype))
                 ok = ok & ~outside
             final = exact_oracle(manifold, p, x + best_delta, strict=False, start_jet=b.inputs)
             with torch.no_grad():
@@ -304,8 +304,8 @@ def evaluate_robustness(
     """Every robustness figure of ``model`` on ``data`` (points and jets of order >= 1 from
     ``manifold``). See the module docstring; ``seed`` fixes the noise and the start vectors."""
     check_dataset("data", data, order=1)
-    noise_levels = _finite_levels("noise_levels", noise_levels)
-    budgets = _finite_levels("budgets", budgets)
+    noise_levels = check_levels("noise_levels", noise_levels)
+    budgets = check_levels("budgets", budgets)
     model_data = _model_like(model, data)
     with torch.no_grad():
         sq = sum(float((model(b.inputs.value) - b.targets.value).double().pow(2).sum()) for b in _batches(model_data, batch_size))
@@ -341,8 +341,8 @@ class Robustness(Metric):
     """
 
     manifold: Manifold | None = None
-    noise_levels: tuple = attrs.field(default=(0.03,), converter=lambda v: _finite_levels("noise_levels", v))
-    budgets: tuple = attrs.field(default=(0.3,), converter=lambda v: _finite_levels("budgets", v))
+    noise_levels: tuple = attrs.field(default=(0.03,), converter=lambda v: check_levels("noise_levels", v))
+    budgets: tuple = attrs.field(default=(0.3,), converter=lambda v: check_levels("budgets", v))
     samples: int = attrs.field(default=100, validator=attrs_validator(check_int, minimum=1))
     steps: int = attrs.field(default=5, validator=attrs_validator(check_int, minimum=0))
 

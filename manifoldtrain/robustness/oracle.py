@@ -31,7 +31,6 @@ factorisation :math:`J = Q R` of each sample's ``n x d`` tangent matrix, in floa
 
 from __future__ import annotations
 
-import math
 
 import attrs
 import torch
@@ -331,7 +330,7 @@ def exact_oracle(
             bad = int((~torch.isfinite(dtheta).all(dim=1)).sum())
             raise OracleError(f"exact_oracle: the Gauss-Newton step is not finite for {bad} of {n} samples "
                               "(the input's derivatives are degenerate there)")
-        p_new, (x_new, _), outside = _step(manifold, p, dtheta.to(p.dtype))
+        p_new, (x_new, _), outside = move_within_domain(manifold, p, dtheta.to(p.dtype))
         res_new = (perturbed - x_new.value).reshape(n, -1).double()
         dist_new = res_new.norm(dim=1)
         accept = (dist_new <= dist + slack) & ~converged & ~outside
@@ -355,9 +354,11 @@ def exact_oracle(
     return OracleResult(target, p, dist.to(points.dtype), converged, it)
 
 
-def _step(manifold: Manifold, p: torch.Tensor, dtheta: torch.Tensor):
-    """``move`` and the jets of order 1 there (input and target); samples whose step leaves the manifold's domain stay
-    put (and are reported in ``outside``, so that their step is halved)."""
+def move_within_domain(manifold: Manifold, p: torch.Tensor, dtheta: torch.Tensor):
+    """:meth:`Manifold.move <manifoldtrain.Manifold.move>` by ``dtheta`` ``[n, d]`` and the jets of
+    order 1 there (input and target): ``(points, (inputs, targets), outside)``. Samples whose step
+    leaves the manifold's domain stay put and are reported in ``outside`` ``[n]`` (bool), so that
+    the caller can shorten their step."""
     outside = torch.zeros(p.shape[0], dtype=torch.bool, device=p.device)
     p_new = manifold.move(p, dtheta)
     try:
@@ -370,17 +371,3 @@ def _step(manifold: Manifold, p: torch.Tensor, dtheta: torch.Tensor):
                 outside[i] = True
         p_new = torch.where(outside.reshape(-1, *([1] * (p.dim() - 1))), p, p_new)
     return p_new, manifold.jets(p_new, order=1), outside
-
-
-def _finite_levels(name: str, levels) -> tuple[float, ...]:
-    """Check a sequence of noise levels or budgets: finite and >= 0."""
-    if isinstance(levels, (int, float)):
-        levels = (levels,)
-    try:
-        levels = tuple(levels)
-    except TypeError:
-        raise TypeError(f"{name}: expected a sequence of numbers, got {type(levels).__name__}") from None
-    for v in levels:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-            raise ValueError(f"{name}: expected finite numbers >= 0, got {v!r}")
-    return tuple(float(v) for v in levels)

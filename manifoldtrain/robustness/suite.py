@@ -36,15 +36,14 @@ import attrs
 import torch
 
 from manifoldtrain._io import claim_output_folder, write_text_atomic
-from manifoldtrain._plain import digest
-from manifoldtrain._validation import attrs_validator, check_float, check_int, dtype_from_name
+from manifoldtrain._plain import digest, first_difference
+from manifoldtrain._validation import attrs_validator, check_float, check_int, check_levels, dtype_from_name
 from manifoldtrain.data import JetDataset
-from manifoldtrain.nn import _check_hidden
+from manifoldtrain.nn import check_hidden
 from manifoldtrain.objectives import (
     HessianOracleTerm, JacobianInvarianceTerm, NoiseInvarianceTerm, Objective, OracleTerm, ValueTerm,
 )
 from manifoldtrain.robustness.evaluation import adversarial_error, amplification, evaluate_robustness
-from manifoldtrain.robustness.oracle import _finite_levels
 
 __all__ = ["OBJECTIVES", "SuiteObjective", "robustness_objective", "SuiteConfig", "run_suite", "evaluate_run",
            "format_runs"]
@@ -164,7 +163,7 @@ def _check_objectives(instance, attribute, value):
 
 
 def _levels(name, default):
-    return attrs.field(default=default, converter=lambda v: _finite_levels(name, v))
+    return attrs.field(default=default, converter=lambda v: check_levels(name, v))
 
 
 def _check_positive_levels(instance, attribute, value):
@@ -212,7 +211,7 @@ class SuiteConfig:
     manifold: str = "cube"
     n_train: int = attrs.field(default=1000, validator=attrs_validator(check_int, minimum=2))
     n_test: int = attrs.field(default=200, validator=attrs_validator(check_int, minimum=1))
-    widths: tuple[int, ...] = attrs.field(default=(128,), converter=tuple, validator=_check_hidden)
+    widths: tuple[int, ...] = attrs.field(default=(128,), converter=tuple, validator=check_hidden)
     depth: int = attrs.field(default=3, validator=attrs_validator(check_int, minimum=1))
     seconds_per_run: float = attrs.field(default=40.0, validator=attrs_validator(check_float, positive=True))
     batch_size: int = attrs.field(default=64, validator=attrs_validator(check_int, minimum=1))
@@ -221,9 +220,9 @@ class SuiteConfig:
         default=("value", "invariance-noise", "invariance-jacobian", "oracle-random", "oracle-hessian"),
         converter=tuple, validator=_check_objectives)
     invariance_strengths: tuple[float, ...] = attrs.field(
-        default=(0.03, 0.3), converter=lambda v: _finite_levels("invariance_strengths", v), validator=_check_positive_levels)
+        default=(0.03, 0.3), converter=lambda v: check_levels("invariance_strengths", v), validator=_check_positive_levels)
     oracle_strengths: tuple[float, ...] = attrs.field(
-        default=(1.0,), converter=lambda v: _finite_levels("oracle_strengths", v), validator=_check_positive_levels)
+        default=(1.0,), converter=lambda v: check_levels("oracle_strengths", v), validator=_check_positive_levels)
     noise_levels: tuple[float, ...] = _levels("noise_levels", (0.003, 0.01, 0.03))
     budgets: tuple[float, ...] = _levels("budgets", (0.1, 0.3, 1.0))
     eval_samples: int = attrs.field(default=100, validator=attrs_validator(check_int, minimum=1))
@@ -485,7 +484,7 @@ def evaluate_run(
     from manifoldtrain.data import manifold_description
     from manifoldtrain.experiment import make_data, model_from_checkpoint, run_checkpoint
     from manifoldtrain.manifold import check_is_manifold
-    from manifoldtrain.training import CHECKPOINT_NAME, _first_difference, load_checkpoint
+    from manifoldtrain.training import CHECKPOINT_NAME, load_checkpoint
 
     run_dir = Path(run_dir)
     if not (run_dir / CHECKPOINT_NAME).is_file() or not (run_dir / "config.toml").is_file():
@@ -495,7 +494,7 @@ def evaluate_run(
     state = load_checkpoint(run_checkpoint(run_dir))  # its best model where it kept one
     if manifold is not None:
         check_is_manifold("manifold", manifold)
-        diff = _first_difference(state.get("extra", {}).get("manifold"), manifold_description(manifold), "manifold",
+        diff = first_difference(state.get("extra", {}).get("manifold"), manifold_description(manifold), "manifold",
                                  ("in the checkpoint", "given"))
         if diff is not None:
             raise ValueError(f"manifold: the run was trained on another manifold or settings ({diff})")

@@ -6,7 +6,7 @@ import torch
 
 from manifoldtrain._validation import check_float, check_tensor
 from manifoldtrain.jet import Jet
-from manifoldtrain.testing._checks import CheckReport, _central_differences, _ridders, compare_jets
+from manifoldtrain.testing._checks import CheckReport, central_differences, ridders, compare_jets
 
 __all__ = ["check_activation"]
 
@@ -84,9 +84,9 @@ def check_activation(
         fn = lambda idx, th: activation(v[idx] + th[:, 0])  # noqa: E731
         theta = v.new_zeros(len(v), 1)
         shrink = 1.6
-        runs = [_central_differences(fn, theta, 2, step / shrink**k, eval_batch=4096) for k in range(8)]
-    d1, e1 = _ridders([r[1] for r in runs], shrink)
-    d2, e2 = _ridders([r[2] for r in runs], shrink)
+        runs = [central_differences(fn, theta, 2, step / shrink**k, eval_batch=4096) for k in range(8)]
+    d1, e1 = ridders([r[1] for r in runs], shrink)
+    d2, e2 = ridders([r[2] for r in runs], shrink)
     f, df, d2f = parts
     items = compare_jets(Jet(f, df[:, None], d2f[:, None]), Jet(runs[0][0], d1, d2), "derivatives", rtol=rtol, atol=atol,
                          expected_error=Jet(torch.zeros_like(f), e1, e2))

@@ -119,7 +119,7 @@ class FiniteDifferenceJets:
     target_error: Jet
 
 
-def _ridders(estimates: list[torch.Tensor], shrink: float) -> tuple[torch.Tensor, torch.Tensor]:
+def ridders(estimates: list[torch.Tensor], shrink: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Richardson-Ridders extrapolation of estimates at steps ``h0 / shrink**k`` with error ``O(h^2)``.
 
     Returns the elementwise best estimate and its error estimate (Numerical Recipes' dfridr,
@@ -143,7 +143,7 @@ def _ridders(estimates: list[torch.Tensor], shrink: float) -> tuple[torch.Tensor
     return best, err
 
 
-def _central_differences(
+def central_differences(
     fn, theta: torch.Tensor, order: int, step: float, eval_batch: int
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Evaluate central-difference quotients at one step size ``step``.
@@ -224,12 +224,12 @@ def finite_difference_jets(
     results = {}
     for name, chart in (("input", manifold.input), ("target", manifold.target)):
         fn = lambda idx, th, chart=chart: chart(points[idx], th)  # noqa: E731
-        runs = [_central_differences(fn, theta, order, step / shrink**k, eval_batch) for k in range(num_steps)]
+        runs = [central_differences(fn, theta, order, step / shrink**k, eval_batch) for k in range(num_steps)]
         value = runs[0][0]
-        d1, e1 = _ridders([r[1] for r in runs], shrink)
+        d1, e1 = ridders([r[1] for r in runs], shrink)
         parts, errs = [value, d1], [torch.zeros_like(value), e1]
         if order == 2:
-            d2, e2 = _ridders([r[2] for r in runs], shrink)
+            d2, e2 = ridders([r[2] for r in runs], shrink)
             parts.append(d2)
             errs.append(e2)
         results[name] = (Jet(*parts), Jet(*errs))

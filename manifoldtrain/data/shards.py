@@ -1,51 +1,6 @@
-"""Jets of a manifold as a data set: generation, on-disk caches, splits.
-
-Two cache formats are read everywhere (:func:`load_jets`, :class:`JetCache`); both are a
-directory whose ``meta.json`` says which it is.
-
-Single-file caches
-------------------
-Written by :func:`save_jets`:
-
-* ``meta.json``: ``{"format": "manifoldtrain-jets", "version": 1, "fingerprint": ...,
-  "manifold": {"class": ..., "settings": {...}}, "n", "seed", "order", "dtype",
-  "compute_dtype", "shapes": {name: [...]}}``;
-* one ``.npy`` file per array: ``points``, ``input_value``, ``input_d1``, ``input_d2``,
-  ``target_value``, ``target_d1``, ``target_d2`` (those up to ``order``), shapes as in
-  :mod:`manifoldtrain.jet`.
-
-It is written into a temporary directory beside its final place and renamed into place when
-complete, so an interrupted write never leaves a directory that loads as complete.
-
-Sharded caches
---------------
-For data larger than memory; written by :func:`generate_shards` (``manifoldtrain generate``)
-and :func:`save_shards`. The same arrays, cut into shards of ``shard_size`` consecutive
-samples:
-
-* ``meta.json``: the provenance above (``fingerprint``, ``manifold``, ``n``, ``seed``,
-  ``order``, ``dtype``, ``compute_dtype``) and ``"format": "manifoldtrain-jet-shards"``,
-  ``"version": 1``, ``"rows"`` (samples held), ``"shard_size"``, ``"n_shards"``,
-  ``"arrays": {name: shape of one sample}`` and ``"complete": true``;
-* ``shard-00000/``, ``shard-00001/``, ...: shard ``k`` holds samples
-  ``k * shard_size`` up to ``min((k + 1) * shard_size, rows)``: one ``.npy`` file per array,
-  ``[rows_k, *shape]``, and ``shard.json`` (``index``, ``start``, ``rows``, ``fingerprint``).
-
-Each shard is written into a temporary folder (``.shard-00000.tmp-*``), its files flushed to
-disk, then renamed into place: a shard folder under its final name is complete, and an
-interrupted shard never reads as complete. A generation in progress lives beside its target,
-in ``.NAME.partial/`` (with ``"complete": false``), and is renamed to ``NAME`` once every
-shard is there; running the same generation again continues it, keeping the finished shards
-(:func:`generate_shards`). Readers (:class:`JetCache`) check every file's header and size
-when they open a cache (a truncated file is named in the error) and read only the rows
-asked for, with positional reads into the output: nothing maps or loads the whole set.
-
-The *fingerprint* is a SHA-256 of canonical JSON of the manifold's class and settings (its
-attrs fields, or its public attributes; tensor-valued settings by a hash of their content),
-``n``, ``seed``, ``order`` and the dtypes: a cache is reused only when all of them match. It
-identifies the data, not the layout: a sharded and a single-file cache of the same
-generation have the same fingerprint.
-"""
+"""Sharded jet caches, for data larger than memory: :class:`JetCache` (reads either format, only
+the rows asked for), :func:`save_shards` and the resumable :func:`generate_shards` (format in
+:mod:`manifoldtrain.data`)."""
 
 from __future__ import annotations
 
@@ -62,435 +17,19 @@ import attrs
 import numpy as np
 import torch
 
-from manifoldtrain._plain import digest, plain
-from manifoldtrain._validation import check_int, check_tensor, dtype_name, first_non_finite, non_finite_sample
+from manifoldtrain._io import publish_mode, write_text_atomic
+from manifoldtrain._validation import check_int, dtype_name, first_non_finite
+from manifoldtrain.data.dataset import JetDataset, check_finite_jets, check_finite_points, fingerprint, provenance
+from manifoldtrain.data.format import (COMPONENTS, DEFAULT_SHARD_SIZE, FORMAT, FORMAT_VERSION, SHARD_META, SHARDS_FORMAT,
+                                       SHARDS_VERSION, array_names, check_cache_target, move_into_place, non_finite_in,
+                                       partial_path, read_meta, shard_name, shard_remedy, shards_remedy)
 from manifoldtrain.jet import Jet
 from manifoldtrain.manifold import Manifold, check_is_manifold
 
-__all__ = ["JetDataset", "generate_jets", "load_jets", "save_jets", "cached_jets", "fingerprint", "is_jet_cache",
-           "check_cache_target", "JetCache", "generate_shards", "save_shards", "ShardReport", "DEFAULT_SHARD_SIZE"]
-
-FORMAT = "manifoldtrain-jets"
-FORMAT_VERSION = 1
-_COMPONENTS = ("value", "d1", "d2")
-
-
-def _check_finite_points(points: torch.Tensor, what: str, *, first: int = 0) -> None:
-    """Refuse points holding NaN or infinite values before they are stored (as the jets)."""
-    bad = first_non_finite(points)
-    if bad is not None:
-        raise ValueError(f"{what} point {first + bad} holding NaN or infinite values; a jet cache stores finite "
-                         "points and jets only")
-
-
-def _check_finite_jets(inputs: Jet, targets: Jet, what: str, *, first: int = 0, points: torch.Tensor | None = None) -> None:
-    """Refuse jets that hold NaN or infinite values before they are stored (a cache holds
-    finite points and jets only, so that a non-finite value read back means a damaged file)."""
-    for prefix, jet in (("input", inputs), ("target", targets)):
-        found = non_finite_sample(jet)
-        if found is not None:
-            name, bad = found
-            at = "" if points is None else f" (point {[round(v, 6) for v in points[bad].reshape(-1).tolist()]})"
-            raise ValueError(f"{what} the {prefix} {name} of sample {first + bad}{at} holds NaN or infinite values; "
-                             "a jet cache stores finite values only")
-
-
-def manifold_description(manifold: Manifold) -> dict:
-    """Class and settings of a manifold, as canonical JSON-able data
-    (:func:`manifoldtrain._plain.plain`: attrs fields, tensors by content hash)."""
-    settings = plain(manifold)
-    return {"class": settings.pop("kind"), "settings": settings}
-
-
-def _provenance(manifold: Manifold, n: int, seed: int, order: int, dtype: torch.dtype, compute_dtype: torch.dtype) -> dict:
-    """What makes a generated data set what it is (JSON-able)."""
-    return {
-        "manifold": manifold_description(manifold),
-        "n": n,
-        "seed": seed,
-        "order": order,
-        "dtype": dtype_name("dtype", dtype),
-        "compute_dtype": dtype_name("compute_dtype", compute_dtype),
-    }
-
-
-def fingerprint(manifold: Manifold, n: int, seed: int, order: int, dtype: torch.dtype, compute_dtype: torch.dtype) -> str:
-    """SHA-256 (hex) identifying a generated data set: manifold settings, size, seed, order, dtypes."""
-    check_is_manifold("manifold", manifold)
-    return digest({"format": FORMAT, "version": FORMAT_VERSION, **_provenance(manifold, n, seed, order, dtype, compute_dtype)})
-
-
-@attrs.frozen(eq=False)
-class JetDataset:
-    """Points with the jets of the manifold's input and target there.
-
-    Attributes
-    ----------
-    points : Tensor
-        ``[n, *point_shape]``.
-    inputs, targets : Jet
-        ``value [n, ...]``, ``d1 [n, d, ...]``, ``d2 [n, d(d+1)/2, ...]``.
-    meta : dict
-        Where the data came from (manifold, seed, fingerprint), JSON-able.
-    """
-
-    points: torch.Tensor
-    inputs: Jet
-    targets: Jet
-    meta: dict = attrs.field(factory=dict)
-
-    def __attrs_post_init__(self):
-        n = self.points.shape[0]
-        if len(self.inputs) != n or len(self.targets) != n:
-            raise ValueError(
-                f"inputs, targets: expected {n} samples like points, got {len(self.inputs)} and {len(self.targets)}"
-            )
-        if self.inputs.order != self.targets.order:
-            raise ValueError(f"targets: expected order {self.inputs.order} like inputs, got {self.targets.order}")
-
-    def __len__(self) -> int:
-        return self.points.shape[0]
-
-    @property
-    def order(self) -> int:
-        return self.inputs.order
-
-    def subset(self, index: torch.Tensor | slice) -> JetDataset:
-        """The samples at ``index`` (a slice or an index tensor)."""
-        if isinstance(index, torch.Tensor):
-            index = index.to(self.points.device)
-        return JetDataset(self.points[index], self.inputs[index], self.targets[index], dict(self.meta))
-
-    def split(self, n_test: int, seed: int) -> tuple[JetDataset, JetDataset]:
-        """``(train, test)``: a random ``n_test`` samples for testing, the rest for training.
-
-        The permutation comes from ``torch.Generator().manual_seed(seed)``: the same seed gives
-        the same split.
-        """
-        check_int("n_test", n_test, minimum=0, maximum=len(self))
-        check_int("seed", seed, minimum=0)
-        perm = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
-        test, train = perm[:n_test].sort().values, perm[n_test:].sort().values
-        return self.subset(train), self.subset(test)
-
-    def to(self, *args, **kwargs) -> JetDataset:
-        """Move or cast every array, as :meth:`torch.Tensor.to`."""
-        return JetDataset(self.points.to(*args, **kwargs), self.inputs.to(*args, **kwargs), self.targets.to(*args, **kwargs), dict(self.meta))
-
-
-def generate_jets(
-    manifold: Manifold,
-    n: int,
-    *,
-    seed: int = 0,
-    order: int = 2,
-    dtype: torch.dtype = torch.float32,
-    compute_dtype: torch.dtype = torch.float64,
-    batch_size: int = 256,
-    device: torch.device | str | None = None,
-    progress: bool = True,
-) -> JetDataset:
-    """Draw ``n`` points with ``seed`` and compute their jets in batches, with a progress bar.
-
-    Jets are computed in ``compute_dtype`` (default float64) and stored in ``dtype``
-    (default float32, relative error ~1e-7 on the stored jets), on ``device`` (default CPU).
-    Jets holding NaN or infinite values (in ``dtype``) are refused with a ValueError naming
-    the sample and its point.
-    """
-    from tqdm.auto import tqdm
-
-    check_is_manifold("manifold", manifold)
-    check_int("n", n, minimum=1)
-    check_int("seed", seed, minimum=0)
-    check_int("order", order, minimum=0, maximum=2)
-    check_int("batch_size", batch_size, minimum=1)
-    dtype_name("dtype", dtype)
-    dtype_name("compute_dtype", compute_dtype)
-    points = manifold.sample(n, torch.Generator().manual_seed(seed), dtype=compute_dtype, device=device)
-    _check_finite_points(points.to(dtype), f"{type(manifold).__name__}.sample gave")
-    parts_in: list[list[torch.Tensor]] = []
-    parts_out: list[list[torch.Tensor]] = []
-    with tqdm(total=n, desc=f"jets of {type(manifold).__name__}", unit="sample", disable=not progress, leave=False) as bar:
-        for k, chunk in enumerate(points.split(batch_size)):
-            x, y = manifold.jets(chunk, order)
-            parts_in.append([c.to(dtype) for c in x.components()])
-            parts_out.append([c.to(dtype) for c in y.components()])
-            _check_finite_jets(Jet(*parts_in[-1]), Jet(*parts_out[-1]), f"{type(manifold).__name__}.jets gave",
-                               first=k * batch_size, points=chunk)
-            bar.update(len(chunk))
-    inputs = Jet(*(torch.cat(c) for c in zip(*parts_in)))
-    targets = Jet(*(torch.cat(c) for c in zip(*parts_out)))
-    meta = {
-        **_provenance(manifold, n, seed, order, dtype, compute_dtype),
-        "fingerprint": fingerprint(manifold, n, seed, order, dtype, compute_dtype),
-    }
-    return JetDataset(points.to(dtype), inputs, targets, meta)
-
-
-def is_jet_cache(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a folder holding a jet cache of either format (its ``meta.json`` says so)."""
-    meta = Path(path) / "meta.json"
-    try:
-        return meta.is_file() and json.loads(meta.read_text()).get("format") in (FORMAT, SHARDS_FORMAT)
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def check_cache_target(path: str | os.PathLike, *, force: bool = False, argument: str = "path") -> Path:
-    """Check, before any work, that a jet cache may be written at ``path``; returns it (absolute).
-
-    Accepted: a path that does not exist, an empty folder, or a jet cache (replaced). A
-    regular file, or a folder of other files, is refused naming ``argument`` (the folder
-    also with ``force``: it would be replaced whole, and its files lost).
-    """
-    from manifoldtrain._io import check_writable
-
-    target = Path(os.path.abspath(path))
-    if target.exists() and not target.is_dir():
-        raise FileExistsError(f"{argument}: {path} is a file, not a jet cache; choose a new folder name")
-    if target.is_dir() and any(target.iterdir()) and not is_jet_cache(target):
-        raise FileExistsError(
-            f"{argument}: {path} is a folder of other files, not a jet cache, and would be replaced whole; "
-            "choose a new folder name"
-        )
-    if target == Path.cwd() and target.is_dir():
-        raise FileExistsError(f"{argument}: {path} is the current folder; write the cache into a folder of its own")
-    parent = target.parent
-    while not parent.exists():
-        parent = parent.parent
-    check_writable(parent, argument)
-    return target
-
-
-def save_jets(dataset: JetDataset, path: str | os.PathLike) -> Path:
-    """Write ``dataset`` as a cache directory at ``path`` (atomically: complete or absent).
-
-    ``path`` must not exist, or be an empty folder or a jet cache, which is replaced
-    (:func:`check_cache_target`); anything else is refused, nothing is deleted. Files and
-    folders get the permissions of the user's umask. Jets holding NaN or infinite values are
-    refused (a cache holds finite values only), naming the sample; so are such points.
-    """
-    from manifoldtrain._io import _publish_mode
-
-    _check_finite_points(dataset.points, "dataset: has")
-    _check_finite_jets(dataset.inputs, dataset.targets, "dataset:")
-    path = check_cache_target(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
-    try:
-        arrays = {"points": dataset.points}
-        for prefix, jet in (("input", dataset.inputs), ("target", dataset.targets)):
-            for name, comp in zip(_COMPONENTS, jet.components()):
-                arrays[f"{prefix}_{name}"] = comp
-        for name, t in arrays.items():
-            np.save(tmp / f"{name}.npy", t.detach().cpu().numpy())
-            _publish_mode(tmp / f"{name}.npy")
-        meta = {"format": FORMAT, "version": FORMAT_VERSION, **dataset.meta}
-        meta["shapes"] = {name: list(t.shape) for name, t in arrays.items()}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        _publish_mode(tmp / "meta.json")
-        _publish_mode(tmp, directory=True)
-        _move_into_place(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
-
-
-def _move_into_place(tmp: Path, path: Path) -> None:
-    """Rename the complete folder ``tmp`` to ``path``, replacing a cache there (which goes
-    back where it was if the rename fails)."""
-    if path.exists():
-        old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old-"))
-        os.replace(path, old / "data")
-        try:
-            os.replace(tmp, path)
-        except BaseException:
-            os.replace(old / "data", path)  # the old cache goes back where it was
-            raise
-        finally:
-            shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, path)
-
-
-def load_jets(path: str | os.PathLike, *, expected_fingerprint: str | None = None) -> JetDataset:
-    """Load a cache directory into memory: one written by :func:`save_jets`, or a sharded one
-    (``manifoldtrain generate``, :func:`generate_shards`), whose shards are concatenated.
-
-    For a sharded cache larger than memory, read only what is needed with :class:`JetCache`
-    (or train from it with :class:`~manifoldtrain.sources.ShardedCacheSource`).
-
-    Raises
-    ------
-    FileNotFoundError
-        ``path`` or its ``meta.json`` does not exist (e.g. a generation that never finished).
-    ValueError
-        Not a manifoldtrain jet cache, an unknown version, an unfinished sharded cache,
-        missing, misshapen, truncated or otherwise damaged files (each named, with the
-        remedy: write the cache again, e.g. with ``manifoldtrain generate``), a file holding NaN or
-        infinite values (damaged since it was written: named with the row), or a fingerprint
-        other than ``expected_fingerprint``.
-    """
-    path = Path(path)
-    meta, remedy = _read_meta(path)
-    if meta.get("format") == SHARDS_FORMAT:
-        with JetCache(path, expected_fingerprint=expected_fingerprint) as cache:
-            return cache.load()
-    meta_file = path / "meta.json"
-    if meta.get("format") != FORMAT or meta.get("version") != FORMAT_VERSION:
-        raise ValueError(f"path: {path} is not a {FORMAT} cache of version {FORMAT_VERSION}")
-    if expected_fingerprint is not None and meta.get("fingerprint") != expected_fingerprint:
-        raise ValueError(f"path: the cache at {path} was made with other settings (fingerprint differs)")
-    shapes, order = meta.get("shapes"), meta.get("order")
-    wanted = ["points"] + [f"{prefix}_{c}" for prefix in ("input", "target") for c in _COMPONENTS[: (order or 0) + 1]]
-    if (
-        not isinstance(shapes, dict)
-        or order not in (0, 1, 2)
-        or any(not isinstance(shapes.get(name), list) for name in wanted)
-    ):
-        raise ValueError(f"path: {meta_file} lacks the order or the array shapes, or they are malformed; {remedy}")
-    arrays = {}
-    for name, shape in shapes.items():
-        file = path / f"{name}.npy"
-        if not file.is_file():
-            raise ValueError(f"path: the cache at {path} lacks {file.name}; {remedy}")
-        try:
-            arr = np.load(file, allow_pickle=False)
-        except (ValueError, EOFError, OSError) as err:  # truncated data or a damaged header
-            raise ValueError(f"path: {file} is truncated or damaged ({err}); {remedy}") from None
-        if list(arr.shape) != shape:
-            raise ValueError(f"path: {file} has shape {list(arr.shape)}, meta.json says {shape}; {remedy}")
-        if arr.dtype not in (np.float32, np.float64):
-            raise ValueError(f"path: {file} holds {arr.dtype}, expected float32 or float64; {remedy}")
-        arrays[name] = torch.from_numpy(arr)
-        bad = first_non_finite(arrays[name])
-        if bad is not None:
-            raise _non_finite_in(file, bad, bad, remedy)
-    inputs = Jet(*(arrays[f"input_{c}"] for c in _COMPONENTS[: order + 1]))
-    targets = Jet(*(arrays[f"target_{c}"] for c in _COMPONENTS[: order + 1]))
-    meta = {k: v for k, v in meta.items() if k not in ("format", "version", "shapes")}
-    return JetDataset(arrays["points"], inputs, targets, meta)
-
-
-def cached_jets(
-    manifold: Manifold,
-    n: int,
-    cache_dir: str | os.PathLike,
-    *,
-    seed: int = 0,
-    order: int = 2,
-    dtype: torch.dtype = torch.float32,
-    compute_dtype: torch.dtype = torch.float64,
-    progress: bool = True,
-) -> JetDataset:
-    """:func:`generate_jets`, cached in ``cache_dir/<fingerprint>``: loaded when it exists, else
-    generated and saved. Any change of manifold setting, size, seed, order or dtype changes the
-    fingerprint, so a stale cache is never reused."""
-    check_is_manifold("manifold", manifold)
-    key = fingerprint(manifold, n, seed, order, dtype, compute_dtype)
-    path = Path(cache_dir) / key
-    if (path / "meta.json").is_file():
-        return load_jets(path, expected_fingerprint=key)
-    data = generate_jets(manifold, n, seed=seed, order=order, dtype=dtype, compute_dtype=compute_dtype, progress=progress)
-    save_jets(data, path)
-    return data
-
-
-def check_dataset(name: str, data: object, *, order: int | None = None) -> JetDataset:
-    """Check that ``data`` is a :class:`JetDataset` (of at least ``order``)."""
-    if not isinstance(data, JetDataset):
-        raise TypeError(f"{name}: expected a JetDataset, got {type(data).__name__}")
-    if order is not None and data.order < order:
-        raise ValueError(f"{name}: expected jets of order >= {order}, got order {data.order}")
-    check_tensor(f"{name}.points", data.points, finite=False)
-    return data
-
-
-# ============================================================================ sharded caches
-
-SHARDS_FORMAT = "manifoldtrain-jet-shards"
-SHARDS_VERSION = 1
-#: Samples per shard written by :func:`generate_shards` unless told otherwise (order-2 cube
-#: jets: about 190 MB per shard in float32).
-DEFAULT_SHARD_SIZE = 1024
-#: The file in every shard folder that says which shard it is.
-SHARD_META = "shard.json"
 #: Files a :class:`JetCache` keeps open at once (the least recently read are closed first).
 _MAX_OPEN_FILES = 64
 #: The keys of a sharded cache's ``meta.json`` that describe its layout, not its data.
 _LAYOUT_KEYS = ("format", "version", "shapes", "rows", "shard_size", "n_shards", "arrays", "complete")
-
-
-def _array_names(order: int) -> list[str]:
-    return ["points"] + [f"{prefix}_{c}" for prefix in ("input", "target") for c in _COMPONENTS[: order + 1]]
-
-
-def shard_name(index: int) -> str:
-    """The folder name of shard ``index`` in a sharded cache: ``shard-00000``, ``shard-00001``, ..."""
-    return f"shard-{index:05d}"
-
-
-def _partial_path(target: Path) -> Path:
-    """Where an unfinished generation of ``target`` lives: ``.NAME.partial`` beside it."""
-    return target.parent / f".{target.name}.partial"
-
-
-def _remedy(path: Path) -> str:
-    return (f"write the cache again (`manifoldtrain generate`, or save_jets; a cache in a data.cache_dir: delete "
-            f"{path} and the next run computes it anew)")
-
-
-def _shards_remedy(path: Path) -> str:
-    return (f"run the `manifoldtrain generate` command that wrote it again: it keeps the intact shards and redoes "
-            f"the others (or delete {path} and generate it anew)")
-
-
-def _shard_remedy(folder: Path) -> str:
-    """The remedy for one damaged shard that the opening checks cannot see (so a generation
-    continued over it would keep it)."""
-    return (f"delete {folder} and rerun what wrote the cache (the `manifoldtrain generate` command, or a run with "
-            f"data.cache_dir): it computes that shard anew and keeps the others")
-
-
-def _non_finite_in(file: Path, row: int, sample: int, remedy: str, name: str = "path") -> ValueError:
-    """The error for a cache file holding a NaN or an infinity (caches are written with finite
-    values only: the file changed since)."""
-    return ValueError(f"{name}: {file} holds NaN or infinite values in row {row} (sample {sample} of the cache); caches "
-                      f"are written with finite values only, so the file is damaged: {remedy}")
-
-
-def _renamed(err: Exception, argument: str, name: str = "path") -> Exception:
-    """An error naming ``name`` (``path: ...``: :func:`load_jets`, :class:`JetCache`) as the
-    caller's ``argument``'s."""
-    message = str(err)
-    return type(err)(f"{argument}: {message.removeprefix(f'{name}: ')}")
-
-
-def _read_meta(path: Path) -> tuple[dict, str]:
-    """``(meta.json's contents, the remedy to quote)`` of a cache folder; errors as :func:`load_jets`."""
-    meta_file = path / "meta.json"
-    remedy = _remedy(path)
-    if not meta_file.is_file():
-        partial = "" if not _partial_path(Path(os.path.abspath(path))).is_dir() else (
-            f"; an unfinished generation is in {_partial_path(Path(os.path.abspath(path))).name} beside it: run the "
-            "same `manifoldtrain generate` command again to finish it")
-        if not partial and not path.exists():
-            raise FileNotFoundError(f"path: no jet cache at {path}: there is no such file or folder; pass a folder "
-                                    "written by `manifoldtrain generate`")
-        inside = sorted(p.name for p in path.iterdir() if (p / "meta.json").is_file()) if path.is_dir() else []
-        if inside:  # a data.cache_dir: one cache per fingerprint, in subfolders
-            shown = ", ".join(inside[:3]) + (", ..." if len(inside) > 3 else "")
-            partial += (f"; it holds {len(inside)} jet cache{'s' if len(inside) > 1 else ''} in subfolders ({shown}), "
-                        f"as a data.cache_dir does: pass one of them, e.g. {path / inside[0]}")
-        raise FileNotFoundError(f"path: no complete jet cache at {path} (missing {meta_file.name}){partial}")
-    try:
-        meta = json.loads(meta_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"path: {meta_file} is not valid JSON ({err}); the cache is damaged: {remedy}") from None
-    if not isinstance(meta, dict):
-        raise ValueError(f"path: {path} is not a {FORMAT} cache of version {FORMAT_VERSION}")
-    return meta, remedy
 
 
 @attrs.frozen
@@ -628,7 +167,7 @@ class JetCache:
     def __init__(self, path: str | os.PathLike, *, expected_fingerprint: str | None = None, name: str = "path"):
         self.path = Path(path)
         self.name = name
-        meta, remedy = _read_meta(self.path)
+        meta, remedy = read_meta(self.path)
         fmt = meta.get("format")
         if expected_fingerprint is not None and fmt in (FORMAT, SHARDS_FORMAT) and (
                 meta.get("fingerprint") != expected_fingerprint):
@@ -637,26 +176,26 @@ class JetCache:
         if fmt == FORMAT and meta.get("version") == FORMAT_VERSION:
             shapes = meta.get("shapes")
             if not isinstance(shapes, dict) or order not in (0, 1, 2) or any(
-                    not isinstance(shapes.get(name), list) or not shapes[name] for name in _array_names(order)):
+                    not isinstance(shapes.get(name), list) or not shapes[name] for name in array_names(order)):
                 raise ValueError(f"path: {self.path / 'meta.json'} lacks the order or the array shapes, or they are "
                                  f"malformed; {remedy}")
             rows = shapes["points"][0]
-            arrays = {name: shapes[name][1:] for name in _array_names(order)}
+            arrays = {name: shapes[name][1:] for name in array_names(order)}
             folders = [self.path]
             starts = [0]
             counts = [rows]
         elif fmt == SHARDS_FORMAT and meta.get("version") == SHARDS_VERSION:
-            remedy = _shards_remedy(self.path)
+            remedy = shards_remedy(self.path)
             arrays, rows, size, count = (meta.get(k) for k in ("arrays", "rows", "shard_size", "n_shards"))
             if (order not in (0, 1, 2) or not isinstance(arrays, dict) or not isinstance(rows, int)
                     or not isinstance(size, int) or size < 1 or count != math.ceil(rows / size)
-                    or any(not isinstance(arrays.get(name), list) for name in _array_names(order))):
+                    or any(not isinstance(arrays.get(name), list) for name in array_names(order))):
                 raise ValueError(f"path: {self.path / 'meta.json'} lacks the layout of the shards, or it is "
                                  f"malformed; {remedy}")
             if meta.get("complete") is not True:
                 raise ValueError(f"path: the sharded cache at {path} is unfinished; run the `manifoldtrain generate` "
                                  "command that writes it again to finish it")
-            arrays = {name: arrays[name] for name in _array_names(order)}
+            arrays = {name: arrays[name] for name in array_names(order)}
             folders = [self.path / shard_name(k) for k in range(count)]
             starts = [k * size for k in range(count)]
             counts = [min(size, rows - k * size) for k in range(count)]
@@ -799,17 +338,17 @@ class JetCache:
         if bad is not None:
             sample = int(idx[bad])
             k = int(np.searchsorted(self._starts, sample, side="right") - 1)
-            remedy = _shard_remedy(files[k].path.parent) if self._sharded else self._remedy
-            raise _non_finite_in(files[k].path, sample - int(self._starts[k]), sample, remedy, self.name)
+            remedy = shard_remedy(files[k].path.parent) if self._sharded else self._remedy
+            raise non_finite_in(files[k].path, sample - int(self._starts[k]), sample, remedy, self.name)
         return out
 
     def jets(self, indices, order: int | None = None, *, pin_memory: bool = False) -> tuple[Jet, Jet]:
         """``(inputs, targets)`` at ``indices``, up to ``order`` (default: :attr:`order`), read as :meth:`read`."""
         order = self.order if order is None else check_int("order", order, minimum=0, maximum=self.order)
         idx = self._index(indices)
-        parts = {name: self.read(name, idx, pin_memory=pin_memory) for name in _array_names(order) if name != "points"}
-        inputs = Jet(*(parts[f"input_{c}"] for c in _COMPONENTS[: order + 1]))
-        targets = Jet(*(parts[f"target_{c}"] for c in _COMPONENTS[: order + 1]))
+        parts = {name: self.read(name, idx, pin_memory=pin_memory) for name in array_names(order) if name != "points"}
+        inputs = Jet(*(parts[f"input_{c}"] for c in COMPONENTS[: order + 1]))
+        targets = Jet(*(parts[f"target_{c}"] for c in COMPONENTS[: order + 1]))
         return inputs, targets
 
     def points(self, indices) -> torch.Tensor:
@@ -894,8 +433,6 @@ class _ShardWriter:
             self.written[name] += len(arr)
 
     def commit(self, fp: str | None) -> Path:
-        from manifoldtrain._io import _publish_mode
-
         try:
             if any(n != self.rows for n in self.written.values()):
                 raise RuntimeError(f"shard {self.index}: wrote {self.written} rows, expected {self.rows} of each")
@@ -903,15 +440,15 @@ class _ShardWriter:
                 f.flush()
                 os.fsync(f.fileno())
                 f.close()
-                _publish_mode(self.tmp / f"{name}.npy")
+                publish_mode(self.tmp / f"{name}.npy")
             meta = {"format": SHARDS_FORMAT, "index": self.index, "start": self.start, "rows": self.rows,
                     "fingerprint": fp}
             with open(self.tmp / SHARD_META, "w") as f:
                 f.write(json.dumps(meta, indent=2, sort_keys=True) + "\n")
                 f.flush()
                 os.fsync(f.fileno())
-            _publish_mode(self.tmp / SHARD_META)
-            _publish_mode(self.tmp, directory=True)
+            publish_mode(self.tmp / SHARD_META)
+            publish_mode(self.tmp, directory=True)
             _fsync_dir(self.tmp)
             final = self.folder / shard_name(self.index)
             os.rename(self.tmp, final)  # complete, or not there at all
@@ -946,8 +483,6 @@ def _shard_bounds(rows: int, shard_size: int) -> list[tuple[int, int]]:
 
 
 def _write_meta(folder: Path, meta: dict) -> None:
-    from manifoldtrain._io import write_text_atomic
-
     write_text_atomic(folder / "meta.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
 
@@ -964,20 +499,18 @@ def save_shards(dataset: JetDataset, path: str | os.PathLike, *, shard_size: int
     is replaced). E.g. to turn a single-file cache into a sharded one:
     ``save_shards(load_jets(old), new)``. Returns ``path``.
     """
-    from manifoldtrain._io import _publish_mode
-
     if not isinstance(dataset, JetDataset):
         raise TypeError(f"dataset: expected a JetDataset, got {type(dataset).__name__}")
     check_int("shard_size", shard_size, minimum=1)
-    _check_finite_points(dataset.points, "dataset: has")
-    _check_finite_jets(dataset.inputs, dataset.targets, "dataset:")
+    check_finite_points(dataset.points, "dataset: has")
+    check_finite_jets(dataset.inputs, dataset.targets, "dataset:")
     path = check_cache_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
     try:
         arrays = {"points": dataset.points}
         for prefix, jet in (("input", dataset.inputs), ("target", dataset.targets)):
-            for name, comp in zip(_COMPONENTS, jet.components()):
+            for name, comp in zip(COMPONENTS, jet.components()):
                 arrays[f"{prefix}_{name}"] = comp.detach().cpu()
         dtype = np.dtype("<f4") if dataset.inputs.dtype == torch.float32 else np.dtype("<f8")
         shapes = {name: tuple(t.shape[1:]) for name, t in arrays.items()}
@@ -987,8 +520,8 @@ def save_shards(dataset: JetDataset, path: str | os.PathLike, *, shard_size: int
             writer.commit(dataset.meta.get("fingerprint"))
         provenance = {k: v for k, v in dataset.meta.items() if k not in _LAYOUT_KEYS}
         _write_meta(tmp, _sharded_meta(provenance, len(dataset), dataset.order, shard_size, shapes, True))
-        _publish_mode(tmp, directory=True)
-        _move_into_place(tmp, path)
+        publish_mode(tmp, directory=True)
+        move_into_place(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -1019,10 +552,10 @@ def _render_shard(manifold: Manifold, points: torch.Tensor, index: int, start: i
         writer.write({"points": points.to(dtype).cpu().numpy()})
         for k, chunk in enumerate(points.to(device).split(batch_size)):
             x, y = (jet.to(dtype=dtype) for jet in manifold.jets(chunk, order))  # as stored, checked
-            _check_finite_jets(x, y, f"{type(manifold).__name__}.jets gave", first=start + k * batch_size, points=chunk)
+            check_finite_jets(x, y, f"{type(manifold).__name__}.jets gave", first=start + k * batch_size, points=chunk)
             parts = {}
             for prefix, jet in (("input", x), ("target", y)):
-                for name, comp in zip(_COMPONENTS, jet.components()):
+                for name, comp in zip(COMPONENTS, jet.components()):
                     parts[f"{prefix}_{name}"] = comp.detach().cpu().numpy()
             writer.write(parts)
             if progress is not None:
@@ -1091,8 +624,6 @@ def generate_shards(
     """
     from tqdm.auto import tqdm
 
-    from manifoldtrain._io import _publish_mode
-
     check_is_manifold("manifold", manifold)
     check_int("n", n, minimum=1)
     check_int("seed", seed, minimum=0)
@@ -1106,7 +637,7 @@ def generate_shards(
     fp = fingerprint(manifold, n, seed, order, dtype, compute_dtype)
     bounds = _shard_bounds(n, shard_size)
     np_dtype = np.dtype("<f4") if dtype == torch.float32 else np.dtype("<f8")
-    partial = _partial_path(target)
+    partial = partial_path(target)
 
     def log(message: str) -> None:
         if progress:
@@ -1133,18 +664,18 @@ def generate_shards(
         shutil.rmtree(partial)
         previous = None
     points = manifold.sample(n, torch.Generator().manual_seed(seed), dtype=compute_dtype, device=device)
-    _check_finite_points(points.to(dtype), f"{type(manifold).__name__}.sample gave")
+    check_finite_points(points.to(dtype), f"{type(manifold).__name__}.sample gave")
     if previous is None:
         # The shapes of one sample, from the jets of the first point.
         x, y = manifold.jets(points[:1], order)
         arrays = {"points": tuple(points.shape[1:])}
         for prefix, jet in (("input", x), ("target", y)):
-            for name, comp in zip(_COMPONENTS, jet.components()):
+            for name, comp in zip(COMPONENTS, jet.components()):
                 arrays[f"{prefix}_{name}"] = tuple(comp.shape[1:])
         partial.mkdir(parents=True)
-        _publish_mode(partial, directory=True)
-        provenance = {**_provenance(manifold, n, seed, order, dtype, compute_dtype), "fingerprint": fp}
-        _write_meta(partial, _sharded_meta(provenance, n, order, shard_size, arrays, False))
+        publish_mode(partial, directory=True)
+        described = {**provenance(manifold, n, seed, order, dtype, compute_dtype), "fingerprint": fp}
+        _write_meta(partial, _sharded_meta(described, n, order, shard_size, arrays, False))
         previous = _sharded_meta_of(partial)
     else:
         previous = {**previous, "complete": False}
@@ -1177,7 +708,7 @@ def generate_shards(
         else:
             _render_in_processes(manifold, points, bounds, todo, workers, bar, partial, common)
     _write_meta(partial, {**previous, "complete": True})
-    _move_into_place(partial, target)
+    move_into_place(partial, target)
     return ShardReport(target, fp, n, len(bounds), tuple(todo), tuple(kept))
 
 
