@@ -182,7 +182,7 @@ def write(path: str, meta: dict, runs: list[dict], figure: bool = True) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny cube, data, network and budget")
     parser.add_argument("--n-train", type=int, default=None, help="training samples (default 2000; 48 with --quick)")
     parser.add_argument("--n-test", type=int, default=None, help="test samples (default 1000; 16 with --quick)")

@@ -283,7 +283,7 @@ def _warm_up(cube: Cube, args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--sizes-gb", type=float, nargs="+", default=[1.0, 4.0, 8.0], metavar="GB",
                         help="cache sizes for the memory measurement (default 1 4 8)")
     parser.add_argument("--steps", type=int, default=300, help="training steps per memory measurement (default 300)")

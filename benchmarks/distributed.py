@@ -121,7 +121,7 @@ def all_reduce_worker(out: str, threads: int, repeats: int, args) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--batches", type=int, nargs="+", default=[64, 256], help="global batch sizes")
     parser.add_argument("--cores", type=int, default=2, help="threads in all, shared among the processes")

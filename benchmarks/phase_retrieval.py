@@ -92,7 +92,7 @@ def _network_scores(model: torch.nn.Module, inputs: dict[str, torch.Tensor], tru
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     ap.add_argument("--work", default="pr_runs", help="folder of the runs (resumable)")
     ap.add_argument("--save", default=None, help="copy results.json there")
     ap.add_argument("--quick", action="store_true", help="a tiny smoke run")

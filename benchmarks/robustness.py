@@ -53,7 +53,7 @@ QUICK = dict(
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     ap.add_argument("--work", default="robustness_runs", help="folder of the runs (resumable)")
     ap.add_argument("--save", default=None, help="copy results.json and the figures to this folder")
     ap.add_argument("--quick", action="store_true", help="a tiny smoke run")

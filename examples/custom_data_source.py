@@ -88,7 +88,7 @@ def write_folder(data, folder: Path) -> None:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--quick", action="store_true", help="a few seconds on a tiny cube")
     args = parser.parse_args(argv)
     if args.quick:

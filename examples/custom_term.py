@@ -65,7 +65,7 @@ class WorstError(Metric):
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--seconds", type=float, default=60.0, help="training budget")
     parser.add_argument("--quick", action="store_true", help="a few seconds on a tiny cube")
     args = parser.parse_args(argv)

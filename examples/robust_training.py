@@ -35,7 +35,7 @@ from manifoldtrain.training import Trainer, TrainConfig
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--seconds", type=float, default=60.0, help="training budget per network")
     parser.add_argument("--out", default=None, help="the worst-case figure (default: in a temporary folder)")
     parser.add_argument("--quick", action="store_true", help="a few seconds on a tiny cube")

@@ -14,7 +14,7 @@ from manifoldtrain.plotting import show
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--out", default="cube_jets.png")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

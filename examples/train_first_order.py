@@ -49,7 +49,7 @@ QUICK = {"n_train = 1000": "n_train = 48", "n_test = 500": "n_test = 16", "[256,
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--out", default=None, help="run directory (default: a temporary one)")
     parser.add_argument("--quick", action="store_true", help="a few seconds on a tiny cube")
     args = parser.parse_args(argv)

@@ -21,7 +21,7 @@ from manifoldtrain.training import Trainer, TrainConfig
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--out", default=None, help="run directory for checkpoints (default: a temporary one)")
     parser.add_argument("--seconds", type=float, default=120.0, help="training budget")
     parser.add_argument("--directions", type=int, default=None, help="k random directions instead of all pairs")

@@ -20,7 +20,7 @@ from manifoldtrain.training import Trainer, TrainConfig
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--n-train", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=60.0, help="training budget")
     parser.add_argument("--quick", action="store_true", help="a few seconds on a tiny cube")

@@ -60,7 +60,13 @@ class Registry:
         try:
             obj = importlib.import_module(module_name)
         except ImportError as err:
-            raise ValueError(f"kind: cannot import module {module_name!r} for {self.what} {kind!r} ({err}); is it on the path?") from None
+            raise ValueError(f"kind: cannot import module {module_name!r} for {self.what} {kind!r} ({err}); the "
+                             "command line looks in the current folder and on PYTHONPATH (export PYTHONPATH=/its/folder)"
+                             ) from None
+        except Exception as err:  # the module itself is broken: say where, not a traceback
+            where = f" ({err.filename}, line {err.lineno})" if isinstance(err, SyntaxError) else ""
+            raise ValueError(f"kind: importing module {module_name!r} for {self.what} {kind!r} failed{where}: "
+                             f"{type(err).__name__}: {err}") from None
         for part in attr.split("."):
             if not hasattr(obj, part):
                 raise ValueError(f"kind: module {module_name!r} has no {attr!r} (for {self.what} {kind!r})")

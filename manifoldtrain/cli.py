@@ -12,6 +12,7 @@ from pathlib import Path
 
 import attrs
 
+from manifoldtrain._settings import settings_of
 from manifoldtrain._validation import DTYPES
 from manifoldtrain.registry import MANIFOLDS
 
@@ -21,16 +22,16 @@ def _option_name(field_name: str) -> str:
 
 
 def add_settings_arguments(parser: argparse.ArgumentParser, cls: type, group_title: str) -> None:
-    """Add one ``--option`` per field of an attrs settings class (defaults: the class's own;
-    nothing for a class that is not an attrs class)."""
-    if not attrs.has(cls):
+    """Add one ``--option`` per setting of a settings class (:func:`~manifoldtrain._settings.settings_of`:
+    an attrs class's fields, or a plain class's keyword arguments) whose default is a number, a
+    string, a bool or a tuple of them (defaults: the class's own)."""
+    settings = settings_of(cls)
+    if not settings:
         return
     group = parser.add_argument_group(group_title)
-    for field in attrs.fields(cls):
-        if not field.init:
-            continue
+    for field in settings:
         default = field.default
-        if isinstance(default, tuple):
+        if isinstance(default, tuple) and default:
             # Tuples of floats are fixed-size settings (colours, angles) unless the field's
             # metadata says {"nargs": "+"}; tuples of ints or str are lists.
             kind = type(default[0])
@@ -40,7 +41,7 @@ def add_settings_arguments(parser: argparse.ArgumentParser, cls: type, group_tit
             )
         elif isinstance(default, bool):
             group.add_argument(_option_name(field.name), action=argparse.BooleanOptionalAction, default=None)
-        elif isinstance(default, (int, float)) or field.type in ("float", "int", "float | None"):
+        elif isinstance(default, (int, float)) or field.annotation in ("float", "int", "float | None"):
             group.add_argument(_option_name(field.name), type=type(default), default=None, help=f"default: {default:g}")
         elif isinstance(default, str):
             group.add_argument(_option_name(field.name), default=None, help=f"default: {default}")
@@ -48,10 +49,8 @@ def add_settings_arguments(parser: argparse.ArgumentParser, cls: type, group_tit
 
 def settings_from_arguments(cls: type, args: argparse.Namespace):
     """Build ``cls`` from the options given on the command line (the others keep their defaults)."""
-    if not attrs.has(cls):
-        return cls()
     given = {}
-    for field in attrs.fields(cls):
+    for field in settings_of(cls):
         value = getattr(args, field.name, None)
         if value is not None:
             given[field.name] = tuple(value) if isinstance(value, list) else value
@@ -117,10 +116,21 @@ def _apply_compute_options(args: argparse.Namespace):
     return device
 
 
+class ExactParser(argparse.ArgumentParser):
+    """An argument parser that takes long options only as written in full. argparse's default
+    accepts any unambiguous prefix, so ``--width 64`` silently set ``--widths``, and a mistyped
+    option or another command's could set one that the user did not mean. Subcommands' parsers
+    are of this class too (``add_subparsers`` makes parsers of its parser's class)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
 def _build_parser(plugins: dict[str, type] | None = None) -> argparse.ArgumentParser:
     from manifoldtrain import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = ExactParser(
         prog="manifoldtrain",
         description="Train networks on the derivatives of a computable data manifold.",
     )
@@ -527,6 +537,7 @@ def _check_image_format(argument: str, path: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (errors in arguments exit with 2)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    _current_folder_importable()
     try:
         plugins = _plugin_manifolds(argv)
     except (TypeError, ValueError) as err:
@@ -551,6 +562,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if _first_process():
             print(f"manifoldtrain {args.command}: interrupted{_RESUME_HINTS.get(args.command, '')}", file=sys.stderr)
         return 130
+
+
+def _current_folder_importable() -> None:
+    """Let ``package.module:ClassName`` name a module in the current folder, as ``python -m`` would
+    (a console script's path starts at its own folder). Appended: installed packages come first."""
+    cwd = os.getcwd()
+    if not any(entry in ("", ".", cwd) for entry in sys.path):
+        sys.path.append(cwd)
 
 
 def _first_process() -> bool:

@@ -52,6 +52,7 @@ from pathlib import Path
 import attrs
 
 from manifoldtrain._io import write_text_atomic
+from manifoldtrain._settings import setting_values, settings_of
 from manifoldtrain._validation import attrs_validator, check_int, dtype_from_name
 from manifoldtrain.manifold import Manifold
 from manifoldtrain.manifolds import Cube
@@ -262,10 +263,10 @@ def _check_scalars(cls, values: dict, where: str) -> None:
     """Check each value against its field's annotation where that is ``bool``, ``int``, ``float``
     or ``str`` (or a union of them with ``None``): a TOML ``"false"`` for a bool is an error
     naming the key, not a true value. Fields with a converter accept what it accepts."""
-    for f in attrs.fields(cls):
-        if f.name not in values or f.converter is not None:
+    for f in settings_of(cls):
+        if f.name not in values or f.converted:
             continue
-        kinds = _scalar_kinds(f.type)
+        kinds = _scalar_kinds(f.annotation)
         if kinds is None:
             continue
         v = values[f.name]
@@ -280,9 +281,13 @@ def _check_scalars(cls, values: dict, where: str) -> None:
 
 
 def _construct(cls, table: dict, where: str):
-    if not attrs.has(cls):
-        raise TypeError(f"{where}: {cls.__name__} must be an attrs class for configs (its fields are its settings)")
-    names = {f.name for f in attrs.fields(cls) if f.init}
+    """``cls`` built from a config's table of its settings (:func:`~manifoldtrain._settings.settings_of`:
+    an attrs class's fields, or a plain class's keyword arguments)."""
+    try:
+        settings = settings_of(cls)
+    except TypeError as err:
+        raise TypeError(f"{where}: {err}") from None
+    names = {f.name for f in settings}
     unknown = sorted(set(table) - names)
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(names)}")
@@ -340,13 +345,10 @@ def _table(instance, registry: Registry | None = None) -> dict:
     out = {}
     if registry is not None:
         out["kind"] = registry.name_of(instance)
-    for f in attrs.fields(type(instance)):
-        if not f.init:
-            continue
-        v = getattr(instance, f.name)
+    for name, v in setting_values(instance).items():
         if v is None:
             continue  # TOML has no null: a missing key means the default (None)
-        out[f.name] = list(v) if isinstance(v, tuple) else v
+        out[name] = list(v) if isinstance(v, tuple) else v
     return out
 
 

@@ -22,7 +22,8 @@ PACKAGE = ROOT / "manifoldtrain"
 LAYERS = [
     # the base: checks, files, plain data, threads, the registry's mechanism, devices, records, jets
     ["manifoldtrain._validation", "manifoldtrain._io", "manifoldtrain._plain", "manifoldtrain._threads",
-     "manifoldtrain._registry", "manifoldtrain.devices", "manifoldtrain.records", "manifoldtrain.jet"],
+     "manifoldtrain._registry", "manifoldtrain._settings", "manifoldtrain.devices", "manifoldtrain.records",
+     "manifoldtrain.jet"],
     # geometry and networks, and what needs only them
     ["manifoldtrain.manifold", "manifoldtrain.manifolds", "manifoldtrain.nn", "manifoldtrain.network_jets",
      "manifoldtrain.plotting", "manifoldtrain.distributed", "manifoldtrain.testing"],

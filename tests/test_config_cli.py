@@ -446,6 +446,72 @@ def test_a_users_manifold_in_their_own_file_works_from_the_command_line(tmp_path
     assert "cannot import module 'no_such_module'" in capsys.readouterr().err
 
 
+PLAIN_MANIFOLD = MY_MANIFOLD.replace("import attrs\n", "").replace("@attrs.frozen\n", "").replace(
+    """    size: int = 9
+    width: float = 0.25
+    param_dim""", """    def __init__(self, size: int = 9, width: float = 0.25):
+        self.size, self.width = size, width
+
+    param_dim""")
+
+
+def test_a_plain_class_with_keyword_settings_is_a_manifold_of_configs_and_commands(tmp_path, monkeypatch, capsys):
+    """No attrs needed: its __init__'s keyword arguments are its settings, kept as attributes; the
+    module is found in the current folder, as the docs say, without PYTHONPATH."""
+    import sys
+
+    assert "class Blob(Manifold):\n    \"\"\"" in PLAIN_MANIFOLD and "attrs" not in PLAIN_MANIFOLD
+    (tmp_path / "plain_blob.py").write_text(PLAIN_MANIFOLD)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", str(tmp_path))])
+    (tmp_path / "c.toml").write_text(
+        '[manifold]\nkind = "plain_blob:Blob"\nwidth = 0.3\n[data]\nn_train = 24\nn_test = 8\n'
+        '[model]\nkind = "mlp"\nhidden = [8]\n[[objective.terms]]\nkind = "value"\n[train]\nepochs = 1\n'
+        'batch_size = 8\nprogress = false\n')
+    assert main(["train", "--config", "c.toml", "--out", "run"]) == 0
+    saved = (tmp_path / "run" / "config.toml").read_text()
+    assert 'kind = "plain_blob:Blob"' in saved and "width = 0.3" in saved and "size = 9" in saved
+    assert load_config(tmp_path / "run" / "config.toml").manifold.width == 0.3
+    assert main(["generate", "plain_blob:Blob", "--n", "4", "--size", "7", "--out", "jets", "--no-progress"]) == 0
+    assert load_jets("jets").inputs.shape == (7, 7)
+    # a wrong key or type is named, as for an attrs class
+    (tmp_path / "bad.toml").write_text('[manifold]\nkind = "plain_blob:Blob"\nsize = "9"\n')
+    with pytest.raises(TypeError, match=r"manifold.size: expected an integer, got the string '9'"):
+        load_config(tmp_path / "bad.toml")
+    (tmp_path / "bad.toml").write_text('[manifold]\nkind = "plain_blob:Blob"\nsigma = 1\n')
+    with pytest.raises(ValueError, match=r"manifold: unknown key\(s\) \['sigma'\]; expected some of \['size', 'width'\]"):
+        load_config(tmp_path / "bad.toml")
+
+
+def test_a_broken_plug_in_module_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "typo.py").write_text("class Blob(:\n    pass\n")
+    (tmp_path / "raises.py").write_text("raise RuntimeError('no licence server')\n")
+    assert main(["show", "typo:Blob", "--out", "x.png"]) == 2
+    err = capsys.readouterr().err
+    assert "importing module 'typo' for manifold 'typo:Blob' failed" in err and "typo.py, line 1" in err
+    assert "Traceback" not in err
+    assert main(["show", "raises:Blob", "--out", "x.png"]) == 2
+    assert "failed: RuntimeError: no licence server" in capsys.readouterr().err
+    assert main(["show", "no_such_module:Blob", "--out", "x.png"]) == 2
+    assert "current folder and on PYTHONPATH" in capsys.readouterr().err
+    # settings that cannot be named are refused, naming the class
+    from manifoldtrain._settings import setting_values, settings_of
+
+    class Loose:
+        def __init__(self, *sizes):
+            self.sizes = sizes
+
+    class Forgetful:
+        def __init__(self, size=3):
+            pass
+
+    with pytest.raises(TypeError, match=r"Loose: __init__ takes \*sizes"):
+        settings_of(Loose)
+    with pytest.raises(TypeError, match=r"Forgetful: its setting 'size'.*self.size = size"):
+        setting_values(Forgetful())
+
+
 MY_NET = '''
 import attrs
 from torch import nn
@@ -504,3 +570,33 @@ def test_train_and_evaluate_on_generated_caches_checked_by_manifold_settings(tmp
     assert main(["generate", "cube", "--n", "20", "--seed", "2", "--out", str(tmp_path / "same"), "--sigma", "0.08", *small]) == 0
     with pytest.warns(UserWarning, match="these are the run's training points"):
         main(["evaluate", "--run", str(run2), "--data", str(tmp_path / "same")])
+
+
+def _parsers(parser):
+    """A parser and every subcommand's parser under it."""
+    import argparse
+
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _parsers(sub)
+
+
+def test_options_are_taken_only_as_written_in_full(capsys):
+    """No argparse abbreviations: `robustness --width 64` set --widths without a word."""
+    from pathlib import Path
+
+    from manifoldtrain.cli import _build_parser
+
+    parsers = list(_parsers(_build_parser()))
+    assert len(parsers) > 8 and all(not p.allow_abbrev for p in parsers)
+    with pytest.raises(SystemExit) as stop:
+        main(["robustness", "--manifold", "cube", "--width", "64", "--out", "unused"])
+    assert stop.value.code == 2 and "unrecognized arguments: --width 64" in capsys.readouterr().err
+    # the scripts too: every parser of the benchmarks and examples is made with allow_abbrev=False
+    root = Path(__file__).resolve().parents[1]
+    for script in sorted([*root.glob("benchmarks/*.py"), *root.glob("examples/*.py")]):
+        for line in script.read_text().splitlines():
+            if "argparse.ArgumentParser(" in line:
+                assert "allow_abbrev=False" in line, f"{script.name}: {line.strip()}"

@@ -237,10 +237,18 @@ CASES: list[Case] = [
     Case(
         "plugin-no-module", "CLI",
         "show nosuch.module:Thing --out s.png",
-        "kind: cannot import module 'nosuch.module' for manifold 'nosuch.module:Thing' (No module named 'nosuch'); is"
-        " it on the path?",
+        "kind: cannot import module 'nosuch.module' for manifold 'nosuch.module:Thing' (No module named 'nosuch'); the"
+        " command line looks in the current folder and on PYTHONPATH (export PYTHONPATH=/its/folder)",
         "CLEAR",
         cli(["show", "nosuch.module:Thing", "--out", "{tmp}/s.png"], r"nosuch\.module"),
+    ),
+    Case(
+        "option-abbreviation", "CLI",
+        "robustness --manifold cube --width 64 --out r",
+        "manifoldtrain: error: unrecognized arguments: --width 64",
+        "CLEAR",
+        cli(["robustness", "--manifold", "cube", "--width", "64", "--out", "{tmp}/r"],
+            r"unrecognized arguments: --width 64"),
     ),
     Case(
         "plugin-no-class", "CLI",
@@ -737,7 +745,8 @@ CASES: list[Case] = [
         "toml-term-import", "TOML",
         "[[objective.terms]] kind = \"nosuch.mod:X\"",
         "ValueError: objective.terms[0].kind: cannot import module 'nosuch.mod' for term 'nosuch.mod:X' (No module "
-        "named 'nosuch'); is it on the path?",
+        "named 'nosuch'); the command line looks in the current folder and on PYTHONPATH (export "
+        "PYTHONPATH=/its/folder)",
         "CLEAR",
         toml('[[objective.terms]]\nkind = "nosuch.mod:X"\n', (TypeError, ValueError, ImportError), r"nosuch\.mod"),
     ),
