@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import sys
 from collections.abc import Sequence
@@ -13,6 +12,7 @@ from pathlib import Path
 import attrs
 
 from manifoldtrain._settings import settings_of
+from manifoldtrain.records import strict_json
 from manifoldtrain._validation import DTYPES
 from manifoldtrain.registry import MANIFOLDS
 
@@ -329,7 +329,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         summary.update(checkpoint=res["checkpoint"], best_epoch=res["best_epoch"], stopped_early=res["stopped_early"])
     if ctx.is_distributed:
         summary.update(world_size=ctx.world_size)
-    print(json.dumps(summary, indent=2))
+    print(strict_json(summary), end="")
     return 0
 
 
@@ -363,10 +363,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         metrics = evaluate_checkpoint(args.run, data, device=device).to_dict()
     except (FileNotFoundError, ValueError) as err:
         raise type(err)(f"--run {args.run}: {err}") from None
-    text = json.dumps(metrics, indent=2)
-    print(text)
+    text = strict_json(metrics)
+    print(text, end="")
     if args.json:
-        write_text_atomic(args.json, text + "\n")
+        write_text_atomic(args.json, text)
     return 0
 
 
@@ -471,13 +471,13 @@ def _robustness_of_run(args: argparse.Namespace, config, device) -> int:
     except (FileNotFoundError, ValueError) as err:
         raise type(err)(f"--run {args.run}: {err}") from None
     worst = report.pop("worst_case")
-    text = json.dumps(report, indent=2)
-    print(text)
-    write_text_atomic(run / "robustness.json", text + "\n")
+    text = strict_json(report)
+    print(text, end="")
+    write_text_atomic(run / "robustness.json", text)
     budget = max(config.budgets) if config.budgets else 1.0
     plot_worst_case(worst["input"], [(run.name, worst["amplification"], worst["direction"])], budget, run / "worst_case.png")
     if args.json is not None:
-        write_text_atomic(args.json, text + "\n")
+        write_text_atomic(args.json, text)
     print(f"wrote {run / 'robustness.json'} and {run / 'worst_case.png'}" + (f" and {args.json}" if args.json else ""))
     return 0
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -10,14 +9,15 @@ from pathlib import Path
 import attrs
 import torch
 
-from manifoldtrain._io import claim_output_folder, write_text_atomic
+from manifoldtrain._io import claim_output_folder
 from manifoldtrain._threads import busy as _busy, load_average as _load_average, threads_for as _threads_for
 from manifoldtrain._validation import attrs_validator, check_float, check_int
 from manifoldtrain.config import DataConfig, ExperimentConfig
-from manifoldtrain.experiment import machine_info, make_data, run_experiment
+from manifoldtrain.experiment import make_data, run_experiment
 from manifoldtrain.registry import MANIFOLDS
 from manifoldtrain.nn import MLPConfig, check_hidden
 from manifoldtrain.objectives import Objective
+from manifoldtrain.records import machine_info, write_json
 from manifoldtrain.training import TrainConfig
 
 __all__ = ["DemoConfig", "OBJECTIVES", "run_demo", "plot_report"]
@@ -175,7 +175,7 @@ def _run_demo(out: Path, config: DemoConfig, echo, busy: str | None, load: float
         results["busy_machine"] = busy
     if "value" in by and "second" in by:
         results["ratio_value_to_second"] = by["value"]["test_rmse"] / by["second"]["test_rmse"]
-    write_text_atomic(out / "results.json", json.dumps(results, indent=2) + "\n")
+    write_json(out / "results.json", results)
     plot_report(runs, histories, train, test, out, config)
     echo(format_table(runs))
     if "ratio_value_to_second" in results:

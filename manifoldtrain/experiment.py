@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import json
 import os
 import warnings
 from collections.abc import Iterator
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from manifoldtrain._io import claim_output_folder, foreign_names, release_if_unused, write_text_atomic
+from manifoldtrain._io import claim_output_folder, foreign_names, release_if_unused
 from manifoldtrain._plain import first_difference
 from manifoldtrain._validation import dtype_from_name
 from manifoldtrain.config import ExperimentConfig, config_to_dict, save_config
@@ -22,7 +21,7 @@ from manifoldtrain.devices import check_device, device_argument  # re-exported: 
 from manifoldtrain.distributed import DistributedContext
 from manifoldtrain.evaluation import Metrics, evaluate
 from manifoldtrain.nn import build_model
-from manifoldtrain.records import command_line, machine_info  # re-exported: public here before
+from manifoldtrain.records import command_line, machine_info, write_json  # the first two re-exported: public here before
 from manifoldtrain.registry import MODELS, SOURCES
 from manifoldtrain.training import BEST_NAME, CHECKPOINT_NAME, METRICS_NAME, Trainer, load_checkpoint
 
@@ -275,7 +274,7 @@ def _run(config: ExperimentConfig, out_dir, ctx: DistributedContext, *, resume: 
     }
     if not main:
         return results
-    write_text_atomic(out / "results.json", json.dumps(results, indent=2) + "\n")
+    write_json(out / "results.json", results)
     if history.records:
         from manifoldtrain.plotting import plot_history
 

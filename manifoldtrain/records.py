@@ -8,11 +8,17 @@ For benchmarks and scripts as for the library's own runs:
 >>> command_line(["--quick"], "benchmarks/accuracy.py")  # doctest: +ELLIPSIS
 'python ...accuracy.py --quick'
 
-:func:`write_text_atomic` writes a results file so that a reader never sees half of it.
+:func:`write_text_atomic` writes a results file so that a reader never sees half of it;
+:func:`write_json` writes one as strict JSON:
+
+>>> print(strict_json({"rmse": float("nan"), "ratios": [2.5, float("inf")]}, indent=None), end="")
+{"rmse": null, "ratios": [2.5, null]}
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import platform
 import sys
@@ -22,7 +28,7 @@ import torch
 
 from manifoldtrain._io import write_text_atomic
 
-__all__ = ["machine_info", "command_line", "write_text_atomic"]
+__all__ = ["machine_info", "command_line", "write_text_atomic", "strict_json", "write_json"]
 
 
 def _git_commit() -> str | None:
@@ -65,3 +71,26 @@ def command_line(argv: list[str] | None = None, script: str | os.PathLike | None
     when one runs it in-process), for results files to say which command produced them."""
     script = sys.argv[0] if script is None else script
     return "python " + " ".join([os.path.relpath(script), *(sys.argv[1:] if argv is None else argv)])
+
+
+def _finite(value):
+    """``value`` with every NaN or infinite float (at any depth) replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def strict_json(value, *, indent: int | None = 2) -> str:
+    """``value`` as strict JSON text (RFC 8259), ending in a newline: NaN and infinities, which
+    Python's ``json`` writes as bare ``NaN`` and ``Infinity`` that other readers refuse, become
+    ``null`` (a number that could not be computed)."""
+    return json.dumps(_finite(value), indent=indent, allow_nan=False) + "\n"
+
+
+def write_json(path: str | os.PathLike, value) -> None:
+    """Write ``value`` to ``path`` as :func:`strict_json`, atomically (:func:`write_text_atomic`)."""
+    write_text_atomic(path, strict_json(value))

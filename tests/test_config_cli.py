@@ -600,3 +600,29 @@ def test_options_are_taken_only_as_written_in_full(capsys):
         for line in script.read_text().splitlines():
             if "argparse.ArgumentParser(" in line:
                 assert "allow_abbrev=False" in line, f"{script.name}: {line.strip()}"
+
+
+def test_results_files_are_strict_json(tmp_path, monkeypatch, capsys):
+    """A number that could not be computed is null, never Python's bare NaN or Infinity (which
+    strict JSON readers refuse): in results.json and in what train and evaluate print."""
+    import manifoldtrain.experiment as experiment
+    from manifoldtrain.records import strict_json
+
+    def strict(text):
+        return json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c} in {text[:200]}"))
+
+    assert strict(strict_json({"a": float("nan"), "b": [1.0, float("-inf")], "c": (2,)})) == {"a": None,
+                                                                                          "b": [1.0, None], "c": [2]}
+    monkeypatch.setattr(experiment, "machine_info", lambda *a, **k: {"load": float("nan"), "peak": float("inf")})
+    (tmp_path / "c.toml").write_text(TOML.replace("epochs = 3", "epochs = 1"))
+    assert main(["train", "--config", str(tmp_path / "c.toml"), "--out", str(tmp_path / "run")]) == 0
+    strict(capsys.readouterr().out)
+    assert strict((tmp_path / "run" / "results.json").read_text())["machine"] == {"load": None, "peak": None}
+    monkeypatch.setattr(experiment, "evaluate", lambda *a, **k: type("M", (), {"to_dict": lambda self: {
+        "rmse": float("nan")}})())
+    assert main(["generate", "cube", "--image-size", "9", "--extent", "0.5", "--sigma", "0.08", "--n", "4",
+                 "--seed", "9", "--out", str(tmp_path / "jets"), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(tmp_path / "run"), "--data", str(tmp_path / "jets"),
+                 "--json", str(tmp_path / "e.json")]) == 0
+    assert strict(capsys.readouterr().out) == {"rmse": None} == strict((tmp_path / "e.json").read_text())

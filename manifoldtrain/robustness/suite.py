@@ -35,7 +35,7 @@ from pathlib import Path
 import attrs
 import torch
 
-from manifoldtrain._io import claim_output_folder, write_text_atomic
+from manifoldtrain._io import claim_output_folder
 from manifoldtrain._plain import digest, first_difference
 from manifoldtrain._validation import attrs_validator, check_float, check_int, check_levels, dtype_from_name
 from manifoldtrain.data import JetDataset
@@ -43,6 +43,7 @@ from manifoldtrain.nn import check_hidden
 from manifoldtrain.objectives import (
     HessianOracleTerm, JacobianInvarianceTerm, NoiseInvarianceTerm, Objective, OracleTerm, ValueTerm,
 )
+from manifoldtrain.records import write_json
 from manifoldtrain.robustness.evaluation import adversarial_error, amplification, evaluate_robustness
 
 __all__ = ["OBJECTIVES", "SuiteObjective", "robustness_objective", "SuiteConfig", "run_suite", "evaluate_run",
@@ -324,7 +325,8 @@ def run_suite(out_dir: str | os.PathLike = "robustness", config: SuiteConfig | N
     the oracle). Each run keeps its folder under ``runs/`` (config, checkpoint, robustness_eval.json): a
     stopped suite resumes where it stopped.
     """
-    from manifoldtrain.experiment import machine_info, make_data, model_from_checkpoint, run_checkpoint, run_experiment
+    from manifoldtrain.experiment import make_data, model_from_checkpoint, run_checkpoint, run_experiment
+    from manifoldtrain.records import machine_info
     from manifoldtrain.plotting import plot_tradeoff, plot_worst_case
     from manifoldtrain.training import load_checkpoint
 
@@ -360,14 +362,14 @@ def run_suite(out_dir: str | os.PathLike = "robustness", config: SuiteConfig | N
             echo(f"  {label}: evaluating robustness ...")
             model = model_from_checkpoint(load_checkpoint(run_checkpoint(run_dir)))
             robust = _robustness(model, manifold, test, config)
-            write_text_atomic(cache, json.dumps({"key": key, "robustness": robust}, indent=2) + "\n")
+            write_json(cache, {"key": key, "robustness": robust})
         runs.append({"objective": name, "family": config.objective(name).family, "width": width, "strength": strength,
                      **robust,
                      "seconds": res["seconds"], "epochs": res["epochs"]})
         echo("  " + format_runs(runs[-1:]).splitlines()[-1])
     results = {"runs": runs, "summary": summarise(runs, config), "config": config.to_dict(),
                "total_seconds": time.perf_counter() - t0, "machine": machine_info()}
-    write_text_atomic(out / "results.json", json.dumps(results, indent=2) + "\n")
+    write_json(out / "results.json", results)
     plot_tradeoff(runs, out / "tradeoff.png", title=f"{config.manifold}: clean accuracy against worst-case amplification")
     # The worst case of the most and the least robust network, on the first test sample.
     by_amp = sorted(runs, key=lambda r: r["amplification"])
@@ -482,7 +484,7 @@ def evaluate_run(
     """
     from manifoldtrain.config import load_config
     from manifoldtrain.data import manifold_description
-    from manifoldtrain.experiment import make_data, model_from_checkpoint, run_checkpoint
+    from manifoldtrain.experiment import model_from_checkpoint, run_checkpoint
     from manifoldtrain.manifold import check_is_manifold
     from manifoldtrain.training import CHECKPOINT_NAME, load_checkpoint
 
