@@ -369,9 +369,16 @@ def test_phase_retrieval_benchmark_quick(tmp_path):
     mod = runpy.run_path(str(Path(__file__).parents[1] / "benchmarks" / "phase_retrieval.py"))
     results = mod["main"](["--quick", "--work", str(tmp_path / "prq")])
     methods = results["methods"]
-    assert set(methods) == {"value", "first", "second", "oracle-hessian", "hio-er + fit", "hio-er + fit + refine"}
-    for m in methods.values():
+    assert set(methods) == {"value", "first", "second", "oracle-hessian", "hio-er + fit", "hio-er + fit + refine",
+                            "direct fit", "cramer-rao bound"}
+    for name, m in methods.items():
         for label in ("clean", "noisy"):
-            assert m[label]["relative_rmse"] > 0 and m[label]["ms_per_pattern"] > 0
-    assert {"value_over_second_clean", "speedup_over_hio"} <= set(results["summary"])
+            if name == "cramer-rao bound":
+                assert m[label]["ms_per_pattern"] is None
+                assert (m[label]["relative_rmse"] > 0) == (label == "noisy")
+            else:
+                assert m[label]["relative_rmse"] > 0 and m[label]["ms_per_pattern"] > 0
+    assert {"value_over_second_clean", "speedup_over_hio", "speedup_over_fit", "best_network_over_fit_noisy",
+            "best_network_over_crb_noisy"} <= set(results["summary"])
+    assert methods["hio-er + fit"]["noisy"]["ms_per_pattern_hio"] > 0
     assert (tmp_path / "prq" / "results.json").exists()
