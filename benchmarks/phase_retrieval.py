@@ -31,8 +31,9 @@ Every method is timed on its own, batched over the patterns it is given, in floa
 CPU in this one process: networks, the fastest of 5 batched passes over the test set;
 classical methods, one batched call (HIO/ER, its object fit, the refinement and the direct fit
 each timed separately), wall-clock per pattern. Goals (issue 11, issue 24): derivative training
-5x more accurate than value training at equal budget; a network within 5x of the direct fit's
-accuracy on noisy data, and how much faster per pattern it is.
+5x more accurate than value training at equal budget; where the networks stand against the
+direct fit and the Cramer-Rao bound on noisy data (accuracy, time per pattern): the reviewer
+found the fit 4-5x more accurate, and the goal is to close that gap.
 
 Usage::
 
