@@ -1,12 +1,15 @@
-"""Classical baselines: Fienup's HIO/ER phase retrieval and a parametric fit, batched in torch.
+"""Classical baselines: Fienup's HIO/ER phase retrieval, parametric fits, and the Cramer-Rao bound.
 
 For :class:`~manifoldtrain.manifolds.PhaseRetrieval`: :func:`hio_er` recovers the complex
 object from the measured far-field magnitudes and the support (the object grid inside the
 zero-padded far-field grid); :func:`fit_parameters` fits the manifold's parametric object to a
 recovered object, modulo the trivial ambiguities (global phase, translation, twin);
 :func:`reconstruct` runs both on measurements in the manifold's input transform, the very
-inputs a network sees. Everything is vectorised over the batch and over random starts, on the
-device of the inputs.
+inputs a network sees. :func:`multistart_fit` skips the phase problem: a maximum-likelihood
+fit of the parameters straight to the photon counts from several starts drawn from the
+manifold's distribution, the strongest baseline here. :func:`fisher_information` and
+:func:`cramer_rao_bound` give the floor that no unbiased estimator beats under Poisson noise.
+Everything is vectorised over the batch and over random starts, on the device of the inputs.
 
 References: J. R. Fienup, "Phase retrieval algorithms: a comparison", Applied Optics 21 (1982)
 2758 (error reduction, hybrid input-output).
@@ -23,7 +26,20 @@ from torch.func import jacfwd, vmap
 from manifoldtrain._validation import attrs_validator, check_float, check_int, check_tensor
 from manifoldtrain.manifolds.phase_retrieval import PhaseRetrieval
 
-__all__ = ["HIOSettings", "FitSettings", "Reconstruction", "hio_er", "fit_parameters", "refine_parameters", "reconstruct"]
+__all__ = [
+    "HIOSettings",
+    "FitSettings",
+    "MultistartSettings",
+    "Reconstruction",
+    "hio_er",
+    "fit_parameters",
+    "refine_parameters",
+    "reconstruct",
+    "multistart_fit",
+    "poisson_deviance",
+    "fisher_information",
+    "cramer_rao_bound",
+]
 
 
 @attrs.frozen
@@ -403,3 +419,275 @@ def reconstruct(
     params = refine_parameters(manifold, inputs, fitted, refine)[0] if refine else fitted
     t3 = time.perf_counter()
     return Reconstruction(objects, err, params, residual, fitted, t1 - t0, t2 - t1, t3 - t2)
+
+
+# ---------------------------------------------------------------------------- direct fit to the counts
+
+
+def _check_dtype_setting(instance, attribute, value):
+    if value is not None and value not in ("float32", "float64"):
+        raise ValueError(f"{attribute.name}: expected None, 'float32' or 'float64', got {value!r}")
+
+
+@attrs.frozen
+class MultistartSettings:
+    """Settings of :func:`multistart_fit`.
+
+    Attributes
+    ----------
+    starts : int
+        Starting parameter vectors per pattern, drawn from the manifold's distribution
+        (:meth:`~manifoldtrain.manifolds.PhaseRetrieval.sample`; default 8).
+    iterations : int
+        Levenberg-Marquardt iterations, run on every start (default 30; 15 left one of 160
+        noisy draws of one test point with every start unconverged).
+    seed : int
+        Seeds the starts (a ``generator`` passed to :func:`multistart_fit` replaces it).
+    dtype : str or None
+        ``"float32"`` or ``"float64"``: the dtype of the fit; ``None`` (default) follows the
+        counts.
+    """
+
+    starts: int = attrs.field(default=8, validator=attrs_validator(check_int, minimum=1))
+    iterations: int = attrs.field(default=30, validator=attrs_validator(check_int, minimum=1))
+    seed: int = attrs.field(default=0, validator=attrs_validator(check_int, minimum=0))
+    dtype: str | None = attrs.field(default=None, validator=_check_dtype_setting)
+
+
+def _deviance_residual(mu: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Signed Poisson deviance residuals, elementwise: ``r`` with ``r^2 = 2 (k log(k/mu) - k + mu)``
+    and the sign of ``k - mu``, smooth in ``mu > 0`` (``k >= 0``).
+
+    Written as :math:`r = (k - \\mu) \\sqrt{2 q(t) / k}` with :math:`t = \\mu / k` and
+    :math:`q(t) = (t - 1 - \\log t) / (t - 1)^2` (a series near ``t = 1``), and
+    :math:`r = -\\sqrt{2 \\mu}` where ``k = 0``: no square root of zero, so forward-mode
+    derivatives stay finite.
+    """
+    zero = k <= 0
+    ks = torch.where(zero, torch.ones_like(k), k)
+    t = mu / ks
+    e = t - 1
+    near = e.abs() < 1e-2
+    es = torch.where(near, torch.ones_like(e), e)  # a safe e for the closed form
+    q_far = (es - torch.log1p(es)) / es**2
+    q_near = 0.5 - e / 3 + e**2 / 4 - e**3 / 5 + e**4 / 6
+    q = torch.where(near, q_near, q_far)
+    r = (ks - mu) * torch.sqrt(2 * q / ks)
+    return torch.where(zero, -torch.sqrt(2 * mu), r)
+
+
+def poisson_deviance(manifold: PhaseRetrieval, counts: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    """Poisson deviance of parameters against measured counts, summed over the measured pixels.
+
+    :math:`D(p) = 2 \\sum_\\text{pixels} [k \\log(k / \\mu(p)) - k + \\mu(p)]`, the negative
+    log-likelihood up to a constant (times 2); :func:`multistart_fit` minimises it.
+
+    Parameters
+    ----------
+    manifold : PhaseRetrieval
+    counts : Tensor
+        ``[n, M, M]`` photon counts ``k >= 0`` (Poisson draws, or expected counts).
+    params : Tensor
+        ``[n, d]``, any finite parameters.
+
+    Returns
+    -------
+    Tensor
+        ``[n]``.
+    """
+    manifold = _check_manifold(manifold)
+    counts = _check_counts(manifold, counts)
+    check_tensor("params", params, shape=(counts.shape[0], manifold.param_dim))
+    params = params.to(dtype=counts.dtype, device=counts.device)
+    mask = manifold.measured(counts.dtype, counts.device) > 0
+    mu = torch.where(mask, manifold.counts(params), torch.ones_like(counts))
+    r = _deviance_residual(mu.clamp_min(torch.finfo(counts.dtype).tiny), counts) * mask
+    return (r**2).sum(dim=(-2, -1))
+
+
+def _check_counts(manifold: PhaseRetrieval, counts: object) -> torch.Tensor:
+    check_tensor("counts", counts, shape=(None, *manifold.input_shape))
+    if bool((counts < 0).any()):
+        raise ValueError(f"counts: expected photon counts >= 0, found {int((counts < 0).sum())} negative entries "
+                         "(inputs in the manifold's transform? convert them with manifold.counts_from_input)")
+    return counts
+
+
+def multistart_fit(
+    manifold: PhaseRetrieval,
+    counts: torch.Tensor,
+    settings: MultistartSettings = MultistartSettings(),
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Maximum-likelihood fit of the parameters straight to the photon counts, from several starts.
+
+    No phase retrieval: the forward model (:meth:`~manifoldtrain.manifolds.PhaseRetrieval.counts`)
+    is fitted to the measured counts by batched Levenberg-Marquardt (Jacobians by
+    ``torch.func.jacfwd``) on the signed Poisson deviance residuals, from ``settings.starts``
+    parameter vectors per pattern drawn from the manifold's distribution, all patterns x starts
+    in one batch. Per pattern the start with the lowest **Poisson deviance**
+    (:func:`poisson_deviance`, the cost minimised) wins. Amplitudes are fitted through their
+    logarithms, so they stay positive; an answer that lands on the twin (``x_1 < 0``, the same
+    counts) is mapped to its twin, the canonical answer. Pixels behind the beam stop are
+    ignored.
+
+    Parameters
+    ----------
+    manifold : PhaseRetrieval
+    counts : Tensor
+        ``[n, M, M]`` photon counts (e.g. Poisson draws of
+        :meth:`~manifoldtrain.manifolds.PhaseRetrieval.counts`, or
+        ``manifold.counts_from_input(inputs)`` for inputs in the manifold's transform), float32
+        or float64. The fit runs on their device, in their dtype unless ``settings.dtype``.
+    settings : MultistartSettings
+    generator : torch.Generator, optional
+        Draws the starts (on its device; then moved to the counts'); default: a CPU generator
+        seeded with ``settings.seed``.
+
+    Returns
+    -------
+    params : Tensor
+        ``[n, d]``, in the fit's dtype, on the counts' device.
+    deviance : Tensor
+        ``[n]``, the winning start's Poisson deviance.
+
+    Raises
+    ------
+    TypeError, ValueError
+        A bad argument, naming it (``manifold``, ``counts``, ``settings``, ``generator``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from manifoldtrain.manifolds import PhaseRetrieval
+    >>> pr = PhaseRetrieval()
+    >>> p = pr.sample(2, torch.Generator().manual_seed(3), dtype=torch.float64)
+    >>> k = torch.poisson(pr.counts(p), generator=torch.Generator().manual_seed(0))
+    >>> est, dev = multistart_fit(pr, k, MultistartSettings(starts=4, iterations=30))
+    >>> est.shape, dev.shape
+    (torch.Size([2, 6]), torch.Size([2]))
+    """
+    manifold = _check_manifold(manifold)
+    counts = _check_counts(manifold, counts)
+    if not isinstance(settings, MultistartSettings):
+        raise TypeError(f"settings: expected MultistartSettings, got {type(settings).__name__}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator: expected a torch.Generator or None, got {type(generator).__name__}")
+    dtype = counts.dtype if settings.dtype is None else getattr(torch, settings.dtype)
+    device = counts.device
+    counts = counts.to(dtype)
+    n, S, d, K = counts.shape[0], settings.starts, manifold.param_dim, manifold.blobs
+    amp = slice(2 * K - 2, 3 * K - 2)
+    gen = generator if generator is not None else torch.Generator().manual_seed(settings.seed)
+    z = manifold.sample(n * S, gen, dtype=dtype).to(device)
+    z[:, amp] = z[:, amp].log()
+    mask = manifold.measured(dtype, device) > 0
+    tiny = torch.finfo(dtype).tiny
+
+    def params_of(zz: torch.Tensor) -> torch.Tensor:
+        return torch.cat([zz[..., : 2 * K - 2], torch.exp(zz[..., amp]), zz[..., 3 * K - 2 :]], dim=-1)
+
+    def residual(zz: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        mu = manifold._counts(params_of(zz)[None])[0]
+        mu = torch.where(mask, mu, torch.ones_like(mu)).clamp_min(tiny)
+        return (_deviance_residual(mu, k) * mask).reshape(-1)
+
+    data = counts.repeat_interleave(S, dim=0)  # [n S, M, M]
+    z, cost = _levenberg_marquardt(residual, z, data, settings.iterations)
+    cost = torch.where(torch.isfinite(cost), cost, torch.full_like(cost, float("inf"))).reshape(n, S)
+    best = cost.argmin(dim=1)
+    rows = torch.arange(n, device=device)
+    params = params_of(z.reshape(n, S, d)[rows, best]).clone()
+    flip = params[:, 0] < 0
+    if bool(flip.any()):
+        params[flip] = manifold.twin(params[flip])
+    return params, cost[rows, best]
+
+
+# ---------------------------------------------------------------------------- the Cramer-Rao bound
+
+
+def _with_photons(manifold: PhaseRetrieval, photons: float | None) -> PhaseRetrieval:
+    if photons is None:
+        return manifold
+    check_float("photons", photons, positive=True)
+    return attrs.evolve(manifold, photons=float(photons))
+
+
+def fisher_information(manifold: PhaseRetrieval, points: torch.Tensor, photons: float | None = None) -> torch.Tensor:
+    """Fisher information of the parameters in Poisson counts, from the manifold's exact jets.
+
+    With independent Poisson counts of means :math:`\\mu(p)` over the measured pixels,
+
+    .. math::
+        I_{ij}(p) = \\sum_\\text{pixels} \\frac{\\partial_i \\mu \\, \\partial_j \\mu}{\\mu}.
+
+    :math:`\\partial_i \\mu` comes from the first-order input jet
+    (:meth:`~manifoldtrain.manifolds.PhaseRetrieval.jets`, closed form) through the inverse of
+    the transform: :math:`\\partial_i \\mu = x_i (\\text{count\\_scale} + \\mu)` for ``"log"``,
+    :math:`x_i \\, \\text{photons} / M^2` for ``"linear"``. Pixels with :math:`\\mu = 0` (the
+    beam stop) carry no information and are left out.
+
+    Parameters
+    ----------
+    manifold : PhaseRetrieval
+    points : Tensor
+        ``[n, d]``, points of the domain (float64 advised: the sum spans many decades).
+    photons : float, optional
+        The expected photon count of the reference object; default the manifold's. The
+        information is proportional to it.
+
+    Returns
+    -------
+    Tensor
+        ``[n, d, d]``, in the points' dtype and device.
+    """
+    manifold = _with_photons(_check_manifold(manifold), photons)
+    manifold.check_points(points)
+    x = manifold.jets(points, order=1)[0]
+    mu = manifold.counts_from_input(x.value)  # [n, M, M]
+    if manifold.transform == "log":
+        dmu = x.d1 * (manifold.count_scale + mu)[:, None]
+    else:
+        dmu = x.d1 * (manifold.photons / manifold.grid_size**2)
+    keep = mu > 0
+    w = torch.where(keep, 1.0 / torch.where(keep, mu, torch.ones_like(mu)), torch.zeros_like(mu))
+    g = dmu.flatten(2)  # [n, d, P]
+    return torch.einsum("nip,njp->nij", g * w.flatten(1)[:, None], g)
+
+
+def cramer_rao_bound(manifold: PhaseRetrieval, points: torch.Tensor, photons: float | None = None) -> torch.Tensor:
+    """Cramer-Rao floor on each parameter's standard deviation under Poisson noise.
+
+    ``sqrt(diag(I^{-1}))`` with ``I`` the :func:`fisher_information`: no unbiased estimator of
+    the parameters from one measurement has a smaller standard deviation (an estimator is
+    efficient when it attains it; the maximum-likelihood fit :func:`multistart_fit` does so
+    asymptotically in the photon count). To turn it into the benchmark's relative error, divide
+    each parameter's floor by its spread (``benchmarks/phase_retrieval.py``).
+
+    Parameters
+    ----------
+    manifold : PhaseRetrieval
+    points : Tensor
+        ``[n, d]``, points of the domain.
+    photons : float, optional
+        As in :func:`fisher_information` (the floor scales as ``photons ** -0.5``).
+
+    Returns
+    -------
+    Tensor
+        ``[n, d]``, in the points' dtype and device.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from manifoldtrain.manifolds import PhaseRetrieval
+    >>> pr = PhaseRetrieval()
+    >>> p = pr.sample(3, torch.Generator().manual_seed(0), dtype=torch.float64)
+    >>> std = cramer_rao_bound(pr, p)
+    >>> std.shape, bool(torch.allclose(cramer_rao_bound(pr, p, photons=4e6), std / 2))
+    (torch.Size([3, 6]), True)
+    """
+    info = fisher_information(manifold, points, photons)
+    cov = torch.linalg.inv(info)
+    return torch.diagonal(cov, dim1=-2, dim2=-1).clamp_min(0).sqrt()
