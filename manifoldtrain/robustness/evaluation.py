@@ -188,7 +188,7 @@ def adversarial_error(
     passed a focal point of the manifold (scored against the nearer local minimum past the
     saddle, not certified to be the nearest point; kept, with a warning). Budgets above the
     manifold's smallest focal distance (:func:`~manifoldtrain.robustness.focal_distance`;
-    0.64-0.82 on the default cube) can reach such perturbations.
+    0.58-0.88 over 200 default-cube points) can reach such perturbations.
     """
     check_dataset("data", data, order=1)
     manifold = _check_manifold(manifold, data)

@@ -194,7 +194,8 @@ class SuiteConfig:
     invariance_strengths : tuple of float
         The sweep of noise levels (per input entry) of the invariance runs.
     oracle_strengths : tuple of float
-        Noise levels (per input entry) of the oracle terms.
+        Strengths of the oracle terms: a noise level per input entry for ``oracle-random``, the
+        L2 norm of the perturbation for ``oracle-hessian`` (see :mod:`manifoldtrain.objectives.robust`).
     noise_levels : tuple of float
         Evaluation noise levels (per input entry) of the noisy RMSE.
     budgets : tuple of float
