@@ -45,7 +45,7 @@ def main(argv=None) -> None:
     else:
         cube, n_train, n_test, hidden, seconds = Cube(), 1000, 100, (128, 128, 128), args.seconds
     train, test = generate_jets(cube, n_train + n_test, seed=0).split(n_test, seed=0)
-    strength = 0.03  # noise level per pixel that both robust terms train for
+    strength = 0.03  # Jacobian term: noise level per pixel; Hessian oracle term: the L2 norm of its perturbation
     objectives = {
         "invariance": Objective((ValueTerm(), JacobianInvarianceTerm(strength, directions=2))),
         "oracle": Objective((ValueTerm(), DerivativeTerm(1), DerivativeTerm(2, weight=0.03),

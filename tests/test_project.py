@@ -112,6 +112,16 @@ def test_cli_errors(argv, message, tmp_path, monkeypatch, capsys):
     assert not list(tmp_path.iterdir())  # nothing half-written
 
 
+@pytest.mark.parametrize("script", ["oracle_focal.py", "oracle_term_variance.py"])
+def test_oracle_benchmarks_quick(script, tmp_path):
+    import json
+
+    out = tmp_path / "out.json"
+    mod = runpy.run_path(str(ROOT / "benchmarks" / script))
+    assert mod["main"](["--quick", "--out", str(out)]) == 0
+    assert "--quick" in json.loads(out.read_text())["command"]
+
+
 def test_train_speed_benchmark_quick(tmp_path):
     out = tmp_path / "speed.json"
     mod = runpy.run_path(str(ROOT / "benchmarks" / "train_speed.py"))

@@ -30,8 +30,31 @@ of the same order: :math:`E\\lVert N(x + \\delta) - y \\rVert^2 = \\lVert e \\rV
 O(\\sigma^4)` (:math:`\\Delta N_i` the Laplacian of output :math:`i`), so the two agree to
 :math:`O(\\sigma^2)` only where the network fits (:math:`e \\approx 0`).
 
-``strength`` is :math:`\\sigma`, in input units per entry (the noise level of the evaluation
-protocol). Every term is divided by the variance of the training targets, like
+**Units of** ``strength``. For the random terms (noise, Jacobian, :class:`OracleTerm`)
+``strength`` is :math:`\\sigma`, a noise level per input entry (the noise level of the
+evaluation protocol): :math:`\\delta` has L2 norm about :math:`\\sigma \\sqrt{N}` (41
+:math:`\\sigma` on the 41x41 cube). For :class:`HessianOracleTerm` it is the **L2 norm** of
+:math:`\\delta = \\sigma v` itself, not a per-entry level. At equal ``strength`` the two
+oracle terms' means are :math:`\\sigma^2 \\lVert E \\rVert_F^2 / m` and
+:math:`\\sigma^2 \\lVert E \\rVert_2^2 / m` (one direction), which differ by
+:math:`\\lVert E \\rVert_F^2 / \\lVert E \\rVert_2^2`: 1.25-2.0 (median 1.5) on a random
+network, 1.0-1.4 on trained ones (:math:`E` has rank at most ``m`` and is dominated by its top
+direction).
+
+**Why random directions lose anyway** (they did, in ``docs/robustness.rst``): not their mean.
+In expectation the random term *is* the Frobenius penalty, which already weighs the worst
+direction with its full :math:`s_1^2`. The difference is the variance: per sample and
+direction, :math:`\\operatorname{Var} \\lVert E g \\rVert^2 = 2 \\sum_i s_i^4`, a relative
+standard deviation of about 1 (0.95 measured) when one singular value dominates; on a batch of
+32 cube samples the term's relative standard deviation is 0.18 with one direction, 0.093 with
+4, 0.048 with 16 (Gaussian theory: 0.18, 0.091, 0.046), against 0.023 for the Hessian-aligned
+term with one direction (its only randomness the subspace iteration's start; 0.0019 with 4).
+``python benchmarks/oracle_term_variance.py --out benchmarks/results/oracle_term_variance.json``
+(a random 1681-128-128-9 tanh network, float64). That the noise, rather than anything in
+expectation, is what costs the random term accuracy and robustness is our reading: the loss's
+variance is measured, its effect on training is not.
+
+Every term is divided by the variance of the training targets, like
 :class:`~manifoldtrain.objectives.ValueTerm`, so that weight 1 weighs it like the value loss.
 Costs per sample and step, in passes of the network (``benchmarks/train_speed.py`` measures them):
 noise ``k`` forward and backward passes; Jacobian and oracle ``k`` jet rows in the shared pass
@@ -166,6 +189,18 @@ class OracleTerm(_RobustTerm):
     with the second-order Taylor oracle (:class:`~manifoldtrain.robustness.LinearisedOracle`),
     for perturbations too large for the first order (``2k`` rows; needs jets of order 2).
 
+    The second-order oracle's range (against the exact oracle on the default cube, median over
+    32 samples): along tangent directions of relative size :math:`\\lVert \\delta \\rVert /
+    \\lVert x \\rVert` 0.05, 0.1, 0.2, 0.3, 0.5 it is 4.4x, 2.6x, 1.9x, 1.25x, 1.05x more
+    accurate than the first order (better on 97%, 88%, 78%, 69%, 53% of samples; worse on the
+    rest, which is where a sample at 0.2 can come out worse): it helps up to a relative size of
+    about 0.2 (L2 1.3 on the cube), and neither order sees past a focal point of the manifold
+    (L2 0.58-0.88 along the most curved normal). A Gaussian :math:`\\delta` of level
+    :math:`\\sigma` has relative size about :math:`41 \\sigma / \\lVert x \\rVert`, 0.2 at
+    :math:`\\sigma \\approx 0.03`, mostly normal to the manifold, where the second order adds
+    only the curvature term :math:`b`. ``python benchmarks/oracle_focal.py --out
+    benchmarks/results/oracle_focal.json``.
+
     Attributes
     ----------
     strength : float
@@ -219,7 +254,9 @@ class HessianOracleTerm(_RobustTerm):
     Attributes
     ----------
     strength : float
-        :math:`\\sigma` (> 0): the length of each perturbation is :math:`\\sigma`.
+        :math:`\\sigma` (> 0): the **L2 norm** of each perturbation, not a noise level per
+        input entry (a Gaussian perturbation of level :math:`\\sigma` per entry has norm
+        about :math:`\\sigma \\sqrt{N}`, 41 :math:`\\sigma` on the 41x41 cube).
     weight : float
     directions : int
         ``k``, the number of top directions.

@@ -18,10 +18,14 @@ from manifoldtrain.robustness.evaluation import (
     Amplification, Robustness, RobustnessMetrics, adversarial_error, amplification, evaluate_robustness, noisy_rmse,
 )
 from manifoldtrain.robustness.operator import ErrorOperator, SpectralNorm, detached, spectral_norm
-from manifoldtrain.robustness.oracle import LinearisedOracle, OracleError, OracleResult, exact_oracle, taylor_oracle
+from manifoldtrain.robustness.oracle import (
+    FocalDistance, LinearisedOracle, OracleError, OracleResult, exact_oracle, focal_distance, projection_hessian,
+    taylor_oracle,
+)
 
 __all__ = [
-    "LinearisedOracle", "taylor_oracle", "exact_oracle", "OracleResult", "OracleError",
+    "LinearisedOracle", "taylor_oracle", "exact_oracle", "OracleResult", "OracleError", "projection_hessian",
+    "focal_distance", "FocalDistance",
     "ErrorOperator", "SpectralNorm", "spectral_norm", "detached",
     "Amplification", "amplification", "noisy_rmse", "adversarial_error", "RobustnessMetrics", "evaluate_robustness",
     "Robustness",

@@ -116,10 +116,14 @@ def noisy_rmse(
 ) -> dict[float, dict[str, float]]:
     """RMSE on noisy inputs :math:`\\tilde x = x + s g` (``g`` standard normal per entry).
 
-    Returns, per level ``s``, ``{"oracle": ..., "clean": ..., "failed": k}``: the RMSE of
-    :math:`N(\\tilde x)` against the exact oracle :math:`O(\\tilde x)` and against the clean
-    target ``y``, and the number of samples where the exact oracle did not converge (left out
-    of both, with a warning; 0 normally).
+    Returns, per level ``s``, ``{"oracle": ..., "clean": ..., "failed": k, "focal": j}``: the
+    RMSE of :math:`N(\\tilde x)` against the exact oracle :math:`O(\\tilde x)` and against the
+    clean target ``y``, the number of samples where the exact oracle did not converge to a
+    minimum (left out of both, with a warning; 0 normally), and the number whose perturbation
+    passed a focal point of the manifold (the stationary point reached from the clean point
+    was a saddle, see :func:`~manifoldtrain.robustness.exact_oracle`): they are scored against
+    the nearer local minimum found past it, not certified to be the nearest point (kept, with
+    a warning; 0 at the default levels on the cube).
     """
     check_dataset("data", data)
     manifold = _check_manifold(manifold, data)
@@ -130,7 +134,7 @@ def noisy_rmse(
     for level in levels:
         g = torch.Generator().manual_seed(seed)
         sums = {"oracle": 0.0, "clean": 0.0}
-        count, failed = 0, 0
+        count, failed, focal = 0, 0, 0
         for b in _batches(data, batch_size):
             x = b.inputs.value
             noisy = x + level * torch.randn(x.shape, generator=g, dtype=torch.float64).to(x)
@@ -139,6 +143,7 @@ def noisy_rmse(
             if level > 0:
                 res = exact_oracle(manifold, b.points, noisy, strict=False, start_jet=b.inputs)
                 ok, target = res.converged, res.target
+                focal += int((ok & (res.escapes > 0)).sum())
             else:
                 ok, target = torch.ones(len(b), dtype=torch.bool, device=x.device), b.targets.value
             failed += int((~ok).sum())
@@ -148,7 +153,10 @@ def noisy_rmse(
         if failed:
             warnings.warn(f"noisy_rmse: the exact oracle did not converge for {failed} of {len(data)} samples at noise "
                           f"level {level:g}; they are left out", stacklevel=2)
-        out[level] = {k: math.sqrt(v / count) if count else float("nan") for k, v in sums.items()} | {"failed": failed}
+        if focal:
+            _warn_focal("noisy_rmse", focal, len(data), f"noise level {level:g}")
+        out[level] = {k: math.sqrt(v / count) if count else float("nan") for k, v in sums.items()} | {
+            "failed": failed, "focal": focal}
     return out
 
 
@@ -173,10 +181,14 @@ def adversarial_error(
     previous step's nearest point (one Gauss-Newton step per ascent step), and every kept
     perturbation is re-scored with the exact oracle started from the clean point. The best perturbation found per sample is kept.
 
-    Returns, per budget, ``{"rms": ..., "median": ..., "failed": k}``: the root mean square
-    over samples and outputs of the adversarial error (comparable with the test RMSE), the
-    median over samples of its norm, and the samples left out because the exact oracle did not
-    converge (with a warning).
+    Returns, per budget, ``{"rms": ..., "median": ..., "failed": k, "focal": j}``: the root
+    mean square over samples and outputs of the adversarial error (comparable with the test
+    RMSE), the median over samples of its norm, the samples left out because the exact oracle
+    did not converge to a minimum (with a warning), and the samples whose kept perturbation
+    passed a focal point of the manifold (scored against the nearer local minimum past the
+    saddle, not certified to be the nearest point; kept, with a warning). Budgets above the
+    manifold's smallest focal distance (:func:`~manifoldtrain.robustness.focal_distance`;
+    0.58-0.88 over 200 default-cube points) can reach such perturbations.
     """
     check_dataset("data", data, order=1)
     manifold = _check_manifold(manifold, data)
@@ -187,6 +199,7 @@ def adversarial_error(
     g = torch.Generator().manual_seed(seed)
     norms: dict[float, list[torch.Tensor]] = {b: [] for b in budgets}
     failed = {b: 0 for b in budgets}
+    focal = {b: 0 for b in budgets}
     m = math.prod(data.targets.shape)
     for b in _batches(data, batch_size):
         n, x, p = len(b), b.inputs.value, b.points
@@ -233,6 +246,7 @@ def adversarial_error(
                 size = flat(fn(x + best_delta) - final.target).double().norm(dim=1)
             ok = final.converged & (best >= 0)
             failed[eps] += int((~ok).sum())
+            focal[eps] += int((ok & (final.escapes > 0)).sum())
             norms[eps].append(size[ok].detach().cpu())
     out = {}
     for eps in budgets:
@@ -240,12 +254,24 @@ def adversarial_error(
         if failed[eps]:
             warnings.warn(f"adversarial_error: the exact oracle did not converge for {failed[eps]} of {len(data)} samples "
                           f"at budget {eps:g}; they are left out", stacklevel=2)
+        if focal[eps]:
+            _warn_focal("adversarial_error", focal[eps], len(data), f"budget {eps:g}")
         out[eps] = {
             "rms": math.sqrt(float(s.pow(2).mean()) / m) if len(s) else float("nan"),
             "median": float(s.median()) if len(s) else float("nan"),
             "failed": failed[eps],
+            "focal": focal[eps],
         }
     return out
+
+
+def _warn_focal(where: str, count: int, total: int, at: str) -> None:
+    warnings.warn(
+        f"{where}: at {at}, {count} of {total} perturbed inputs passed a focal point of the manifold (the stationary "
+        "point reached from the clean point was a saddle of the distance, not its minimum); they are scored against "
+        "the nearer local minimum found past it, which is not certified to be the nearest point of the manifold",
+        stacklevel=3,
+    )
 
 
 @attrs.frozen
@@ -266,10 +292,13 @@ class RobustnessMetrics:
     adversarial_error : dict
         L2 budget -> RMS adversarial error against the exact oracle.
     oracle_failures : int
-        Samples left out of a figure because the exact oracle did not converge (all levels and
-        budgets together; 0 normally).
+        Samples left out of a figure because the exact oracle did not converge to a minimum
+        (all levels and budgets together; 0 normally).
     n : int
         Samples.
+    oracle_focal : int
+        Samples of a figure whose perturbation passed a focal point of the manifold, scored
+        against the nearer local minimum past the saddle (all levels and budgets together).
     """
 
     test_rmse: float
@@ -281,6 +310,7 @@ class RobustnessMetrics:
     adversarial_error: dict
     oracle_failures: int
     n: int
+    oracle_focal: int = 0
 
     def to_dict(self) -> dict:
         """JSON-able (levels and budgets as string keys)."""
@@ -314,10 +344,11 @@ def evaluate_robustness(
     noisy = noisy_rmse(model, manifold, data, noise_levels, seed=seed, batch_size=batch_size)
     adv = adversarial_error(model, manifold, data, budgets, steps=steps, batch_size=batch_size, seed=seed)
     failures = sum(v["failed"] for v in noisy.values()) + sum(v["failed"] for v in adv.values())
+    focal = sum(v["focal"] for v in noisy.values()) + sum(v["focal"] for v in adv.values())
     return RobustnessMetrics(
         rmse, amp["amplification"], amp["invariance_part"], amp["sensitivity_part"],
         {k: v["oracle"] for k, v in noisy.items()}, {k: v["clean"] for k, v in noisy.items()},
-        {k: v["rms"] for k, v in adv.items()}, failures, len(data),
+        {k: v["rms"] for k, v in adv.items()}, failures, len(data), focal,
     )
 
 

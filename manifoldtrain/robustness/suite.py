@@ -194,7 +194,8 @@ class SuiteConfig:
     invariance_strengths : tuple of float
         The sweep of noise levels (per input entry) of the invariance runs.
     oracle_strengths : tuple of float
-        Noise levels (per input entry) of the oracle terms.
+        Strengths of the oracle terms: a noise level per input entry for ``oracle-random``, the
+        L2 norm of the perturbation for ``oracle-hessian`` (see :mod:`manifoldtrain.objectives.robust`).
     noise_levels : tuple of float
         Evaluation noise levels (per input entry) of the noisy RMSE.
     budgets : tuple of float
@@ -306,6 +307,7 @@ def _scores(model, manifold, test: JetDataset, *, noise_levels, budgets, eval_sa
     adv = adversarial_error(model, manifold, test.subset(slice(0, attack_samples)), budgets, steps=attack_steps, seed=seed)
     out["adversarial_error"] = {f"{k:g}": v["rms"] for k, v in adv.items()}
     out["oracle_failures"] += sum(v["failed"] for v in adv.values())
+    out["oracle_focal"] += sum(v["focal"] for v in adv.values())
     return out
 
 
@@ -320,7 +322,8 @@ def run_suite(out_dir: str | os.PathLike = "robustness", config: SuiteConfig | N
     ``results.json`` holds ``"runs"``: per run ``objective``, ``width``, ``strength`` (``None``
     for objectives without one), ``test_rmse``, ``amplification``, ``invariance_part``,
     ``sensitivity_part``, ``noisy_rmse`` and ``noisy_rmse_clean`` (noise level -> RMSE),
-    ``adversarial_error`` (budget -> RMS error), ``oracle_failures``, ``seconds``, ``epochs``;
+    ``adversarial_error`` (budget -> RMS error), ``oracle_failures``, ``oracle_focal`` (samples
+    scored past a focal point, see :func:`~manifoldtrain.robustness.adversarial_error`), ``seconds``, ``epochs``;
     and ``"summary"`` (:func:`summarise`: invariance against oracle runs, ratios > 1 favour
     the oracle). Each run keeps its folder under ``runs/`` (config, checkpoint, robustness_eval.json): a
     stopped suite resumes where it stopped.
