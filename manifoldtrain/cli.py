@@ -21,40 +21,76 @@ def _option_name(field_name: str) -> str:
     return "--" + field_name.replace("_", "-")
 
 
-def add_settings_arguments(parser: argparse.ArgumentParser, cls: type, group_title: str) -> None:
+def add_settings_arguments(parser: argparse.ArgumentParser, cls: type, group_title: str, *,
+                           prefix: str = "") -> dict[str, str]:
     """Add one ``--option`` per setting of a settings class (:func:`~manifoldtrain._settings.settings_of`:
     an attrs class's fields, or a plain class's keyword arguments) whose default is a number, a
-    string, a bool or a tuple of them (defaults: the class's own)."""
+    string, a bool or a tuple of them (defaults: the class's own).
+
+    With a ``prefix`` (e.g. ``"manifold"``), the values are kept apart from the command's own
+    options (read them with :func:`settings_from_arguments` and the same prefix), and a setting
+    whose ``--name`` the command already has is offered as ``--PREFIX-name`` instead.
+
+    Returns ``{setting: option}``, the options added (for :func:`settings_from_arguments`'s messages)."""
     settings = settings_of(cls)
+    options: dict[str, str] = {}
     if not settings:
-        return
+        return options
     group = parser.add_argument_group(group_title)
+
+    def add(name: str, **kwargs) -> None:
+        try:
+            group.add_argument(_option_name(name), **kwargs)
+            options[name] = _option_name(name)
+        except argparse.ArgumentError:  # the command has an option of that name already
+            if not prefix:
+                raise
+            group.add_argument(_option_name(f"{prefix}_{name}"), **kwargs)
+            options[name] = _option_name(f"{prefix}_{name}")
+
     for field in settings:
         default = field.default
+        dest = f"{prefix}__{field.name}" if prefix else field.name
         if isinstance(default, tuple) and default:
             # Tuples of floats are fixed-size settings (colours, angles) unless the field's
             # metadata says {"nargs": "+"}; tuples of ints or str are lists.
             kind = type(default[0])
-            group.add_argument(
-                _option_name(field.name), type=kind, nargs=field.metadata.get("nargs", len(default) if kind is float else "+"),
-                metavar="X", default=None, help=f"default: {' '.join(str(v) for v in default)}",
-            )
+            add(field.name, dest=dest, type=kind, nargs=field.metadata.get("nargs", len(default) if kind is float else "+"),
+                metavar="X", default=None, help=f"default: {' '.join(str(v) for v in default)}")
         elif isinstance(default, bool):
-            group.add_argument(_option_name(field.name), action=argparse.BooleanOptionalAction, default=None)
+            add(field.name, dest=dest, action=argparse.BooleanOptionalAction, default=None)
         elif isinstance(default, (int, float)) or field.annotation in ("float", "int", "float | None"):
-            group.add_argument(_option_name(field.name), type=type(default), default=None, help=f"default: {default:g}")
+            add(field.name, dest=dest, type=type(default), default=None, metavar=field.name.upper(),
+                help=f"default: {default:g}")
         elif isinstance(default, str):
-            group.add_argument(_option_name(field.name), default=None, help=f"default: {default}")
+            add(field.name, dest=dest, default=None, metavar=field.name.upper(), help=f"default: {default}")
+    return options
 
 
-def settings_from_arguments(cls: type, args: argparse.Namespace):
-    """Build ``cls`` from the options given on the command line (the others keep their defaults)."""
+def settings_from_arguments(cls: type, args: argparse.Namespace, *, prefix: str = "",
+                            options: dict[str, str] | None = None):
+    """Build ``cls`` from the options given on the command line (the others keep their defaults).
+    An error that names a setting (``sigma: expected ...``) names its option instead
+    (``--sigma: expected ...``; ``options``: :func:`add_settings_arguments`'s answer, where
+    an option is not named after its setting)."""
+    try:
+        return cls(**given_settings(cls, args, prefix=prefix))
+    except (TypeError, ValueError) as err:
+        name, sep, rest = str(err).partition(": ")
+        if not sep or not name.isidentifier() or name not in {s.name for s in settings_of(cls)}:
+            raise
+        raise type(err)(f"{(options or {}).get(name, _option_name(name))}: {rest}") from None
+
+
+def given_settings(cls: type, args: argparse.Namespace, *, prefix: str = "") -> dict:
+    """``{name: value}`` of the settings of ``cls`` given on the command line
+    (:func:`add_settings_arguments` with the same ``prefix``)."""
     given = {}
     for field in settings_of(cls):
-        value = getattr(args, field.name, None)
+        value = getattr(args, f"{prefix}__{field.name}" if prefix else field.name, None)
         if value is not None:
             given[field.name] = tuple(value) if isinstance(value, list) else value
-    return cls(**given)
+    return given
 
 
 def _plugin_manifolds(argv: Sequence[str]) -> dict[str, type]:
@@ -65,6 +101,27 @@ def _plugin_manifolds(argv: Sequence[str]) -> dict[str, type]:
         if token in ("show", "generate") and ":" in name and not name.startswith("-"):
             found[name] = MANIFOLDS.get(name)  # a clear error if it cannot be imported
     return found
+
+
+def _command_manifold(argv: Sequence[str]) -> type | None:
+    """The class of ``--manifold NAME`` (or ``--manifold=NAME``) of ``demo`` or ``robustness``,
+    whose settings become options of the command; None where none is given (the cube)."""
+    if not argv or argv[0] not in ("demo", "robustness"):
+        return None
+    for k, token in enumerate(argv):
+        if token == "--":
+            break
+        if token == "--manifold" and k + 1 < len(argv):
+            name = argv[k + 1]
+        elif token.startswith("--manifold="):
+            name = token.partition("=")[2]
+        else:
+            continue
+        try:
+            return MANIFOLDS.get(name)
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"--manifold: {str(err).removeprefix('kind: ')}") from None
+    return None
 
 
 def _add_compute_options(p: argparse.ArgumentParser, *, fit_threads: bool = True) -> None:
@@ -127,7 +184,7 @@ class ExactParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
 
-def _build_parser(plugins: dict[str, type] | None = None) -> argparse.ArgumentParser:
+def _build_parser(plugins: dict[str, type] | None = None, command_manifold: type | None = None) -> argparse.ArgumentParser:
     from manifoldtrain import __version__
 
     parser = ExactParser(
@@ -149,16 +206,17 @@ def _build_parser(plugins: dict[str, type] | None = None) -> argparse.ArgumentPa
         p.add_argument("--force", action="store_true", help="replace --out if it exists")
         add_settings_arguments(p, cls, f"{cls.__name__} settings")
         p.set_defaults(handler=_cmd_show, manifold_class=cls)
-    _add_demo(sub)
+    command_manifold = command_manifold or MANIFOLDS.get("cube")
+    _add_demo(sub, command_manifold)
     _add_generate(sub, manifolds)
     _add_train(sub)
     _add_evaluate(sub)
     _add_export(sub)
-    _add_robustness(sub)
+    _add_robustness(sub, command_manifold)
     return parser
 
 
-def _add_demo(sub) -> None:
+def _add_demo(sub, manifold: type) -> None:
     from manifoldtrain.demo import DemoConfig
 
     p = sub.add_parser("demo", help="train value, first- and second-order networks on a manifold (the cube) and compare")
@@ -167,7 +225,23 @@ def _add_demo(sub) -> None:
     p.add_argument("--quick", action="store_true", help="a tiny run for smoke tests (seconds, not minutes)")
     add_settings_arguments(p, DemoConfig, "demo settings")
     _add_compute_options(p, fit_threads=False)
+    _add_manifold_settings(p, manifold)
     p.set_defaults(handler=_cmd_demo)
+
+
+def _add_manifold_settings(p: argparse.ArgumentParser, manifold: type) -> None:
+    """The settings of the command's ``--manifold`` (the default's where it is not given) as options."""
+    options = add_settings_arguments(p, manifold, f"{manifold.__name__} settings (of --manifold)", prefix="manifold")
+    p.set_defaults(manifold_class=manifold, manifold_options=options)
+
+
+def _with_manifold_settings(config, args: argparse.Namespace):
+    """``config`` (a DemoConfig or SuiteConfig) with a manifold built from the settings given as
+    options, where any are; unchanged otherwise (the manifold named, with its defaults)."""
+    if not given_settings(args.manifold_class, args, prefix="manifold"):
+        return config
+    manifold = settings_from_arguments(args.manifold_class, args, prefix="manifold", options=args.manifold_options)
+    return attrs.evolve(config, manifold=manifold)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -181,7 +255,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                 setattr(args, name, value)
     from manifoldtrain._io import claim_output_folder, release_if_unused
 
-    config = settings_from_arguments(DemoConfig, args)
+    config = _with_manifold_settings(settings_from_arguments(DemoConfig, args), args)
     with release_if_unused(args.out):
         claim_output_folder(args.out, "demo", force=args.force, argument="--out")
         with using_device(device):  # the runs' models and training data; the data are drawn on the CPU
@@ -399,7 +473,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_robustness(sub) -> None:
+def _add_robustness(sub, manifold: type) -> None:
     from manifoldtrain.robustness.suite import SuiteConfig
 
     p = sub.add_parser(
@@ -427,6 +501,7 @@ def _add_robustness(sub) -> None:
         else:
             group.add_argument(_option_name(field.name), default=None, help=f"default: {default}")
     _add_compute_options(p)
+    _add_manifold_settings(p, manifold)
     p.set_defaults(handler=_cmd_robustness)
 
 
@@ -436,11 +511,9 @@ def _cmd_robustness(args: argparse.Namespace) -> int:
     from manifoldtrain.experiment import using_device
 
     device = _apply_compute_options(args)
-    try:
-        config = settings_from_arguments(SuiteConfig, args)
-    except (TypeError, ValueError) as err:  # the settings' names are options here: budgets -> --budgets
-        name, sep, rest = str(err).partition(": ")
-        raise type(err)(f"{_option_name(name)}: {rest}" if sep and name.isidentifier() else str(err)) from None
+    if args.run is not None:
+        _refuse_comparison_options(args)
+    config = _with_manifold_settings(settings_from_arguments(SuiteConfig, args), args)
     if args.run is None:
         if args.json is not None:
             raise ValueError("--json: only with --run (the comparison writes OUT/results.json)")
@@ -452,6 +525,25 @@ def _cmd_robustness(args: argparse.Namespace) -> int:
                 run_suite(args.out, config, force=args.force)
         return 0
     return _robustness_of_run(args, config, device)
+
+
+#: The settings of ``robustness`` that apply with ``--run`` (how the run is scored); the others
+#: describe the comparison's own runs.
+_SCORING_SETTINGS = ("noise_levels", "budgets", "eval_samples", "attack_samples", "attack_steps", "seed", "progress")
+
+
+def _refuse_comparison_options(args: argparse.Namespace) -> None:
+    """With ``--run``, refuse the options that only describe the comparison (the run's own
+    manifold, data and network are scored), rather than ignore them."""
+    from manifoldtrain.robustness.suite import SuiteConfig
+
+    given = [_option_name(f.name) for f in attrs.fields(SuiteConfig)
+             if f.name not in _SCORING_SETTINGS and getattr(args, f.name, None) is not None]
+    given += [args.manifold_options[name] for name in given_settings(args.manifold_class, args, prefix="manifold")]
+    if given:
+        raise ValueError(f"{', '.join(given)}: only without --run: they set up the comparison's own runs, while --run "
+                         f"scores {args.run} on its own manifold, data and network (with --run, these apply: "
+                         f"{', '.join(_option_name(n) for n in _SCORING_SETTINGS)})")
 
 
 def _robustness_of_run(args: argparse.Namespace, config, device) -> int:
@@ -540,10 +632,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     _current_folder_importable()
     try:
         plugins = _plugin_manifolds(argv)
+        command_manifold = _command_manifold(argv)
     except (TypeError, ValueError) as err:
-        print(f"manifoldtrain: error: {err}", file=sys.stderr)
+        command = f" {argv[0]}" if argv and argv[0] in ("demo", "robustness") else ""
+        print(f"manifoldtrain{command}: error: {err}", file=sys.stderr)
         return 2
-    parser = _build_parser(plugins)
+    parser = _build_parser(plugins, command_manifold)
     if argv[:1] in (["generate"], ["show"]) and len(argv) > 1 and argv[1].startswith("-") and argv[1] not in (
             "-h", "--help"):  # argparse would take the option's value for the manifold's name
         names = ", ".join(sorted(MANIFOLDS.names) + sorted(plugins or {}))

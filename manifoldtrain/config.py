@@ -52,14 +52,14 @@ from pathlib import Path
 import attrs
 
 from manifoldtrain._io import write_text_atomic
-from manifoldtrain._settings import setting_values, settings_of
+from manifoldtrain._settings import settings_of
 from manifoldtrain._validation import attrs_validator, check_int, dtype_from_name
 from manifoldtrain.manifold import Manifold
 from manifoldtrain.manifolds import Cube
 from manifoldtrain.nn import MLPConfig, ModelConfig, check_model_config
 from manifoldtrain.data.sources import MODES
 from manifoldtrain.objectives import Objective
-from manifoldtrain.registry import MANIFOLDS, MODELS, TERMS, Registry
+from manifoldtrain.registry import MANIFOLDS, MODELS, TERMS, Registry, settings_table
 from manifoldtrain.training import TrainConfig
 
 __all__ = ["DataConfig", "ExperimentConfig", "load_config", "config_from_dict", "config_to_dict", "save_config"]
@@ -341,28 +341,17 @@ def load_config(path: str | os.PathLike) -> ExperimentConfig:
     return config_from_dict(data)
 
 
-def _table(instance, registry: Registry | None = None) -> dict:
-    out = {}
-    if registry is not None:
-        out["kind"] = registry.name_of(instance)
-    for name, v in setting_values(instance).items():
-        if v is None:
-            continue  # TOML has no null: a missing key means the default (None)
-        out[name] = list(v) if isinstance(v, tuple) else v
-    return out
-
-
 def config_to_dict(config: ExperimentConfig) -> dict:
     """The config as nested plain dicts (what :func:`config_from_dict` reads)."""
     out = {"model_seed": config.model_seed}
     if config.device is not None:  # TOML has no null: no key means no device
         out["device"] = config.device
     return out | {
-        "manifold": _table(config.manifold, MANIFOLDS),
-        "data": _table(config.data),
-        "model": _table(config.model, MODELS),
-        "objective": {"terms": [_table(t, TERMS) for t in config.objective.terms]},
-        "train": _table(config.train),
+        "manifold": settings_table(config.manifold, MANIFOLDS),
+        "data": settings_table(config.data),
+        "model": settings_table(config.model, MODELS),
+        "objective": {"terms": [settings_table(t, TERMS) for t in config.objective.terms]},
+        "train": settings_table(config.train),
     }
 
 

@@ -14,7 +14,8 @@ from manifoldtrain._threads import busy as _busy, load_average as _load_average,
 from manifoldtrain._validation import attrs_validator, check_float, check_int
 from manifoldtrain.config import DataConfig, ExperimentConfig
 from manifoldtrain.experiment import make_data, run_experiment
-from manifoldtrain.registry import MANIFOLDS
+from manifoldtrain.manifold import Manifold
+from manifoldtrain.registry import check_manifold_setting, manifold_label, manifold_of, manifold_table
 from manifoldtrain.nn import MLPConfig, check_hidden
 from manifoldtrain.objectives import Objective
 from manifoldtrain.records import machine_info, write_json
@@ -28,10 +29,7 @@ OBJECTIVES = {"value": Objective.value(), "first": Objective.first_order(), "sec
 
 
 def _check_manifold(instance, attribute, value):
-    try:
-        MANIFOLDS.get(value)
-    except (TypeError, ValueError) as err:
-        raise type(err)(f"{attribute.name}: {err}") from None
+    check_manifold_setting(value, attribute.name)
 
 
 def _check_objectives(instance, attribute, value):
@@ -57,9 +55,11 @@ class DemoConfig:
         Seeds the data, the initial weights and the batch order.
     objectives : tuple of str
         Which of ``value``, ``first``, ``second`` to train.
-    manifold : str
-        The manifold, with its default settings: a registered name (``"cube"``) or
-        ``"package.module:ClassName"`` of your own (:mod:`manifoldtrain.registry`).
+    manifold : str or Manifold
+        The manifold: a registered name (``"cube"``) or ``"package.module:ClassName"`` of your
+        own (:mod:`manifoldtrain.registry`), with its default settings, or a
+        :class:`~manifoldtrain.Manifold` instance with settings of your choice
+        (``manifoldtrain demo --manifold NAME --SETTING VALUE`` builds one).
     """
 
     n_train: int = attrs.field(default=1000, validator=attrs_validator(check_int, minimum=2))
@@ -70,13 +70,13 @@ class DemoConfig:
     learning_rate: float = attrs.field(default=1e-3, validator=attrs_validator(check_float, positive=True))
     seed: int = attrs.field(default=0, validator=attrs_validator(check_int, minimum=0))
     objectives: tuple[str, ...] = attrs.field(default=("value", "first", "second"), converter=tuple, validator=_check_objectives)
-    manifold: str = attrs.field(default="cube", validator=_check_manifold)
+    manifold: str | Manifold = attrs.field(default="cube", validator=_check_manifold)
     progress: bool = True
 
     def experiment(self, objective: str) -> ExperimentConfig:
         """The run of one objective."""
         return ExperimentConfig(
-            manifold=MANIFOLDS.get(self.manifold)(),
+            manifold=manifold_of(self.manifold),
             data=DataConfig(n_train=self.n_train, n_test=self.n_test, seed=self.seed, split_seed=self.seed),
             model=MLPConfig(hidden=self.hidden, activation="tanh"),
             objective=OBJECTIVES[objective],
@@ -142,7 +142,7 @@ def run_demo(out_dir: str | os.PathLike = "demo", config: DemoConfig = DemoConfi
 def _run_demo(out: Path, config: DemoConfig, echo, busy: str | None, load: float | None, cpus: int | None) -> dict:
     """:func:`run_demo` in ``out``, claimed, with the busy-machine note (or None) said."""
     t0 = time.perf_counter()
-    echo(f"manifoldtrain demo: {config.manifold}, {config.n_train} training / {config.n_test} test samples, "
+    echo(f"manifoldtrain demo: {manifold_label(config.manifold)}, {config.n_train} training / {config.n_test} test samples, "
          f"MLP {list(config.hidden)} tanh, {config.seconds_per_run:g} s per objective -> {out}")
     # One data set for every run, of the highest order any of them needs.
     richest = max(config.objectives, key=lambda name: OBJECTIVES[name].max_order)
@@ -166,7 +166,7 @@ def _run_demo(out: Path, config: DemoConfig, echo, busy: str | None, load: float
     by = {r["objective"]: r for r in runs}
     results = {
         "runs": runs,
-        "config": attrs.asdict(config),
+        "config": attrs.asdict(config, recurse=False) | {"manifold": manifold_table(config.manifold)},
         "total_seconds": time.perf_counter() - t0,
         "machine": dict(machine_info(), cpus=cpus, load_average_before=load, load_average_after=_load_average(),
                         torch_threads=torch.get_num_threads()),
@@ -240,7 +240,7 @@ def plot_report(runs, histories, train, test, out: Path, config: DemoConfig) -> 
     ax_curve.legend(fontsize=9)
     ax_hist.legend(fontsize=9)
     fig.suptitle(
-        f"{config.manifold}: {config.n_train} training / {config.n_test} test samples, MLP {list(config.hidden)} tanh, "
+        f"{manifold_label(config.manifold)}: {config.n_train} training / {config.n_test} test samples, MLP {list(config.hidden)} tanh, "
         f"{config.seconds_per_run:g} s per objective"
     )
     path = out / "report.png"

@@ -626,3 +626,51 @@ def test_results_files_are_strict_json(tmp_path, monkeypatch, capsys):
     assert main(["evaluate", "--run", str(tmp_path / "run"), "--data", str(tmp_path / "jets"),
                  "--json", str(tmp_path / "e.json")]) == 0
     assert strict(capsys.readouterr().out) == {"rmse": None} == strict((tmp_path / "e.json").read_text())
+
+
+def test_demo_takes_the_settings_of_its_manifold(tmp_path, capsys):
+    """``demo --manifold NAME --SETTING V``: the manifold's settings are options of the command
+    (issue 25: ``demo`` took none), recorded in results.json and said in the first line."""
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out), "--no-progress", "--objectives", "value", "--manifold", "cube",
+                 "--image-size", "9", "--sigma", "0.08", "--n-train", "16", "--n-test", "8",
+                 "--seconds-per-run", "0.5"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["manifold"]["kind"] == "cube"
+    assert results["config"]["manifold"]["image_size"] == 9 and results["config"]["manifold"]["sigma"] == 0.08
+    assert "cube (image_size=9, sigma=0.08)" in capsys.readouterr().out
+    # A bad setting is named by its option, before any work.
+    with pytest.raises(SystemExit) as stop:
+        main(["demo", "--out", str(tmp_path / "bad"), "--sigma", "-1"])
+    assert stop.value.code == 2 and "--sigma: expected a number > 0" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+    assert main(["demo", "--out", str(tmp_path / "bad"), "--manifold", "no_such_module:Blob"]) == 2
+    assert "manifoldtrain demo: error: --manifold: cannot import module 'no_such_module'" in capsys.readouterr().err
+
+
+def test_robustness_offers_the_manifolds_settings_and_renames_clashes(capsys):
+    """Phase retrieval has a setting ``widths``, as the comparison has: the manifold's is offered
+    as ``--manifold-widths``, so neither hides the other."""
+    with pytest.raises(SystemExit):
+        main(["robustness", "--manifold", "phase-retrieval", "--help"])
+    text = capsys.readouterr().out
+    assert "--manifold-widths" in text and "--widths" in text and "--photons" in text
+    from manifoldtrain.manifolds import Cube
+    from manifoldtrain.robustness.suite import SuiteConfig
+
+    config = SuiteConfig(manifold=Cube(sigma=0.05), widths=(8,))
+    assert config.experiment("value", 8, None).manifold == Cube(sigma=0.05)
+    assert json.loads(json.dumps(config.to_dict()))["manifold"]["sigma"] == 0.05
+    with pytest.raises(TypeError, match="manifold: expected a manifold's name"):
+        SuiteConfig(manifold=3)
+
+
+def test_robustness_of_a_run_refuses_the_comparisons_options(tmp_path, capsys):
+    """``robustness --run`` scores the run's own manifold, data and network: the options that set
+    up the comparison's runs are refused by name, not ignored (issue 25)."""
+    with pytest.raises(SystemExit) as stop:
+        main(["robustness", "--run", str(tmp_path), "--manifold", "cube", "--n-train", "50", "--widths", "8",
+              "--sigma", "0.05"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2
+    assert "--manifold, --n-train, --widths, --sigma: only without --run" in err and "--budgets" in err

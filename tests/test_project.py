@@ -95,7 +95,7 @@ def test_console_script_is_installed(tmp_path):
     "argv, message",
     [
         (["show", "cube", "--out", "x.png", "--sigma", "-1"], "sigma: expected a number > 0"),
-        (["show", "cube", "--out", "x.png", "--image-size", "1"], "image_size: expected an int >= 2"),
+        (["show", "cube", "--out", "x.png", "--image-size", "1"], "--image-size: expected an int >= 2"),
         (["show", "cube", "--out", "x.png", "--seed", "-2"], "seed"),
         (["show", "cube", "--out", "x.png", "--blur", "2"], "unrecognized arguments: --blur"),
         (["show", "cube"], "--out"),

@@ -307,18 +307,18 @@ CASES: list[Case] = [
     Case(
         "show-image-size-zero", "CLI",
         "show cube --image-size 0 --out s.png",
-        "image_size: expected an int >= 2, got 0",
+        "--image-size: expected an int >= 2, got 0",
         "CLEAR",
-        cli(["show", "cube", "--out", "{tmp}/s.png", "--image-size", "0"], r"image_size: expected an int >= 2"),
+        cli(["show", "cube", "--out", "{tmp}/s.png", "--image-size", "0"], r"--image-size: expected an int >= 2"),
     ),
     Case("show-image-size-text", "CLI", "show cube --image-size big --out s.png",
          "argument --image-size: invalid int value: 'big'", "CLEAR",
          cli(["show", "cube", "--out", "{tmp}/s.png", "--image-size", "big"], r"--image-size: invalid int value")),
     # --- generate
     Case("pr-grid-too-small", "CLI", "show phase-retrieval --grid-size 24 --out s.png",
-         "grid_size: expected at least twice object_size = 32 (the far field must oversample the object by 2 or more "
+         "--grid-size: expected at least twice object_size = 32 (the far field must oversample the object by 2 or more "
          "for the intensity to determine it), got 24", "CLEAR",
-         cli(["show", "phase-retrieval", "--grid-size", "24", "--out", "{tmp}/s.png"], r"grid_size: expected at least twice")),
+         cli(["show", "phase-retrieval", "--grid-size", "24", "--out", "{tmp}/s.png"], r"--grid-size: expected at least twice")),
     Case("pr-photons-negative", "CLI", "generate phase-retrieval --photons=-1e5 --n 4 --out j",
          "photons: expected a number > 0, got -100000.0", "CLEAR",
          cli(["generate", "phase-retrieval", "--photons=-1e5", "--n", "4", "--out", "{tmp}/j"], r"photons: expected a number > 0")),
@@ -639,16 +639,16 @@ CASES: list[Case] = [
     Case(
         "demo-seconds-negative", "CLI",
         "demo --seconds-per-run -1",
-        "seconds_per_run: expected a number > 0, got -1.0",
+        "--seconds-per-run: expected a number > 0, got -1.0",
         "CLEAR",
-        cli(["demo", "--seconds-per-run", "-1", "--out", "{tmp}/d"], r"seconds_per_run"),
+        cli(["demo", "--seconds-per-run", "-1", "--out", "{tmp}/d"], r"--seconds-per-run: expected a number > 0"),
     ),
     Case(
         "demo-seconds-nan", "CLI",
         "demo --seconds-per-run nan",
-        "seconds_per_run: expected a finite number, got nan",
+        "--seconds-per-run: expected a finite number, got nan",
         "CLEAR",
-        cli(["demo", "--seconds-per-run", "nan", "--out", "{tmp}/d"], r"seconds_per_run"),
+        cli(["demo", "--seconds-per-run", "nan", "--out", "{tmp}/d"], r"--seconds-per-run: expected a finite"),
     ),
     Case(
         "demo-objective-unknown", "CLI",
@@ -1053,6 +1053,31 @@ CASES: list[Case] = [
         "ValueError: strength: expected a finite number, got nan",
         "CLEAR",
         api(lambda w: NoiseInvarianceTerm(strength=math.nan), ValueError, r"strength"),
+    ),
+    # --- issue 25: manifold settings on demo and robustness ---
+    Case(
+        "robustness-run-comparison-options", "CLI",
+        "robustness --run r --n-train 50 --widths 8 --sigma 0.05",
+        "--n-train, --widths, --sigma: only without --run: they set up the comparison's own runs, while --run "
+        "scores r on its own manifold, data and network (with --run, these apply: --noise-levels, ...)",
+        "CLEAR",
+        cli(["robustness", "--run", "{run}", "--n-train", "50", "--widths", "8", "--sigma", "0.05"],
+            r"--n-train, --widths, --sigma: only without --run"),
+    ),
+    Case(
+        "demo-manifold-setting", "CLI",
+        "demo --manifold cube --sigma -1 --out d",
+        "manifoldtrain demo: error: --sigma: expected a number > 0, got -1.0",
+        "CLEAR",
+        cli(["demo", "--manifold", "cube", "--sigma", "-1", "--out", "{tmp}/d"], r"demo: error: --sigma: expected a number > 0"),
+    ),
+    Case(
+        "robustness-manifold-unknown", "CLI",
+        "robustness --manifold nope:Blob --out r",
+        "manifoldtrain robustness: error: --manifold: cannot import module 'nope' for manifold 'nope:Blob' "
+        "(No module named 'nope'); the command line looks in the current folder and on PYTHONPATH (...)",
+        "CLEAR",
+        cli(["robustness", "--manifold", "nope:Blob", "--out", "{tmp}/r"], r"robustness: error: --manifold: cannot import"),
     ),
 ]
 

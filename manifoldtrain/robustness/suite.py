@@ -44,6 +44,8 @@ from manifoldtrain.objectives import (
     HessianOracleTerm, JacobianInvarianceTerm, NoiseInvarianceTerm, Objective, OracleTerm, ValueTerm,
 )
 from manifoldtrain.records import write_json
+from manifoldtrain.manifold import Manifold
+from manifoldtrain.registry import check_manifold_setting, manifold_label, manifold_of, manifold_table
 from manifoldtrain.robustness.evaluation import adversarial_error, amplification, evaluate_robustness
 
 __all__ = ["OBJECTIVES", "SuiteObjective", "robustness_objective", "SuiteConfig", "run_suite", "evaluate_run",
@@ -178,8 +180,10 @@ class SuiteConfig:
 
     Attributes
     ----------
-    manifold : str
-        A registered manifold name or ``"package.module:ClassName"``, with default settings.
+    manifold : str or Manifold
+        A registered manifold name or ``"package.module:ClassName"``, with its default
+        settings, or a :class:`~manifoldtrain.Manifold` instance with settings of your choice
+        (``manifoldtrain robustness --manifold NAME --SETTING VALUE`` builds one).
     n_train, n_test : int
         Training samples (shared by every run) and test samples (robustness figures are
         computed on the first ``eval_samples`` of them).
@@ -210,7 +214,7 @@ class SuiteConfig:
     progress : bool
     """
 
-    manifold: str = "cube"
+    manifold: str | Manifold = attrs.field(default="cube", validator=lambda _, a, v: check_manifold_setting(v, a.name))
     n_train: int = attrs.field(default=1000, validator=attrs_validator(check_int, minimum=2))
     n_test: int = attrs.field(default=200, validator=attrs_validator(check_int, minimum=1))
     widths: tuple[int, ...] = attrs.field(default=(128,), converter=tuple, validator=check_hidden)
@@ -234,14 +238,6 @@ class SuiteConfig:
     dtype: str = attrs.field(default="float32", validator=attrs_validator(dtype_from_name))
     progress: bool = True
 
-    def __attrs_post_init__(self):
-        from manifoldtrain.registry import MANIFOLDS
-
-        try:
-            MANIFOLDS.get(self.manifold)
-        except (TypeError, ValueError) as err:
-            raise type(err)(f"manifold: {err}") from None
-
     def objective(self, name: str) -> SuiteObjective:
         """The :class:`SuiteObjective` of this config called ``name``."""
         for candidate in map(_resolve, self.objectives):
@@ -260,6 +256,7 @@ class SuiteConfig:
         """The settings as JSON-able data: objectives of :data:`OBJECTIVES` by name, one's own as
         ``{"name", "family", "build"}`` (the builder by ``module:qualname``)."""
         out = attrs.asdict(self, recurse=False)
+        out["manifold"] = manifold_table(self.manifold)
         out["objectives"] = [v if isinstance(v, str) else {"name": v.name, "family": v.family, "build": _describe(v.build)}
                              for v in self.objectives]
         return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
@@ -268,11 +265,10 @@ class SuiteConfig:
         """The :class:`~manifoldtrain.config.ExperimentConfig` of one run."""
         from manifoldtrain.config import DataConfig, ExperimentConfig
         from manifoldtrain.nn import MLPConfig
-        from manifoldtrain.registry import MANIFOLDS
         from manifoldtrain.training import TrainConfig
 
         return ExperimentConfig(
-            manifold=MANIFOLDS.get(self.manifold)(),
+            manifold=manifold_of(self.manifold),
             data=DataConfig(n_train=self.n_train, n_test=self.n_test, test_order=2, seed=self.seed,
                             split_seed=self.seed, dtype=self.dtype),
             model=MLPConfig(hidden=(width,) * self.depth, activation="tanh"),
@@ -339,7 +335,7 @@ def run_suite(out_dir: str | os.PathLike = "robustness", config: SuiteConfig | N
     out = claim_output_folder(out_dir, "robustness", force=force, argument="out_dir")
     t0 = time.perf_counter()
     plan = config.runs()
-    echo(f"manifoldtrain robustness: {config.manifold}, {config.n_train} training samples, widths {list(config.widths)}, "
+    echo(f"manifoldtrain robustness: {manifold_label(config.manifold)}, {config.n_train} training samples, widths {list(config.widths)}, "
          f"{len(plan)} runs of {config.seconds_per_run:g} s -> {out}")
     first = config.experiment(*plan[0])
     train, test = make_data(first, progress=config.progress)
@@ -373,7 +369,7 @@ def run_suite(out_dir: str | os.PathLike = "robustness", config: SuiteConfig | N
     results = {"runs": runs, "summary": summarise(runs, config), "config": config.to_dict(),
                "total_seconds": time.perf_counter() - t0, "machine": machine_info()}
     write_json(out / "results.json", results)
-    plot_tradeoff(runs, out / "tradeoff.png", title=f"{config.manifold}: clean accuracy against worst-case amplification")
+    plot_tradeoff(runs, out / "tradeoff.png", title=f"{manifold_label(config.manifold)}: clean accuracy against worst-case amplification")
     # The worst case of the most and the least robust network, on the first test sample.
     by_amp = sorted(runs, key=lambda r: r["amplification"])
     panels = []
