@@ -463,7 +463,7 @@ def _cmd_robustness(args: argparse.Namespace) -> int:
 
 
 def _robustness_of_run(args: argparse.Namespace, config, device) -> int:
-    from manifoldtrain._io import write_text_atomic
+    from manifoldtrain._io import LOCK, locked, write_text_atomic
     from manifoldtrain.plotting import plot_worst_case
     from manifoldtrain.robustness.suite import evaluate_run
 
@@ -471,21 +471,23 @@ def _robustness_of_run(args: argparse.Namespace, config, device) -> int:
     if args.json is not None:
         _check_output_file("--json", args.json, "a JSON file", force=args.force)
         _check_json_not_input(args.json, {"--run": args.run}, outputs=("robustness.json",))
-    try:
-        report = evaluate_run(run, noise_levels=config.noise_levels, budgets=config.budgets,
-                              eval_samples=config.eval_samples, attack_samples=config.attack_samples,
-                              attack_steps=config.attack_steps, seed=config.seed, progress=config.progress,
-                              device=device)
-    except (FileNotFoundError, ValueError) as err:
-        raise type(err)(f"--run {args.run}: {err}") from None
-    worst = report.pop("worst_case")
-    text = strict_json(report)
-    print(text, end="")
-    write_text_atomic(run / "robustness.json", text)
-    budget = max(config.budgets) if config.budgets else 1.0
-    plot_worst_case(worst["input"], [(run.name, worst["amplification"], worst["direction"])], budget, run / "worst_case.png")
-    if args.json is not None:
-        write_text_atomic(args.json, text)
+    # It writes into the run folder: not while another command (a train resuming there) works in it.
+    with locked(run / LOCK, "--run", args.run) if run.is_dir() else contextlib.nullcontext():
+        try:
+            report = evaluate_run(run, noise_levels=config.noise_levels, budgets=config.budgets,
+                                  eval_samples=config.eval_samples, attack_samples=config.attack_samples,
+                                  attack_steps=config.attack_steps, seed=config.seed, progress=config.progress,
+                                  device=device)
+        except (FileNotFoundError, ValueError) as err:
+            raise type(err)(f"--run {args.run}: {err}") from None
+        worst = report.pop("worst_case")
+        text = strict_json(report)
+        print(text, end="")
+        write_text_atomic(run / "robustness.json", text)
+        budget = max(config.budgets) if config.budgets else 1.0
+        plot_worst_case(worst["input"], [(run.name, worst["amplification"], worst["direction"])], budget, run / "worst_case.png")
+        if args.json is not None:
+            write_text_atomic(args.json, text)
     print(f"wrote {run / 'robustness.json'} and {run / 'worst_case.png'}" + (f" and {args.json}" if args.json else ""))
     return 0
 

@@ -21,7 +21,8 @@ from manifoldtrain.data import JetDataset, manifold_description
 from manifoldtrain.data.sources import DataRequest, DataSource
 from manifoldtrain.devices import check_device, device_argument  # re-exported: public here before
 from manifoldtrain.distributed import DistributedContext
-from manifoldtrain.evaluation import Metrics, evaluate
+from manifoldtrain.evaluation import JetRMSE, Metrics, evaluate
+from manifoldtrain.network_jets import network_jet
 from manifoldtrain.nn import build_model
 from manifoldtrain.records import command_line, machine_info, write_json  # the first two re-exported: public here before
 from manifoldtrain.registry import MODELS, SOURCES
@@ -178,8 +179,18 @@ def _recover_previous(out: Path) -> Path:
         os.replace(previous / name, out / name)
     shutil.rmtree(previous)
     warnings.warn(f"out_dir: a run started afresh in {out} stopped before its first checkpoint; the earlier run's "
-                  f"files that it had set aside are back in place ({', '.join(kept)})", stacklevel=4)
+                  f"files that it had set aside are back in place ({', '.join(kept)})", stacklevel=5)
     return out
+
+
+def _final_metrics(trainer: Trainer, model: torch.nn.Module, test: JetDataset, last: dict) -> Metrics:
+    """The test metrics of the run's model: those the Trainer computed at the last epoch where
+    they are of this very model, by :func:`evaluate` itself (no best model chosen, the default
+    metric: the same numbers, so not computed twice), else :func:`evaluate`'s."""
+    if trainer.best is None and trainer.metrics == (JetRMSE(),) and "test" in last and last["epoch"] == trainer.epoch:
+        t = last["test"]
+        return Metrics(t["rmse"], t["rmse_d1"], t["rmse_d2"], len(test), "forward" if test.order == 0 else network_jet.__name__)
+    return evaluate(model, test)
 
 
 def model_from_checkpoint(state: dict) -> torch.nn.Sequential:
@@ -219,8 +230,9 @@ def run_experiment(
     else ``"checkpoint.pt"``, the last model), ``best_epoch`` and ``validation`` (that model's
     epoch and validation metrics; None without a validation set), ``stopped_early``,
     ``seconds`` (training steps), ``wall_seconds`` (the whole call up to writing
-    ``results.json``: data, model, training, evaluations, checkpoints), ``evaluation_seconds`` (test evaluations during training),
-    ``checkpoint_seconds`` (writing checkpoints; this call's), ``epochs``, ``history``; and ``out_dir/curves.png``, the learning curves of
+    ``results.json``: data, model, training, evaluations, checkpoints), ``evaluation_seconds``
+    (test evaluations during training), ``checkpoint_seconds`` (writing checkpoints, in this
+    call), ``epochs``, ``history``; and ``out_dir/curves.png``, the learning curves of
     every term and every recorded test metric. With ``resume``, a run stopped half way
     continues from its last checkpoint. ``data`` may pass ``(train, test)`` directly (``train``
     a :class:`JetDataset` or a :class:`~manifoldtrain.data.sources.DataSource`).
@@ -265,23 +277,30 @@ def run_experiment(
     ctx = distributed if distributed is not None else DistributedContext.from_environment(device)
     device = ctx.device if ctx.is_distributed else device
     with ctx.failure_guard(), (release_if_unused(out_dir) if ctx.is_main else contextlib.nullcontext()):
+        claimed: list[Path] = []
         try:
             results = _run(config, out_dir, ctx, resume=resume, data=data, progress=progress, force=force,
-                           device=device, started=started)
+                           device=device, started=started, claimed=claimed)
         finally:
-            if ctx.is_main:  # the lock that _run's claim took (rank 0's)
-                unlock_path(Path(os.path.abspath(out_dir)) / LOCK)
+            for folder in claimed:  # the hold on its lock that _run's claim took (rank 0's)
+                unlock_path(folder / LOCK)
         ctx.barrier()  # every process returns once rank 0 has written the results
     return results
 
 
 def _run(config: ExperimentConfig, out_dir, ctx: DistributedContext, *, resume: bool,
          data: tuple[JetDataset | DataSource, JetDataset] | None, progress: bool, force: bool,
-         device: torch.device, started: float) -> dict:
-    """:func:`run_experiment`, its arguments checked, on each of ``ctx``'s processes."""
+         device: torch.device, started: float, claimed: list[Path]) -> dict:
+    """:func:`run_experiment`, its arguments checked, on each of ``ctx``'s processes (the
+    folder whose lock it holds, rank 0's, appended to ``claimed``)."""
     main = ctx.is_main
-    out = ctx.run_on_main(lambda: _recover_previous(claim_output_folder(out_dir, "run", force=force,
-                                                                         argument="out_dir")))
+
+    def claim() -> Path:
+        folder = claim_output_folder(out_dir, "run", force=force, argument="out_dir")
+        claimed.append(folder)
+        return _recover_previous(folder)
+
+    out = ctx.run_on_main(claim)
     if data is not None:
         train, test = data
     else:
@@ -306,8 +325,8 @@ def _run(config: ExperimentConfig, out_dir, ctx: DistributedContext, *, resume: 
     best = trainer.best
     if best is not None:  # the figures of the model chosen on the validation set
         model.load_state_dict(best["model"])
-    metrics = evaluate(model, test)
     last = history.records[-1] if history.records else {}
+    metrics = _final_metrics(trainer, model, test, last)
     results = {
         "objective": list(config.objective.names),
         "test": metrics.to_dict(),

@@ -94,6 +94,16 @@ def test_a_second_command_into_a_busy_folder_is_refused_naming_the_holder(tmp_pa
     with pytest.warns(UserWarning, match=r"was locked by process 4242 on elsewhere \(manifoldtrain train\), which no longer runs"):
         results = run_experiment(_config(), out, progress=False)
     assert results["epochs"] == 2 and not (out / LOCK).exists()
+    # Scoring a run writes into its folder: not while a train works there.
+    fd = _hold(out)
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            main(["robustness", "--run", str(out), "--eval-samples", "4"])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and f"--run: {out} is in use by another manifoldtrain command (process 4242" in err
+    finally:
+        os.close(fd)
+    assert not (out / "robustness.json").exists()
 
 
 def test_generate_into_a_cache_being_generated_is_refused(tmp_path, capsys):
@@ -306,3 +316,18 @@ def test_results_and_the_summary_report_wall_time_beside_training_time(tmp_path,
     assert 0 < summary["seconds"] < summary["wall_seconds"]
     assert results["wall_seconds"] == summary["wall_seconds"]
     assert results["seconds"] + results["evaluation_seconds"] + results["checkpoint_seconds"] < results["wall_seconds"]
+
+
+def test_the_final_figures_are_the_last_evaluation_not_a_second_one(tmp_path, monkeypatch):
+    from manifoldtrain import experiment
+    from manifoldtrain.evaluation import evaluate
+    from manifoldtrain.experiment import make_data, model_from_checkpoint
+
+    calls = []
+    monkeypatch.setattr(experiment, "evaluate", lambda *a, **k: calls.append(1) or evaluate(*a, **k))
+    results = run_experiment(_config(), tmp_path / "run", progress=False)
+    assert calls == []  # the Trainer's last evaluation is of the same model, by the same function
+    model = model_from_checkpoint(load_checkpoint(tmp_path / "run" / CHECKPOINT_NAME))
+    assert evaluate(model, make_data(_config(), progress=False)[1]).to_dict() == results["test"]
+    with_best = run_experiment(_config(validation=0.25), tmp_path / "best", progress=False)
+    assert calls == [1] and with_best["checkpoint"] == "best.pt"  # the best model: scored anew
