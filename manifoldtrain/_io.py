@@ -184,7 +184,10 @@ _HELD: dict[str, list] = {}
 
 
 def _holder() -> dict:
-    return {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv)[:500],
+    program = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
+    if program in ("__main__.py", "manifoldtrain"):  # python -m manifoldtrain, or the console script
+        program = "manifoldtrain"
+    return {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join([program, *sys.argv[1:]])[:500],
             "since": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
 
 
