@@ -126,7 +126,7 @@ def time_to_accuracy(train, test, hidden, budget, batch_size, seed=0) -> dict:
     for name, objective in (("value", Objective.value()), ("second", Objective.second_order())):
         model = build_model(MLPConfig(hidden=hidden), train.inputs.value, train.targets.value, seed=seed)
         cfg = TrainConfig(epochs=10**6, time_budget=budget, batch_size=batch_size, eval_every=0,
-                          eval_interval=budget / 40, progress=False, seed=seed)
+                          eval_interval=budget / 40, eval_overhead=None, progress=False, seed=seed)  # every point
         history = Trainer(model, objective, train, test, cfg).fit()
         out[name] = [(r["seconds"], r["test"]["rmse"]) for r in history.records if "test" in r]
     best_value = min(r for _, r in out["value"])

@@ -6,6 +6,12 @@
   :data:`MARKER`. A command writes into a folder only if it is new, empty or already ours
   (of the same kind), unless told ``force``; it checks that it can write there before it
   starts work.
+* One command at a time per output folder: :func:`output_folder` holds a lock
+  (:data:`LOCK`, with the holder's process id and host) while the command works there; a
+  second command into the same folder is refused, naming the holder. A lock left by a
+  process that has died (killed, a lost machine) is taken over with a note, and the
+  temporary files that process left (half-written files of :func:`atomic_path`) are removed.
+  The lock is an advisory ``flock`` on POSIX systems (elsewhere folders are not locked).
 """
 
 from __future__ import annotations
@@ -13,12 +19,30 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import socket
+import sys
 import tempfile
+import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 #: The file that marks a folder as a manifoldtrain output folder (JSON: its kind).
 MARKER = ".manifoldtrain"
+#: The lock file of an output folder while a command works in it (JSON: pid, host, command, since).
+LOCK = ".manifoldtrain.lock"
+#: What the temporary files of :func:`atomic_path` and :func:`check_writable` are called
+#: (``.NAME.tmp-XXXXXXXX[.suffix]``, ``.write-test-XXXXXXXX``; and ``.NAME.XXXXXXXX[.suffix]``
+#: of earlier versions, whose suffix is NAME's), for :func:`remove_temporaries`.
+_TEMPORARY = re.compile(r"^\..+\.tmp-[a-z0-9_]{8}(\.[A-Za-z0-9]+)?$")
+_TEMPORARY_BEFORE = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}(?P<suffix>\.[A-Za-z0-9]+)$")
+_WRITE_TEST = re.compile(r"^\.write-test-[a-z0-9_]{8}$")
+
+try:
+    import fcntl
+except ImportError:  # not a POSIX system: output folders are not locked
+    fcntl = None
 
 
 def _umask() -> int:
@@ -41,7 +65,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """
     path = Path(os.path.abspath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix or path.suffix)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-", suffix=suffix or path.suffix)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -82,19 +106,26 @@ def check_parent_writable(target: Path, argument: str, shown: object, what: str)
 
 
 def claim_output_folder(path: str | os.PathLike, kind: str, *, force: bool = False, argument: str = "out") -> Path:
-    """Make ``path`` an output folder of ``kind`` (``"run"``, ``"demo"``), or refuse.
+    """Make ``path`` an output folder of ``kind`` (``"run"``, ``"demo"``), or refuse; lock it.
 
     Accepted: a folder that does not exist (created, with parents), an empty one, or one
     that holds our marker of the same ``kind``. Anything else (a file, a folder of other
     files, another kind of output) is refused with an error naming ``argument`` and the
     remedy, unless ``force`` (a file is refused even then). Checks that the folder is
-    writable, then writes the marker; a folder forced open beside other files has their
-    names recorded in it (:func:`foreign_names`). Returns the folder.
+    writable, takes its lock (:func:`lock_path`; refused while another process holds it),
+    removes the temporary files that an interrupted command left there
+    (:func:`remove_temporaries`), then writes the marker; a folder forced open beside other
+    files has their names recorded in it (:func:`foreign_names`). Returns the folder.
+
+    The lock is held until :func:`unlock_path` of ``folder / LOCK``: use :func:`output_folder`,
+    which claims and releases.
 
     Raises
     ------
     FileExistsError
         ``path`` is a file, or a folder that is not ours and ``force`` is false.
+    BlockingIOError
+        Another process works in the folder (its lock is held).
     PermissionError
         The folder (or its parent) is not writable.
     """
@@ -104,7 +135,7 @@ def claim_output_folder(path: str | os.PathLike, kind: str, *, force: bool = Fal
     if folder.is_dir():
         marker = folder / MARKER
         theirs = _marker_kind(marker)
-        others = sorted(e.name for e in folder.iterdir() if e.name != MARKER)
+        others = sorted(e.name for e in folder.iterdir() if e.name not in (MARKER, LOCK))
         if theirs is not None and theirs != kind and not force:
             raise FileExistsError(
                 f"{argument}: {path} holds a manifoldtrain {theirs} output, not a {kind}; choose another folder, "
@@ -121,12 +152,144 @@ def claim_output_folder(path: str | os.PathLike, kind: str, *, force: bool = Fal
         folder.mkdir(parents=True, exist_ok=True)
         others = []
     check_writable(folder, argument)
-    if _marker_kind(folder / MARKER) is None:
-        marker = {"format": "manifoldtrain-output", "kind": kind}
-        if others:  # forced open beside other files: recorded, so that no later command deletes them
-            marker["foreign"] = others
-        write_text_atomic(folder / MARKER, json.dumps(marker) + "\n")
+    lock_path(folder / LOCK, argument, path)
+    try:
+        if _marker_kind(folder / MARKER) is None:
+            marker = {"format": "manifoldtrain-output", "kind": kind}
+            if others:  # forced open beside other files: recorded, so that no later command deletes them
+                marker["foreign"] = others
+            write_text_atomic(folder / MARKER, json.dumps(marker) + "\n")
+        remove_temporaries(folder)
+    except BaseException:
+        unlock_path(folder / LOCK)
+        raise
     return folder
+
+
+@contextlib.contextmanager
+def output_folder(path: str | os.PathLike, kind: str, *, force: bool = False, argument: str = "out") -> Iterator[Path]:
+    """:func:`claim_output_folder` for the block: the folder is locked inside it and unlocked
+    after; if the block fails before writing anything there, the claim is undone
+    (:func:`release_if_unused`). Nested blocks of one process on the same folder share its lock."""
+    with release_if_unused(path):
+        folder = claim_output_folder(path, kind, force=force, argument=argument)
+        try:
+            yield folder
+        finally:
+            unlock_path(folder / LOCK)
+
+
+#: The locks this process holds: lock file -> [file descriptor, depth, pid].
+_HELD: dict[str, list] = {}
+
+
+def _holder() -> dict:
+    program = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
+    if program in ("__main__.py", "manifoldtrain"):  # python -m manifoldtrain, or the console script
+        program = "manifoldtrain"
+    return {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join([program, *sys.argv[1:]])[:500],
+            "since": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+
+
+def _read_holder(fd: int) -> dict | None:
+    try:
+        data = json.loads(os.pread(fd, 65536, 0) or b"null")
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _describe_holder(holder: dict | None) -> str:
+    if not holder:
+        return "a process that has not said which"
+    said = [str(holder[k]) for k in ("command", "since") if holder.get(k)]
+    return f"process {holder.get('pid')} on {holder.get('host')}" + (f" ({', since '.join(said)})" if said else "")
+
+
+def lock_path(lock: str | os.PathLike, argument: str, shown: object) -> None:
+    """Take the lock file ``lock`` for this process, or refuse: a ``BlockingIOError`` naming
+    ``argument``, the folder ``shown`` and the process that holds it. Re-entrant: a process
+    that holds it already counts one more hold (release each with :func:`unlock_path`).
+    A lock file left by a process that no longer runs is taken over, with a warning."""
+    key = os.path.abspath(lock)
+    held = _HELD.get(key)
+    if held is not None and held[2] == os.getpid():
+        held[1] += 1
+        return
+    if fcntl is None:
+        return
+    while True:
+        fd = os.open(key, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise BlockingIOError(
+                f"{argument}: {shown} is in use by another manifoldtrain command ({_describe_holder(holder)}); "
+                f"wait for it to finish, or choose another folder (two commands writing into one folder would "
+                f"mix their files)") from None
+        try:  # the file at that path still, not one that its last holder removed as we opened it?
+            same = os.path.samestat(os.fstat(fd), os.stat(key))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    previous = _read_holder(fd)
+    if previous:
+        warnings.warn(f"{argument}: {shown} was locked by {_describe_holder(previous)}, which no longer runs (it was "
+                      "interrupted or killed); taking over its lock and removing the temporary files it left",
+                      stacklevel=3)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (json.dumps(_holder()) + "\n").encode(), 0)
+    _HELD[key] = [fd, 1, os.getpid()]
+
+
+def unlock_path(lock: str | os.PathLike) -> None:
+    """Release one hold of this process on the lock file ``lock`` (:func:`lock_path`); the
+    last removes the file and frees the lock. Nothing happens if this process does not hold it."""
+    key = os.path.abspath(lock)
+    held = _HELD.get(key)
+    if held is None or held[2] != os.getpid():
+        return
+    held[1] -= 1
+    if held[1] > 0:
+        return
+    del _HELD[key]
+    with contextlib.suppress(OSError):
+        os.unlink(key)  # while still held: nobody takes a file that is about to go
+    os.close(held[0])
+
+
+@contextlib.contextmanager
+def locked(lock: str | os.PathLike, argument: str, shown: object) -> Iterator[None]:
+    """Hold the lock file ``lock`` (:func:`lock_path`) for the block."""
+    lock_path(lock, argument, shown)
+    try:
+        yield
+    finally:
+        unlock_path(lock)
+
+
+def remove_temporaries(folder: str | os.PathLike) -> list[str]:
+    """Remove from ``folder`` the temporary files that an interrupted command left there (a
+    half-written checkpoint or results file of :func:`atomic_path`, a write test of
+    :func:`check_writable`); returns their names. Names the folder's marker records as not
+    ours (:func:`foreign_names`) are kept. Call it only while holding the folder's lock."""
+    folder = Path(folder)
+    theirs = foreign_names(folder)
+    removed = []
+    for entry in folder.iterdir():
+        name = entry.name
+        before = _TEMPORARY_BEFORE.match(name)
+        ours = (_TEMPORARY.match(name) is not None or _WRITE_TEST.match(name) is not None
+                or (before is not None and Path(before["name"]).suffix == before["suffix"]))
+        if ours and name not in theirs and entry.is_file() and not entry.is_symlink():
+            with contextlib.suppress(FileNotFoundError):
+                entry.unlink()
+            removed.append(name)
+    return sorted(removed)
 
 
 @contextlib.contextmanager
@@ -146,7 +309,7 @@ def release_if_unused(path: str | os.PathLike) -> Iterator[None]:
     except BaseException:
         if not marked:
             with contextlib.suppress(OSError):
-                if folder.is_dir() and [e.name for e in folder.iterdir()] == [MARKER]:
+                if folder.is_dir() and [e.name for e in folder.iterdir() if e.name != LOCK] == [MARKER]:
                     (folder / MARKER).unlink()
                     if not existed:
                         folder.rmdir()

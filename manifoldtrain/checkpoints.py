@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from manifoldtrain._io import atomic_path, write_text_atomic
 from manifoldtrain._plain import first_difference
 
 __all__ = ["RunFiles", "load_checkpoint", "refused_resume", "metrics_table", "write_metrics_csv", "evaluated", "CHECKPOINT_NAME",
-           "BEST_NAME", "METRICS_NAME", "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION"]
+           "BEST_NAME", "METRICS_NAME", "PREVIOUS_NAME", "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION"]
 
 #: The checkpoint to resume from, in ``checkpoint_dir``.
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -30,6 +31,9 @@ CHECKPOINT_NAME = "checkpoint.pt"
 BEST_NAME = "best.pt"
 #: One row per evaluation, in ``checkpoint_dir``.
 METRICS_NAME = "metrics.csv"
+#: The folder, in ``checkpoint_dir``, where a run started afresh over an earlier one keeps the
+#: earlier run's files until it has written its own first checkpoint (which removes it).
+PREVIOUS_NAME = ".previous-run"
 #: What a checkpoint file says it is, and its layout's version.
 CHECKPOINT_FORMAT = "manifoldtrain-checkpoint"
 CHECKPOINT_VERSION = 2
@@ -122,8 +126,13 @@ class RunFiles:
         return load_checkpoint(self.checkpoint_path)
 
     def save_checkpoint(self, state: dict) -> Path:
-        """Write ``state`` as the checkpoint, atomically; returns its path."""
-        return self._save(state, self._target(self.checkpoint_path))
+        """Write ``state`` as the checkpoint, atomically; returns its path. The files of an
+        earlier run kept in :data:`PREVIOUS_NAME` (a run started over it) go once it is written."""
+        path = self._save(state, self._target(self.checkpoint_path))
+        previous = self.folder / PREVIOUS_NAME
+        if previous.is_dir():
+            shutil.rmtree(previous)
+        return path
 
     def save_best(self, state: dict) -> Path:
         """Write ``state`` as ``best.pt``, atomically; returns its path."""

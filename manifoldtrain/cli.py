@@ -253,11 +253,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         for name, value in (("n_train", 64), ("n_test", 32), ("hidden", [16, 16]), ("seconds_per_run", 2.0)):
             if getattr(args, name) is None:
                 setattr(args, name, value)
-    from manifoldtrain._io import claim_output_folder, release_if_unused
+    from manifoldtrain._io import output_folder
 
     config = _with_manifold_settings(settings_from_arguments(DemoConfig, args), args)
-    with release_if_unused(args.out):
-        claim_output_folder(args.out, "demo", force=args.force, argument="--out")
+    with output_folder(args.out, "demo", force=args.force, argument="--out"):  # locked while the demo runs
         with using_device(device):  # the runs' models and training data; the data are drawn on the CPU
             run_demo(args.out, config, force=args.force, fit_threads=_may_fit_threads(args))
     return 0
@@ -307,8 +306,13 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         else DEFAULT_SHARD_SIZE
     workers = check_int("--workers", args.workers, minimum=1)
     check_cache_target(args.out, argument="--out")  # before the work
-    report = generate_shards(manifold, args.n, args.out, seed=args.seed, order=args.order, dtype=dtype,
-                             shard_size=shard_size, workers=workers, progress=not args.no_progress, device=device)
+    try:
+        report = generate_shards(manifold, args.n, args.out, seed=args.seed, order=args.order, dtype=dtype,
+                                 shard_size=shard_size, workers=workers, progress=not args.no_progress, device=device)
+    except BlockingIOError as err:  # another generation into --out is running
+        from manifoldtrain.data.format import renamed
+
+        raise renamed(err, "--out") from None
     shards = f"{report.n_shards} shard{'s' if report.n_shards != 1 else ''}"
     if not report.written:
         print(f"the cache at {args.out} is complete already: {report.n} samples of order {args.order} in {shards} "
@@ -348,7 +352,7 @@ def _add_train(sub) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from manifoldtrain._io import check_not_input, claim_output_folder, release_if_unused
+    from manifoldtrain._io import LOCK, check_not_input, claim_output_folder, release_if_unused, unlock_path
     from manifoldtrain._validation import check_int
     from manifoldtrain.config import load_config
     from manifoldtrain.devices import check_device
@@ -387,9 +391,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     try:
         with ctx.failure_guard(), (release_if_unused(args.out) if ctx.is_main else contextlib.nullcontext()):
-            ctx.run_on_main(claim)
-            res = run_experiment(config, args.out, resume=not args.no_resume, force=args.force,
-                                 device=ctx.device if ctx.is_distributed else device, distributed=ctx)
+            try:
+                ctx.run_on_main(claim)  # and its lock, held until the run ends
+                res = run_experiment(config, args.out, resume=not args.no_resume, force=args.force,
+                                     device=ctx.device if ctx.is_distributed else device, distributed=ctx)
+            finally:
+                if ctx.is_main:
+                    unlock_path(Path(args.out).absolute() / LOCK)
     except (FileNotFoundError, ValueError) as err:
         if args.data is not None and str(err).startswith("data.path: "):  # named as the option the user typed
             raise renamed(err, "--data", "data.path") from None
@@ -398,7 +406,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         ctx.shutdown()
     if not ctx.is_main:
         return 0
-    summary = {"objective": res["objective"], "test": res["test"], "epochs": res["epochs"], "seconds": res["seconds"]}
+    summary = {"objective": res["objective"], "test": res["test"], "epochs": res["epochs"], "seconds": res["seconds"],
+               "wall_seconds": res["wall_seconds"]}
     if res["best_epoch"] is not None:
         summary.update(checkpoint=res["checkpoint"], best_epoch=res["best_epoch"], stopped_early=res["stopped_early"])
     if ctx.is_distributed:
@@ -517,10 +526,9 @@ def _cmd_robustness(args: argparse.Namespace) -> int:
     if args.run is None:
         if args.json is not None:
             raise ValueError("--json: only with --run (the comparison writes OUT/results.json)")
-        from manifoldtrain._io import claim_output_folder, release_if_unused
+        from manifoldtrain._io import output_folder
 
-        with release_if_unused(args.out):
-            claim_output_folder(args.out, "robustness", force=args.force, argument="--out")  # named as the option
+        with output_folder(args.out, "robustness", force=args.force, argument="--out"):  # named as the option
             with using_device(device):
                 run_suite(args.out, config, force=args.force)
         return 0
@@ -547,7 +555,7 @@ def _refuse_comparison_options(args: argparse.Namespace) -> None:
 
 
 def _robustness_of_run(args: argparse.Namespace, config, device) -> int:
-    from manifoldtrain._io import write_text_atomic
+    from manifoldtrain._io import LOCK, locked, write_text_atomic
     from manifoldtrain.plotting import plot_worst_case
     from manifoldtrain.robustness.suite import evaluate_run
 
@@ -555,21 +563,23 @@ def _robustness_of_run(args: argparse.Namespace, config, device) -> int:
     if args.json is not None:
         _check_output_file("--json", args.json, "a JSON file", force=args.force)
         _check_json_not_input(args.json, {"--run": args.run}, outputs=("robustness.json",))
-    try:
-        report = evaluate_run(run, noise_levels=config.noise_levels, budgets=config.budgets,
-                              eval_samples=config.eval_samples, attack_samples=config.attack_samples,
-                              attack_steps=config.attack_steps, seed=config.seed, progress=config.progress,
-                              device=device)
-    except (FileNotFoundError, ValueError) as err:
-        raise type(err)(f"--run {args.run}: {err}") from None
-    worst = report.pop("worst_case")
-    text = strict_json(report)
-    print(text, end="")
-    write_text_atomic(run / "robustness.json", text)
-    budget = max(config.budgets) if config.budgets else 1.0
-    plot_worst_case(worst["input"], [(run.name, worst["amplification"], worst["direction"])], budget, run / "worst_case.png")
-    if args.json is not None:
-        write_text_atomic(args.json, text)
+    # It writes into the run folder: not while another command (a train resuming there) works in it.
+    with locked(run / LOCK, "--run", args.run) if run.is_dir() else contextlib.nullcontext():
+        try:
+            report = evaluate_run(run, noise_levels=config.noise_levels, budgets=config.budgets,
+                                  eval_samples=config.eval_samples, attack_samples=config.attack_samples,
+                                  attack_steps=config.attack_steps, seed=config.seed, progress=config.progress,
+                                  device=device)
+        except (FileNotFoundError, ValueError) as err:
+            raise type(err)(f"--run {args.run}: {err}") from None
+        worst = report.pop("worst_case")
+        text = strict_json(report)
+        print(text, end="")
+        write_text_atomic(run / "robustness.json", text)
+        budget = max(config.budgets) if config.budgets else 1.0
+        plot_worst_case(worst["input"], [(run.name, worst["amplification"], worst["direction"])], budget, run / "worst_case.png")
+        if args.json is not None:
+            write_text_atomic(args.json, text)
     print(f"wrote {run / 'robustness.json'} and {run / 'worst_case.png'}" + (f" and {args.json}" if args.json else ""))
     return 0
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import attrs
 import torch
 
-from manifoldtrain._io import claim_output_folder
+from manifoldtrain._io import output_folder
 from manifoldtrain._threads import busy as _busy, load_average as _load_average, threads_for as _threads_for
 from manifoldtrain._validation import attrs_validator, check_float, check_int
 from manifoldtrain.config import DataConfig, ExperimentConfig
@@ -123,7 +123,12 @@ def run_demo(out_dir: str | os.PathLike = "demo", config: DemoConfig = DemoConfi
     """
     if not isinstance(config, DemoConfig):
         raise TypeError(f"config: expected a DemoConfig, got {type(config).__name__}")
-    out = claim_output_folder(out_dir, "demo", force=force, argument="out_dir")
+    with output_folder(out_dir, "demo", force=force, argument="out_dir") as out:  # locked while the demo runs
+        return _locked_demo(out, config, echo, fit_threads)
+
+
+def _locked_demo(out: Path, config: DemoConfig, echo, fit_threads: bool) -> dict:
+    """:func:`run_demo` in its claimed output folder ``out``."""
     load, cpus, threads = _load_average(), os.cpu_count(), torch.get_num_threads()
     busy = _busy_machine_note(load, cpus, threads)
     fitted = _threads_for(load, cpus, threads) if fit_threads else threads

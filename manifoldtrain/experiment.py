@@ -5,13 +5,15 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
+import shutil
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
-from manifoldtrain._io import claim_output_folder, foreign_names, release_if_unused
+from manifoldtrain._io import LOCK, claim_output_folder, foreign_names, release_if_unused, unlock_path
 from manifoldtrain._plain import first_difference
 from manifoldtrain._validation import dtype_from_name
 from manifoldtrain.config import ExperimentConfig, config_to_dict, save_config
@@ -19,10 +21,12 @@ from manifoldtrain.data import JetDataset, manifold_description
 from manifoldtrain.data.sources import DataRequest, DataSource
 from manifoldtrain.devices import check_device, device_argument  # re-exported: public here before
 from manifoldtrain.distributed import DistributedContext
-from manifoldtrain.evaluation import Metrics, evaluate
+from manifoldtrain.evaluation import JetRMSE, Metrics, evaluate
+from manifoldtrain.network_jets import network_jet
 from manifoldtrain.nn import build_model
 from manifoldtrain.records import command_line, machine_info, write_json  # the first two re-exported: public here before
 from manifoldtrain.registry import MODELS, SOURCES
+from manifoldtrain.checkpoints import PREVIOUS_NAME
 from manifoldtrain.training import BEST_NAME, CHECKPOINT_NAME, METRICS_NAME, Trainer, load_checkpoint
 
 #: The files a run writes into its folder (besides its marker).
@@ -135,6 +139,60 @@ def _model_spec(config: ExperimentConfig, train: JetDataset | DataSource) -> dic
     }
 
 
+def _our_outputs(out: Path) -> list[str]:
+    """The run files in ``out`` (:data:`RUN_OUTPUTS`, but for names that a folder forced open
+    beside other files held before: those are not ours)."""
+    theirs = foreign_names(out)
+    return sorted(name for name in set(RUN_OUTPUTS) - theirs if (out / name).is_file())
+
+
+def _set_aside_previous(out: Path) -> None:
+    """A run starting afresh in ``out``: move an earlier run's files into ``out/.previous-run``
+    (:data:`~manifoldtrain.checkpoints.PREVIOUS_NAME`), where they stay until the new run has
+    written its first checkpoint (:meth:`RunFiles.save_checkpoint
+    <manifoldtrain.checkpoints.RunFiles.save_checkpoint>` removes them)."""
+    names = _our_outputs(out)
+    if not names:
+        return
+    previous = out / PREVIOUS_NAME
+    if previous.exists():
+        shutil.rmtree(previous)
+    previous.mkdir()
+    for name in names:
+        os.replace(out / name, previous / name)
+
+
+def _recover_previous(out: Path) -> Path:
+    """After a run that started afresh was stopped: if it wrote no checkpoint, the earlier
+    run's files in ``out/.previous-run`` go back in place (with a warning), and the new run's
+    unfinished files go; if it did, they are removed. Returns ``out``."""
+    previous = out / PREVIOUS_NAME
+    if not previous.is_dir():
+        return out
+    if (out / CHECKPOINT_NAME).is_file():
+        shutil.rmtree(previous)
+        return out
+    for name in _our_outputs(out):
+        (out / name).unlink()
+    kept = sorted(e.name for e in previous.iterdir() if e.name in RUN_OUTPUTS)
+    for name in kept:
+        os.replace(previous / name, out / name)
+    shutil.rmtree(previous)
+    warnings.warn(f"out_dir: a run started afresh in {out} stopped before its first checkpoint; the earlier run's "
+                  f"files that it had set aside are back in place ({', '.join(kept)})", stacklevel=5)
+    return out
+
+
+def _final_metrics(trainer: Trainer, model: torch.nn.Module, test: JetDataset, last: dict) -> Metrics:
+    """The test metrics of the run's model: those the Trainer computed at the last epoch where
+    they are of this very model, by :func:`evaluate` itself (no best model chosen, the default
+    metric: the same numbers, so not computed twice), else :func:`evaluate`'s."""
+    if trainer.best is None and trainer.metrics == (JetRMSE(),) and "test" in last and last["epoch"] == trainer.epoch:
+        t = last["test"]
+        return Metrics(t["rmse"], t["rmse_d1"], t["rmse_d2"], len(test), "forward" if test.order == 0 else network_jet.__name__)
+    return evaluate(model, test)
+
+
 def model_from_checkpoint(state: dict) -> torch.nn.Sequential:
     """Rebuild the trained model stored in a checkpoint written by :func:`run_experiment`."""
     spec = state.get("extra", {}).get("model_spec")
@@ -171,7 +229,10 @@ def run_experiment(
     ``checkpoint`` (``"best.pt"``, the model of lowest validation ``best_metric``, with a validation set;
     else ``"checkpoint.pt"``, the last model), ``best_epoch`` and ``validation`` (that model's
     epoch and validation metrics; None without a validation set), ``stopped_early``,
-    ``seconds``, ``epochs``, ``history``; and ``out_dir/curves.png``, the learning curves of
+    ``seconds`` (training steps), ``wall_seconds`` (the whole call up to writing
+    ``results.json``: data, model, training, evaluations, checkpoints), ``evaluation_seconds``
+    (test evaluations during training), ``checkpoint_seconds`` (writing checkpoints, in this
+    call), ``epochs``, ``history``; and ``out_dir/curves.png``, the learning curves of
     every term and every recorded test metric. With ``resume``, a run stopped half way
     continues from its last checkpoint. ``data`` may pass ``(train, test)`` directly (``train``
     a :class:`JetDataset` or a :class:`~manifoldtrain.data.sources.DataSource`).
@@ -182,8 +243,11 @@ def run_experiment(
     on the CPU whatever the device, so every device trains on the same samples.
 
     ``out_dir`` must be new, empty or a run folder already (:func:`manifoldtrain._io.claim_output_folder`;
-    ``force`` writes into another folder anyway); it is checked before any work. A run that
-    starts afresh (no checkpoint to resume) first removes the results of an earlier run there.
+    ``force`` writes into another folder anyway); it is checked before any work, and locked
+    while the run works there (a second run into it is refused). A run that starts afresh (no
+    checkpoint to resume, or ``resume=False``) first moves the files of an earlier run there
+    into ``out_dir/.previous-run``, and removes them once it has written its first checkpoint;
+    stopped before that, the next run into ``out_dir`` puts them back.
 
     ``distributed`` (default: :meth:`DistributedContext.from_environment
     <manifoldtrain.distributed.DistributedContext.from_environment>` on ``device``, i.e. the
@@ -209,20 +273,34 @@ def run_experiment(
         device = _DEVICE.get()
     else:
         device = check_device(config.device, "config.device") if config.device is not None else torch.device("cpu")
+    started = time.perf_counter()
     ctx = distributed if distributed is not None else DistributedContext.from_environment(device)
     device = ctx.device if ctx.is_distributed else device
     with ctx.failure_guard(), (release_if_unused(out_dir) if ctx.is_main else contextlib.nullcontext()):
-        results = _run(config, out_dir, ctx, resume=resume, data=data, progress=progress, force=force, device=device)
+        claimed: list[Path] = []
+        try:
+            results = _run(config, out_dir, ctx, resume=resume, data=data, progress=progress, force=force,
+                           device=device, started=started, claimed=claimed)
+        finally:
+            for folder in claimed:  # the hold on its lock that _run's claim took (rank 0's)
+                unlock_path(folder / LOCK)
         ctx.barrier()  # every process returns once rank 0 has written the results
     return results
 
 
 def _run(config: ExperimentConfig, out_dir, ctx: DistributedContext, *, resume: bool,
          data: tuple[JetDataset | DataSource, JetDataset] | None, progress: bool, force: bool,
-         device: torch.device) -> dict:
-    """:func:`run_experiment`, its arguments checked, on each of ``ctx``'s processes."""
+         device: torch.device, started: float, claimed: list[Path]) -> dict:
+    """:func:`run_experiment`, its arguments checked, on each of ``ctx``'s processes (the
+    folder whose lock it holds, rank 0's, appended to ``claimed``)."""
     main = ctx.is_main
-    out = ctx.run_on_main(lambda: claim_output_folder(out_dir, "run", force=force, argument="out_dir"))
+
+    def claim() -> Path:
+        folder = claim_output_folder(out_dir, "run", force=force, argument="out_dir")
+        claimed.append(folder)
+        return _recover_previous(folder)
+
+    out = ctx.run_on_main(claim)
     if data is not None:
         train, test = data
     else:
@@ -240,17 +318,15 @@ def _run(config: ExperimentConfig, out_dir, ctx: DistributedContext, *, resume: 
     )
     # A refused resume (other settings, a damaged checkpoint) raises here, before anything is written.
     if not (resume and trainer.resume()) and main:
-        theirs = foreign_names(out)  # a folder forced open beside other files: those are not ours
-        for stale in set(RUN_OUTPUTS) - theirs:
-            (out / stale).unlink(missing_ok=True)  # an earlier run's files: never beside a new run's
+        _set_aside_previous(out)  # an earlier run's files: never beside a new run's, kept until its first checkpoint
     if main:
         save_config(config, out / "config.toml")
     history = trainer.fit(resume=False)  # resumed above, or starting afresh
     best = trainer.best
     if best is not None:  # the figures of the model chosen on the validation set
         model.load_state_dict(best["model"])
-    metrics = evaluate(model, test)
     last = history.records[-1] if history.records else {}
+    metrics = _final_metrics(trainer, model, test, last)
     results = {
         "objective": list(config.objective.names),
         "test": metrics.to_dict(),
@@ -263,6 +339,9 @@ def _run(config: ExperimentConfig, out_dir, ctx: DistributedContext, *, resume: 
         "train_losses": last.get("losses"),
         "normalisers": trainer.normalisers,
         "seconds": trainer.seconds,
+        "wall_seconds": None,  # below: the whole call's, up to writing results.json
+        "evaluation_seconds": trainer.evaluation_seconds,
+        "checkpoint_seconds": trainer.checkpoint_seconds,
         "epochs": trainer.epoch,
         "steps": trainer.steps,
         "history": history.records,
@@ -272,6 +351,7 @@ def _run(config: ExperimentConfig, out_dir, ctx: DistributedContext, *, resume: 
                           "steps": trainer.communication_steps},
         "machine": machine_info(),
     }
+    results["wall_seconds"] = time.perf_counter() - started
     if not main:
         return results
     write_json(out / "results.json", results)

@@ -10,10 +10,17 @@ of it. Load it anywhere with::
     program = torch.export.load("model.pt2")
     y = program.module()(x)
 
-The file also holds ``manifoldtrain.json`` (read with ``torch.export.load(path,
-extra_files={"manifoldtrain.json": ""})``): the format, the input and target shapes, the
-dtype, the checkpoint it came from, its epoch, and the library and torch versions. That
-entry is also how a later export recognises a file it may replace.
+The program checks its input's dtype: an input of another dtype (float64 for a float32
+model) fails with ``RuntimeError: Tensor dtype mismatch! Expected: Float, Got: double``
+(convert it first: ``x.float()``), not in the middle of the network.
+
+The file also holds ``manifoldtrain.json`` (read with :func:`export_info`, or with torch alone:
+``torch.export.load(path, extra_files={"manifoldtrain.json": ""})``): the format, the input and
+target shapes, the dtype, the manifold (``manifold``: its class and settings, as the run recorded
+them), the names of the outputs (``output_names``, one per output in the flattened target's
+order: the manifold's ``target_names`` where its class declares them, else ``y0``, ``y1``, ...),
+the checkpoint it came from, its epoch, and the library and torch versions. That entry is also
+how a later export recognises a file it may replace.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import torch
 
 from manifoldtrain._io import atomic_path, check_not_input, check_parent_writable
 
-__all__ = ["EXPORT_FORMAT", "export_run", "export_model", "is_export", "export_info"]
+__all__ = ["EXPORT_FORMAT", "export_run", "export_model", "is_export", "export_info", "output_names"]
 
 #: The ``format`` written into every export's ``manifoldtrain.json``.
 EXPORT_FORMAT = "manifoldtrain-export"
@@ -56,6 +63,42 @@ def export_info(path: str | os.PathLike) -> dict | None:
     return info if isinstance(info, dict) and info.get("format") == EXPORT_FORMAT else None
 
 
+class _DtypeChecked(torch.nn.Module):
+    """``model`` behind a check of its input's dtype that the exported program keeps (a torch
+    operator, so the program needs nothing of this library): a clear error naming the dtype
+    expected instead of a failed matrix product deep in the network."""
+
+    def __init__(self, model: torch.nn.Module, dtype: torch.dtype):
+        super().__init__()
+        self.model = model
+        self.dtype = dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        torch.ops.aten._assert_tensor_metadata.default(x, dtype=self.dtype)
+        return self.model(x)
+
+
+def output_names(manifold: dict | None, target_shape: list[int]) -> list[str]:
+    """The names of a model's outputs, one per output in the flattened target's order: the
+    ``target_names`` that the manifold's class (``manifold``: as a checkpoint records it, its
+    ``class`` and ``settings``) declares as a class attribute of that many strings, else ``y0``,
+    ``y1``, ..."""
+    count = 1
+    for size in target_shape:
+        count *= int(size)
+    names = None
+    if isinstance(manifold, dict) and isinstance(manifold.get("class"), str):
+        from manifoldtrain.registry import MANIFOLDS
+
+        try:
+            names = getattr(MANIFOLDS.get(manifold["class"]), "target_names", None)
+        except (TypeError, ValueError, ImportError):  # a manifold that cannot be imported here
+            names = None
+    if isinstance(names, (tuple, list)) and len(names) == count and all(isinstance(n, str) for n in names):
+        return list(names)
+    return [f"y{i}" for i in range(count)]
+
+
 def _check_target(out: Path, force: bool, argument: str) -> None:
     """Nothing lost: ``out`` may be new or an earlier export; anything else only with ``force``, never a folder."""
     if out.is_dir():
@@ -78,7 +121,8 @@ def export_model(
     """Export ``model`` traced on ``example`` ``[n, *input_shape]`` to the file ``out``, atomically.
 
     The batch dimension is dynamic (any size >= 1); the other dimensions, the dtype and the
-    device are those of ``example``. ``info`` (JSON-able) is stored beside the program in
+    device are those of ``example`` (an input of another dtype is refused by the program, naming
+    the dtype expected). ``info`` (JSON-able) is stored beside the program in
     ``manifoldtrain.json``. ``out`` must be new or an earlier export (replaced); another file
     only with ``force``; a folder never. Errors name ``argument``.
 
@@ -98,7 +142,7 @@ def export_model(
     model.eval()
     try:
         batch = torch.export.Dim("batch", min=1)
-        program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+        program = torch.export.export(_DtypeChecked(model, example.dtype), (example,), dynamic_shapes=({0: batch},))
     finally:
         model.train(was_training)
     meta = {"format": EXPORT_FORMAT, "version": 1, **(info or {})}
@@ -137,10 +181,13 @@ def export_run(run: str | os.PathLike, out: str | os.PathLike, *, force: bool = 
     dtype = dtype_from_name("model_spec.dtype", spec["dtype"])
     # A batch of the training inputs' mean would do as well: tracing needs shapes, not values.
     example = torch.zeros(2, *spec["input_shape"], dtype=dtype)
+    manifold = state["extra"].get("manifold")
     info = {
         "input_shape": list(spec["input_shape"]),
         "target_shape": list(spec["target_shape"]),
         "dtype": spec["dtype"],
+        "manifold": manifold,
+        "output_names": output_names(manifold, spec["target_shape"]),
         "checkpoint": checkpoint.name,
         "epoch": state.get("epoch"),
         "manifoldtrain": __version__,

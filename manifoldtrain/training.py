@@ -2,8 +2,9 @@
 
 Checkpoints
 -----------
-``checkpoint_dir/checkpoint.pt`` is rewritten atomically (temporary file, then rename) every
-``checkpoint_every`` epochs and at the end. It holds plain data only and loads with
+``checkpoint_dir/checkpoint.pt`` is rewritten atomically (temporary file, then rename) at the
+end of an epoch once ``checkpoint_interval`` seconds (default 60) have passed since the last
+one, every ``checkpoint_every`` epochs if set, and at the end. It holds plain data only and loads with
 ``torch.load(..., weights_only=True)``: model and optimiser state, the generator that orders
 batches and draws random directions, epoch, step count, training seconds, history, the
 configs, the loss scales and each term's normaliser, the training data's fingerprint and,
@@ -108,6 +109,11 @@ def _optional_positive(instance, attribute, value):
         check_float(attribute.name, value, positive=True)
 
 
+def _optional_count(instance, attribute, value):
+    if value is not None:
+        check_int(attribute.name, value, minimum=1)
+
+
 def _check_validation(instance, attribute, value):
     check_float(attribute.name, value, nonnegative=True)
     if value >= 1:
@@ -133,6 +139,10 @@ def _check_patience(instance, attribute, value):
                          "or leave patience unset")
 
 
+#: TrainConfig fields that do not shape the weights: a resumed run may change them (and
+#: checkpoints do not compare them).
+_NOT_IDENTITY = ("progress", "checkpoint_every", "checkpoint_interval", "eval_overhead")
+
 #: TrainConfig fields added after checkpoint version 2 was defined, with the values that
 #: reproduce the training of a checkpoint that predates them.
 _NEW_FIELD_DEFAULTS = {"validation": 0.0, "patience": None, "best_metric": BEST_METRIC}
@@ -148,7 +158,8 @@ def _older_objective(theirs):
 #: What checkpoints written by earlier versions record, brought to today's form before a resume
 #: compares it (:func:`~manifoldtrain.checkpoints.refused_resume`).
 _OLDER_IDENTITY = {
-    "train_config": lambda theirs: {**_NEW_FIELD_DEFAULTS, **theirs} if isinstance(theirs, dict) else theirs,
+    "train_config": lambda theirs: ({k: v for k, v in {**_NEW_FIELD_DEFAULTS, **theirs}.items() if k not in _NOT_IDENTITY}
+                                    if isinstance(theirs, dict) else theirs),
     "objective": _older_objective,
 }
 
@@ -183,8 +194,21 @@ class TrainConfig:
         Also evaluate at the end of an epoch once this many training seconds have passed
         since the last evaluation (learning curves over time; evaluation does not change the
         run).
-    checkpoint_every : int
-        Write a checkpoint every this many epochs (default 1).
+    eval_overhead : float or None
+        Skip a test evaluation that is due (by ``eval_every`` or ``eval_interval``) while the
+        test evaluations so far have taken more than this fraction of the training seconds
+        (default 0.1: the learning curve costs at most about a tenth of the training); the
+        last epoch is always evaluated, and the validation set (best model, early stopping)
+        at every evaluation due. ``None`` (or, in a TOML file, a large value such as 1000): every
+        evaluation due runs. It changes no weights, and a resumed run may change it.
+    checkpoint_every : int or None
+        Write a checkpoint every this many epochs (default None: by ``checkpoint_interval``).
+    checkpoint_interval : float or None
+        Write a checkpoint at the end of an epoch once this many seconds (of wall-clock time)
+        have passed since the last one was written, or since training started (default 60: a
+        killed run loses about a minute of work, and a run writes no checkpoint per epoch).
+        ``None``: by ``checkpoint_every`` only. A checkpoint is always written at the end.
+        Neither changes the weights: a resumed run may change them.
     seed : int
         Seeds the batch order and the random directions, and chooses the validation samples
         (default 0).
@@ -218,12 +242,14 @@ class TrainConfig:
     grad_clip: float | None = attrs.field(default=None, validator=_optional_positive)
     eval_every: int = attrs.field(default=1, validator=attrs_validator(check_int, minimum=0))
     eval_interval: float | None = attrs.field(default=None, validator=_optional_positive)
-    checkpoint_every: int = attrs.field(default=1, validator=attrs_validator(check_int, minimum=1))
+    checkpoint_every: int | None = attrs.field(default=None, validator=_optional_count)
     seed: int = attrs.field(default=0, validator=attrs_validator(check_int, minimum=0))
     validation: float = attrs.field(default=0.0, validator=_check_validation)
     patience: int | None = attrs.field(default=None, validator=_check_patience)
     best_metric: str = attrs.field(default=BEST_METRIC, validator=_check_metric_name)
     progress: bool = True
+    checkpoint_interval: float | None = attrs.field(default=60.0, validator=_optional_positive)
+    eval_overhead: float | None = attrs.field(default=0.1, validator=_optional_positive)
 
     def learning_rate_at(self, fraction: float) -> float:
         """The learning rate after ``fraction`` (0..1) of the budget: warm-up, then cosine decay."""
@@ -423,9 +449,16 @@ class Trainer:
         #: synchronisation that reads the summed losses back.
         self.communication_seconds = 0.0
         self.communication_steps = 0
+        #: Seconds spent in test evaluations (checkpointed: :attr:`TrainConfig.eval_overhead`
+        #: weighs them against :attr:`seconds`), and seconds spent writing checkpoints (by
+        #: this Trainer, not checkpointed): the time outside training steps that the run's
+        #: settings choose.
+        self.evaluation_seconds = 0.0
+        self.checkpoint_seconds = 0.0
         #: The best model on the validation set and early stopping (:class:`~manifoldtrain.selection.BestModel`).
         self.selection = BestModel(config.best_metric, config.patience)
         self._bar_by_time = False
+        self._last_checkpoint = time.monotonic()
 
     @property
     def direction_generator(self) -> torch.Generator:
@@ -511,7 +544,7 @@ class Trainer:
     def _identity(self) -> dict:
         """Every setting that shapes the weights: what a resumed run must share with its checkpoint."""
         return {
-            "train_config": {k: v for k, v in plain(self.config).items() if k != "progress"},  # the bar changes nothing
+            "train_config": {k: v for k, v in plain(self.config).items() if k not in _NOT_IDENTITY},  # they change no weights
             "objective": plain(self.objective),
             "data_fingerprint": (self.train.meta.get("fingerprint") if self._source is None
                                  else self._source.fingerprint),
@@ -535,6 +568,7 @@ class Trainer:
             "epoch": self.epoch,
             "step": self.steps,
             "seconds": self.seconds,
+            "evaluation_seconds": self.evaluation_seconds,
             "world_size": self.distributed.world_size,
             "history": {"records": self.history.records, "finished": self.history.finished},
             "best": self.best,
@@ -571,7 +605,12 @@ class Trainer:
 
     def save_checkpoint(self) -> Path:
         """Write the checkpoint atomically; returns its path."""
-        return self.files.save_checkpoint(self.state_dict())
+        started = time.perf_counter()
+        try:
+            return self.files.save_checkpoint(self.state_dict())
+        finally:
+            self.checkpoint_seconds += time.perf_counter() - started
+            self._last_checkpoint = time.monotonic()
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from a checkpoint of the same run: the same configs, objective, data, model
@@ -593,6 +632,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
         self.epoch, self.steps, self.seconds = state["epoch"], state["step"], state["seconds"]
+        self.evaluation_seconds = float(state.get("evaluation_seconds", 0.0))
         self.history = History(list(state["history"]["records"]), bool(state["history"]["finished"]))
         self.selection.best = state.get("best")
         self.selection.since_best = int(state.get("since_best", 0))
@@ -805,6 +845,7 @@ class Trainer:
             bar = tqdm(total=total_steps, initial=min(self.steps, total_steps), desc=", ".join(self.objective.names),
                        unit="step", disable=not show, leave=False, dynamic_ncols=True)
         self._bar_by_time = by_time
+        self._last_checkpoint = time.monotonic()
         try:
             while not self._out_of_budget():
                 self._train_epoch(bar)
@@ -812,12 +853,20 @@ class Trainer:
                 if cfg.eval_interval is not None:
                     last = max((r["seconds"] for r in self.history.records[:-1] if evaluated(r)), default=0.0)
                     due_eval = due_eval or self.seconds - last >= cfg.eval_interval
-                if (self.test is not None or self.validation is not None) and (due_eval or self._out_of_budget()):
+                due_eval = due_eval or self._out_of_budget()
+                run_test = self.test is not None and due_eval and (
+                    self._out_of_budget() or cfg.eval_overhead is None
+                    or self.evaluation_seconds <= cfg.eval_overhead * self.seconds)
+                if ctx.is_distributed and due_eval and self.test is not None:  # rank 0's clock decides, for all
+                    run_test = ctx.broadcast_object(run_test)
+                if run_test or (self.validation is not None and due_eval):
                     record = self.history.records[-1]
                     shown = {}
                     # Every process evaluates (in parallel: nobody waits); rank 0's numbers
                     # decide, so that the best model and early stopping agree everywhere.
-                    test = self.evaluate() if self.test is not None else None
+                    started = time.perf_counter()
+                    test = self.evaluate() if run_test else None
+                    self.evaluation_seconds += time.perf_counter() - started
                     validation = self.evaluate(self.validation) if self.validation is not None else None
                     if ctx.is_distributed:
                         test, validation = ctx.broadcast_object((test, validation))
@@ -833,8 +882,7 @@ class Trainer:
                     if self.metrics_path is not None and writes:
                         self.write_metrics()
                 self.history.finished = self._out_of_budget()
-                if self.checkpoint_path is not None and writes and (
-                        self.epoch % cfg.checkpoint_every == 0 or self.history.finished):
+                if self.checkpoint_path is not None and writes and self._checkpoint_due():
                     self.save_checkpoint()
         finally:
             bar.close()
@@ -842,6 +890,15 @@ class Trainer:
         if self.metrics_path is not None and writes:
             self.write_metrics()
         return self.history
+
+    def _checkpoint_due(self) -> bool:
+        """Whether to write a checkpoint at the end of this epoch: at the end of training, every
+        ``checkpoint_every`` epochs, and once ``checkpoint_interval`` seconds have passed since the last."""
+        cfg = self.config
+        return (self.history.finished
+                or (cfg.checkpoint_every is not None and self.epoch % cfg.checkpoint_every == 0)
+                or (cfg.checkpoint_interval is not None
+                    and time.monotonic() - self._last_checkpoint >= cfg.checkpoint_interval))
 
     def _track_best(self, record: dict) -> None:
         """After a validation: keep the model if it is the best so far (and write ``best.pt``,

@@ -126,7 +126,7 @@ def test_generate_train_evaluate_commands(tmp_path, capsys):
         (["train", "--config", "missing.toml", "--out", "r"], "no config file"),
         (["generate", "cube", "--n", "0", "--out", "x"], "n: expected an int >= 1"),
         (["demo", "--objectives", "value", "third"], "objectives"),
-        (["demo", "--seconds-per-run", "-1"], "seconds_per_run"),
+        (["demo", "--seconds-per-run", "-1"], "--seconds-per-run: expected a number > 0"),
     ],
 )
 def test_command_errors(argv, message, tmp_path, monkeypatch, capsys):

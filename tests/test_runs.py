@@ -123,7 +123,8 @@ def test_validation_settings_are_checked(small_data):
 
 
 def test_best_model_is_kept_in_best_pt_and_in_the_checkpoint(small_data, tmp_path):
-    trainer = _trainer(small_data, tmp_path, validation=0.25, epochs=6, learning_rate=3e-2)
+    # eval_overhead=None: the test set at every epoch too (validation is never skipped).
+    trainer = _trainer(small_data, tmp_path, validation=0.25, epochs=6, learning_rate=3e-2, eval_overhead=None)
     snapshots = {}
     original = trainer._track_best
 
@@ -203,7 +204,8 @@ def test_early_stopping_after_patience_evaluations(small_data, tmp_path):
 
 def test_an_interrupted_run_with_validation_resumes_to_the_same_result(small_data, tmp_path):
     """Stopped after best.pt and metrics.csv got ahead of the last checkpoint (checkpoint_every=2)."""
-    settings = dict(validation=0.25, patience=3, epochs=7, learning_rate=1e-2, checkpoint_every=2)  # improves each epoch
+    # improves each epoch; eval_overhead=None: the same test evaluations (the default skips some by the clock)
+    settings = dict(validation=0.25, patience=3, epochs=7, learning_rate=1e-2, checkpoint_every=2, eval_overhead=None)
     straight = _trainer(small_data, tmp_path / "straight", **settings)
     straight.fit()
 

@@ -1079,7 +1079,82 @@ CASES: list[Case] = [
         "CLEAR",
         cli(["robustness", "--manifold", "nope:Blob", "--out", "{tmp}/r"], r"robustness: error: --manifold: cannot import"),
     ),
+    # --- issue 25: output folder safety, exports ---
+    Case(
+        "out-in-use", "CLI",
+        "train --config c.toml --out run2 (while another train writes into run2)",
+        "manifoldtrain train: error: --out: run2 is in use by another manifoldtrain command (process 4242 on "
+        "host (its command line, since when)); wait for it to finish, or choose another folder (two commands writing "
+        "into one folder would mix their files)",
+        "CLEAR",
+        lambda w, capsys: _while_locked(w.tmp / "run2", w.tmp / "run2" / ".manifoldtrain.lock", cli(
+            ["train", "--config", "{toml}", "--out", "{tmp}/run2"],
+            r"--out: .*run2 is in use by another manifoldtrain command \(process 4242 on host"), w, capsys),
+    ),
+    Case(
+        "generate-out-in-use", "CLI",
+        "generate cube --n 4 --out jets (while another generate writes jets)",
+        "manifoldtrain generate: error: --out: jets is in use by another manifoldtrain command (process 4242 on "
+        "host (its command line, since when)); wait for it to finish, or choose another folder (two commands writing "
+        "into one folder would mix their files)",
+        "CLEAR",
+        lambda w, capsys: _while_locked(w.tmp, w.tmp / ".jets.lock", cli(
+            ["generate", "cube", "--n", "4", "--out", "{tmp}/jets", *CUBE],
+            r"--out: .*jets is in use by another manifoldtrain command \(process 4242"), w, capsys),
+    ),
+    Case(
+        "out-lock-of-a-killed-run", "CLI",
+        "train --config c.toml --out run2 (after a train into run2 was killed)",
+        "runs, after a UserWarning: --out: run2 was locked by process 4242 on host (its command line), which no "
+        "longer runs (it was interrupted or killed); taking over its lock and removing the temporary files it left",
+        "OK",
+        lambda w, capsys: _after_a_killed_run(w, capsys),
+    ),
+    Case(
+        "export-float64-input", "API",
+        'torch.export.load("model.pt2").module()(x.double()) (a float32 model)',
+        "RuntimeError: Tensor dtype mismatch! Expected: Float, Got: double (convert with x.float(); export_info "
+        "gives the dtype, shapes, manifold and output names)",
+        "CLEAR",
+        api(lambda w: _export_of(w)(w.data.inputs.value.double()), RuntimeError,
+            r"Tensor dtype mismatch! Expected: Float, Got: double"),
+    ),
 ]
+
+
+def _while_locked(folder: Path, lock: Path, runner: Callable, w: World, capsys) -> None:
+    """Run a case while another process (as far as the lock can tell: another open file)
+    holds ``lock``."""
+    import fcntl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.write(fd, json.dumps({"pid": 4242, "host": "host", "command": "manifoldtrain train"}).encode())
+        runner(w, capsys)
+    finally:
+        os.close(fd)
+
+
+def _after_a_killed_run(w: World, capsys) -> None:
+    """A lock file and a half-written checkpoint left by a killed run: taken over and removed."""
+    run = w.tmp / "run2"
+    run.mkdir()
+    (run / ".manifoldtrain").write_text(json.dumps({"format": "manifoldtrain-output", "kind": "run"}))
+    (run / ".manifoldtrain.lock").write_text(json.dumps({"pid": 4242, "host": "host", "command": "train"}))
+    (run / ".checkpoint.pt.tmp-k1ll3d00.pt").write_bytes(b"half")
+    with pytest.warns(UserWarning, match="was locked by process 4242 on host .*which no longer runs") as caught:
+        assert main(["train", "--config", str(w.tmp / "c.toml"), "--out", str(run)]) == 0
+    _probe(str(caught[0].message))
+    capsys.readouterr()
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == [".manifoldtrain"]
+
+
+def _export_of(w: World):
+    from manifoldtrain.export import export_run
+
+    return torch.export.load(export_run(w.run, w.tmp / "model.pt2")).module()
 
 _CACHE7 = {}
 _CURRENT = [""]

@@ -16,7 +16,8 @@ def make_trainer(checkpoint_dir, epochs=6):
     data = generate_jets(Cube(image_size=9, extent=0.5, sigma=0.08), 96, seed=3, progress=False)
     train, test = data.split(32, seed=0)
     model = build_model(MLPConfig(hidden=(16, 16)), train.inputs.value, train.targets.value, seed=0)
-    config = TrainConfig(epochs=epochs, batch_size=16, learning_rate=3e-3, progress=False, seed=5)
+    # A checkpoint every epoch (the default writes one a minute): the parent kills the run between two.
+    config = TrainConfig(epochs=epochs, batch_size=16, learning_rate=3e-3, progress=False, seed=5, checkpoint_every=1)
     return Trainer(model, Objective.second_order(directions=2), train, test, config, checkpoint_dir=checkpoint_dir)
 
 

@@ -17,7 +17,7 @@ import attrs
 import numpy as np
 import torch
 
-from manifoldtrain._io import publish_mode, write_text_atomic
+from manifoldtrain._io import locked, publish_mode, write_text_atomic
 from manifoldtrain._validation import check_int, dtype_name, first_non_finite
 from manifoldtrain.data.dataset import JetDataset, check_finite_jets, check_finite_points, fingerprint, provenance
 from manifoldtrain.data.format import (COMPONENTS, DEFAULT_SHARD_SIZE, FORMAT, FORMAT_VERSION, SHARD_META, SHARDS_FORMAT,
@@ -622,8 +622,6 @@ def generate_shards(
     -------
     ShardReport
     """
-    from tqdm.auto import tqdm
-
     check_is_manifold("manifold", manifold)
     check_int("n", n, minimum=1)
     check_int("seed", seed, minimum=0)
@@ -634,6 +632,18 @@ def generate_shards(
     dtype_name("dtype", dtype)
     dtype_name("compute_dtype", compute_dtype)
     target = check_cache_target(path)
+    with locked(target.parent / f".{target.name}.lock", "path", path):  # one generation at a time into a cache
+        return _generate_shards(manifold, n, target, seed=seed, order=order, dtype=dtype, compute_dtype=compute_dtype,
+                                shard_size=shard_size, workers=workers, batch_size=batch_size, device=device,
+                                progress=progress)
+
+
+def _generate_shards(manifold: Manifold, n: int, target: Path, *, seed: int, order: int, dtype: torch.dtype,
+                     compute_dtype: torch.dtype, shard_size: int, workers: int, batch_size: int,
+                     device: torch.device | str | None, progress: bool) -> ShardReport:
+    """:func:`generate_shards`, its arguments checked, holding the cache's lock."""
+    from tqdm.auto import tqdm
+
     fp = fingerprint(manifold, n, seed, order, dtype, compute_dtype)
     bounds = _shard_bounds(n, shard_size)
     np_dtype = np.dtype("<f4") if dtype == torch.float32 else np.dtype("<f8")

@@ -35,7 +35,7 @@ from pathlib import Path
 import attrs
 import torch
 
-from manifoldtrain._io import claim_output_folder
+from manifoldtrain._io import output_folder
 from manifoldtrain._plain import digest, first_difference
 from manifoldtrain._validation import attrs_validator, check_float, check_int, check_levels, dtype_from_name
 from manifoldtrain.data import JetDataset
@@ -324,15 +324,20 @@ def run_suite(out_dir: str | os.PathLike = "robustness", config: SuiteConfig | N
     the oracle). Each run keeps its folder under ``runs/`` (config, checkpoint, robustness_eval.json): a
     stopped suite resumes where it stopped.
     """
+    config = SuiteConfig() if config is None else config
+    if not isinstance(config, SuiteConfig):
+        raise TypeError(f"config: expected a SuiteConfig, got {type(config).__name__}")
+    with output_folder(out_dir, "robustness", force=force, argument="out_dir") as out:  # locked while the suite runs
+        return _run_suite(out, config, echo)
+
+
+def _run_suite(out: Path, config: SuiteConfig, echo) -> dict:
+    """:func:`run_suite` in its claimed output folder ``out``."""
     from manifoldtrain.experiment import make_data, model_from_checkpoint, run_checkpoint, run_experiment
     from manifoldtrain.records import machine_info
     from manifoldtrain.plotting import plot_tradeoff, plot_worst_case
     from manifoldtrain.training import load_checkpoint
 
-    config = SuiteConfig() if config is None else config
-    if not isinstance(config, SuiteConfig):
-        raise TypeError(f"config: expected a SuiteConfig, got {type(config).__name__}")
-    out = claim_output_folder(out_dir, "robustness", force=force, argument="out_dir")
     t0 = time.perf_counter()
     plan = config.runs()
     echo(f"manifoldtrain robustness: {manifold_label(config.manifold)}, {config.n_train} training samples, widths {list(config.widths)}, "
