@@ -20,6 +20,7 @@ from manifoldtrain.data.sources import DataRequest, DataSource
 from manifoldtrain.devices import check_device, device_argument  # re-exported: public here before
 from manifoldtrain.distributed import DistributedContext
 from manifoldtrain.evaluation import Metrics, evaluate
+from manifoldtrain.manifold import target_names
 from manifoldtrain.nn import build_model
 from manifoldtrain.records import command_line, machine_info, write_json  # the first two re-exported: public here before
 from manifoldtrain.registry import MODELS, SOURCES
@@ -167,7 +168,10 @@ def run_experiment(
     Writes ``out_dir/config.toml``, ``out_dir/checkpoint.pt`` (see :mod:`manifoldtrain.training`),
     ``out_dir/metrics.csv`` (one row per evaluation), with a validation set
     (``config.train.validation > 0``) ``out_dir/best.pt``, and ``out_dir/results.json``:
-    ``objective`` (term names), ``test`` (metrics of the model in ``checkpoint``),
+    ``objective`` (term names), ``test`` (metrics of the model in ``checkpoint``:
+    :meth:`Metrics.to_dict <manifoldtrain.evaluation.Metrics.to_dict>`, with ``per_output``, the
+    clean RMSE of each target output named by the manifold's ``target_names``, the spread of its
+    test targets and their ratio),
     ``checkpoint`` (``"best.pt"``, the model of lowest validation ``best_metric``, with a validation set;
     else ``"checkpoint.pt"``, the last model), ``best_epoch`` and ``validation`` (that model's
     epoch and validation metrics; None without a validation set), ``stopped_early``,
@@ -222,6 +226,7 @@ def _run(config: ExperimentConfig, out_dir, ctx: DistributedContext, *, resume: 
          device: torch.device) -> dict:
     """:func:`run_experiment`, its arguments checked, on each of ``ctx``'s processes."""
     main = ctx.is_main
+    names = target_names(config.manifold)  # a plug-in's bad names are refused before any work
     out = ctx.run_on_main(lambda: claim_output_folder(out_dir, "run", force=force, argument="out_dir"))
     if data is not None:
         train, test = data
@@ -235,7 +240,8 @@ def _run(config: ExperimentConfig, out_dir, ctx: DistributedContext, *, resume: 
     trainer = Trainer(
         model, config.objective, train, test, config.train, checkpoint_dir=out,
         extra={"model_spec": _model_spec(config, train), "model_seed": config.model_seed,
-               "data": _data_identity(config), "manifold": manifold_description(config.manifold)},
+               "data": _data_identity(config), "manifold": manifold_description(config.manifold),
+               "target_names": list(names)},
         distributed=ctx,
     )
     # A refused resume (other settings, a damaged checkpoint) raises here, before anything is written.
@@ -249,7 +255,7 @@ def _run(config: ExperimentConfig, out_dir, ctx: DistributedContext, *, resume: 
     best = trainer.best
     if best is not None:  # the figures of the model chosen on the validation set
         model.load_state_dict(best["model"])
-    metrics = evaluate(model, test)
+    metrics = evaluate(model, test, output_names=names)
     last = history.records[-1] if history.records else {}
     results = {
         "objective": list(config.objective.names),
@@ -310,5 +316,6 @@ def evaluate_checkpoint(
         if want is not None and list(jet.shape) != list(want):
             raise ValueError(f"test: its {what}s have shape {list(jet.shape)}, the model was trained on {list(want)}")
     model = model_from_checkpoint(state).to(device)
-    return evaluate(model, test.to(next(model.parameters()).dtype))
+    names = extra.get("target_names")  # absent from checkpoints written before it was recorded: y0, y1, ...
+    return evaluate(model, test.to(next(model.parameters()).dtype), output_names=names)
 
