@@ -215,3 +215,10 @@ class BlobFrames(Manifold):
         self.check_points(points)
         self.check_theta(points, theta)
         return points + theta
+
+
+@attrs.frozen
+class TwoNamesSphere(SettingsSphere):
+    """The sphere (3 target outputs) naming two of them only: its runs are refused before any work."""
+
+    target_names = ("x", "y")
