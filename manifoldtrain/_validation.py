@@ -151,3 +151,23 @@ def check_levels(name: str, levels) -> tuple[float, ...]:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
             raise ValueError(f"{name}: expected finite numbers >= 0, got {v!r}")
     return tuple(float(v) for v in levels)
+
+
+def check_names(name: str, value: object, count: int) -> tuple[str, ...]:
+    """``value`` as a tuple of ``count`` distinct, non-empty strings (names of outputs, say);
+    a ``TypeError`` or ``ValueError`` naming ``name`` otherwise.
+
+    >>> check_names("names", ["a", "a"], 2)
+    Traceback (most recent call last):
+    ...
+    ValueError: names: expected distinct names, got 'a' more than once
+    """
+    if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list)):
+        raise TypeError(f"{name}: expected a tuple of {count} names, got {type(value).__name__}")
+    names = tuple(value)
+    if len(names) != count or not all(isinstance(v, str) and v for v in names):
+        raise ValueError(f"{name}: expected {count} non-empty strings, got {list(names)!r}")
+    if len(set(names)) != count:
+        twice = ", ".join(repr(v) for v in dict.fromkeys(v for v in names if names.count(v) > 1))
+        raise ValueError(f"{name}: expected distinct names, got {twice} more than once")
+    return names

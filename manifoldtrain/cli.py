@@ -219,7 +219,7 @@ def _build_parser(plugins: dict[str, type] | None = None, command_manifold: type
 def _add_demo(sub, manifold: type) -> None:
     from manifoldtrain.demo import DemoConfig
 
-    p = sub.add_parser("demo", help="train value, first- and second-order networks on a manifold (the cube) and compare")
+    p = sub.add_parser("demo", help="train value, first- and second-order networks on a manifold (default: the cube) and compare")
     p.add_argument("--out", default="demo", help="output directory (default ./demo): new, empty, or a demo's")
     p.add_argument("--force", action="store_true", help="write into --out even if it holds other files")
     p.add_argument("--quick", action="store_true", help="a tiny run for smoke tests (seconds, not minutes)")

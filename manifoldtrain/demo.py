@@ -1,4 +1,4 @@
-"""The main job: the same network trained three ways on the same cube data and budget."""
+"""The main job: the same network trained three ways on the same data and budget (the cube's, by default)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from manifoldtrain._validation import attrs_validator, check_float, check_int
 from manifoldtrain.config import DataConfig, ExperimentConfig
 from manifoldtrain.experiment import make_data, run_experiment
 from manifoldtrain.manifold import Manifold
+from manifoldtrain.manifolds import Cube
 from manifoldtrain.registry import check_manifold_setting, manifold_label, manifold_of, manifold_table
 from manifoldtrain.nn import MLPConfig, check_hidden
 from manifoldtrain.objectives import Objective
@@ -44,7 +45,7 @@ class DemoConfig:
     Attributes
     ----------
     n_train, n_test : int
-        Cube samples to train and test on (the same for every run).
+        Samples to train and test on (the same for every run).
     hidden : tuple of int
         Hidden layers of the tanh MLP (the same network and initial weights for every run).
     seconds_per_run : float
@@ -94,19 +95,27 @@ class DemoConfig:
         )
 
 
-def _busy_machine_note(load: float | None, cpus: int | None, threads: int) -> str | None:
+def _is_the_cube(manifold: Manifold) -> bool:
+    """Whether ``manifold`` is the cube with its default settings, the one whose figures (the
+    ratio on idle cores, corner coordinates) the demo may quote."""
+    return type(manifold) is Cube and manifold == Cube()
+
+
+def _busy_machine_note(load: float | None, cpus: int | None, threads: int, cube: bool = False) -> str | None:
     """A warning when other work already occupies the CPUs that the demo's torch threads need
     (``load``: cores busy with other work before it starts, on ``cpus`` cores, ``threads`` torch threads),
     or ``None``. Its budgets are wall-clock seconds, so a busy machine gives every run fewer
     epochs, the slower derivative runs relatively fewer still (a multi-threaded torch op that
     waits for a descheduled thread can run several times slower), and the ratio is then not
-    the quiet machine's."""
+    the quiet machine's. The cube's ratio on idle cores is quoted only for the cube (``cube``:
+    the default cube)."""
     if not _busy(load, cpus, threads):
         return None
+    quiet = " (5-7x for the cube on 2 idle cores in our fresh installs)" if cube else ""
     return (f"note: this machine is busy (load {load:.1f} on {cpus} cores before the demo, torch uses {threads} "
             f"threads): the wall-clock budgets will give every run fewer epochs, derivative training relatively "
-            f"fewer still, so the ratio below is not a quiet machine's (5-7x for the cube on 2 idle cores in our "
-            f"fresh installs). Rerun when the machine is idle, or compare epoch counts.")
+            f"fewer still, so the ratio below is not a quiet machine's{quiet}. Rerun when the machine is idle, "
+            f"or compare epoch counts.")
 
 
 def run_demo(out_dir: str | os.PathLike = "demo", config: DemoConfig = DemoConfig(), *, echo=print, force: bool = False,
@@ -114,8 +123,12 @@ def run_demo(out_dir: str | os.PathLike = "demo", config: DemoConfig = DemoConfi
     """Train the demo's runs, print a table, write ``results.json`` and ``report.png`` to ``out_dir``.
 
     ``results.json`` holds ``"runs"``: per run ``objective``, ``test_rmse``, ``test_rmse_d1``,
-    ``test_rmse_d2``, ``seconds``, ``epochs``, ``seed``; and ``"ratio_value_to_second"``, the
-    clean test RMSE of value training over that of second-order training. Each run also keeps
+    ``test_rmse_d2``, ``test_per_output`` (each target output's clean RMSE, the spread of its
+    test targets and their ratio: :attr:`Metrics.per_output
+    <manifoldtrain.evaluation.Metrics.per_output>`), ``seconds``, ``epochs``, ``seed``; and
+    ``"ratio_value_to_second"``, the clean test RMSE of value training over that of
+    second-order training. It prints the runs' table and, per output, each run's RMSE relative
+    to the spread of the output's test targets (:func:`format_outputs`). Each run also keeps
     its own directory (config, checkpoint, history): a stopped demo resumes where it stopped.
     ``out_dir`` must be new, empty or a demo folder already (``force``: any folder). With
     ``fit_threads`` (the command line's default, unless ``--threads`` is given), torch uses only
@@ -130,7 +143,7 @@ def run_demo(out_dir: str | os.PathLike = "demo", config: DemoConfig = DemoConfi
 def _locked_demo(out: Path, config: DemoConfig, echo, fit_threads: bool) -> dict:
     """:func:`run_demo` in its claimed output folder ``out``."""
     load, cpus, threads = _load_average(), os.cpu_count(), torch.get_num_threads()
-    busy = _busy_machine_note(load, cpus, threads)
+    busy = _busy_machine_note(load, cpus, threads, cube=_is_the_cube(config.experiment(config.objectives[0]).manifold))
     fitted = _threads_for(load, cpus, threads) if fit_threads else threads
     if busy and fitted != threads:
         busy += (f" The demo uses {fitted} torch thread{'s' if fitted > 1 else ''} instead of {threads} meanwhile "
@@ -162,6 +175,7 @@ def _run_demo(out: Path, config: DemoConfig, echo, busy: str | None, load: float
                 "test_rmse": res["test"]["rmse"],
                 "test_rmse_d1": res["test"]["rmse_d1"],
                 "test_rmse_d2": res["test"]["rmse_d2"],
+                "test_per_output": res["test"]["per_output"],
                 "seconds": res["seconds"],
                 "epochs": res["epochs"],
                 "seed": config.seed,
@@ -183,6 +197,7 @@ def _run_demo(out: Path, config: DemoConfig, echo, busy: str | None, load: float
     write_json(out / "results.json", results)
     plot_report(runs, histories, train, test, out, config)
     echo(format_table(runs))
+    echo(format_outputs(runs))
     if "ratio_value_to_second" in results:
         echo(f"clean test RMSE, value / second order: {results['ratio_value_to_second']:.1f}x"
              + (" (on a busy machine: see the note above)" if busy else ""))
@@ -206,9 +221,34 @@ def format_table(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+#: At most this many outputs are listed by :func:`format_outputs` (all are in ``results.json``).
+MAX_OUTPUTS_SHOWN = 24
+
+
+def format_outputs(runs: list[dict]) -> str:
+    """Each target output's clean test RMSE relative to the spread of its test targets (the
+    runs' ``test_per_output``), one row per output, one column per run, as plain text."""
+    first = runs[0]["test_per_output"]
+    names = list(first)
+    width = max(10, *(len(n) for n in names[:MAX_OUTPUTS_SHOWN]))
+    lines = ["per output: clean test RMSE / std of its test targets (1.0: no better than predicting their mean)",
+             f"{'output':<{width}} {'std':>10} " + " ".join(f"{r['objective']:>10}" for r in runs)]
+
+    def ratio(v):
+        return f"{v:10.4f}" if v is not None else f"{'-':>10}"
+
+    for name in names[:MAX_OUTPUTS_SHOWN]:
+        std = first[name]["std"]
+        lines.append(f"{name:<{width}} {std:10.3e} "
+                     + " ".join(ratio(r["test_per_output"][name]["relative_rmse"]) for r in runs))
+    if len(names) > MAX_OUTPUTS_SHOWN:
+        lines.append(f"... and {len(names) - MAX_OUTPUTS_SHOWN} more outputs in results.json")
+    return "\n".join(lines)
+
+
 def plot_report(runs, histories, train, test, out: Path, config: DemoConfig) -> Path:
     """``report.png``: learning curves and error histograms (top), predicted against true
-    corner coordinates on the test set for each objective (bottom)."""
+    targets on the test set for each objective (bottom; the corner coordinates, for the cube)."""
     import numpy as np
     from matplotlib.figure import Figure
 
@@ -223,6 +263,8 @@ def plot_report(runs, histories, train, test, out: Path, config: DemoConfig) -> 
     ax_curve = fig.add_subplot(grid[0, :k])
     ax_hist = fig.add_subplot(grid[0, k:])
     truth = test.targets.value.double().numpy().ravel()
+    outputs = test.targets.value[0].numel()
+    what = "corner coordinate" if _is_the_cube(config.experiment(config.objectives[0]).manifold) else "target"
     lo, hi = truth.min(), truth.max()
     for col, r in enumerate(runs):
         name = r["objective"]
@@ -238,10 +280,11 @@ def plot_report(runs, histories, train, test, out: Path, config: DemoConfig) -> 
         ax = fig.add_subplot(grid[1, 2 * col : 2 * col + 2])
         ax.plot([lo, hi], [lo, hi], color="black", lw=0.8)
         ax.scatter(truth, pred, s=2, alpha=0.35, color=colors[name])
-        ax.set(xlabel="true target", ylabel="predicted", title=f"{name}: test RMSE {r['test_rmse']:.2e}")
+        ax.set(xlabel=f"true {what}", ylabel="predicted", title=f"{name}: test RMSE {r['test_rmse']:.2e}")
         ax.set_aspect("equal")
     ax_curve.set(xlabel="training seconds", ylabel="test RMSE (clean)", yscale="log", title="learning curves (test)")
-    ax_hist.set(xscale="log", xlabel="|predicted - true| over all 9 outputs", ylabel="count", title="error histogram (test)")
+    spread = f"over all {outputs} {what}s" if outputs > 1 else f"of the {what}"
+    ax_hist.set(xscale="log", xlabel=f"|predicted - true| {spread}", ylabel="count", title="error histogram (test)")
     ax_curve.legend(fontsize=9)
     ax_hist.legend(fontsize=9)
     fig.suptitle(

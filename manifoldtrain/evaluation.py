@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import abc
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import attrs
 import torch
 
-from manifoldtrain._validation import check_int
+from manifoldtrain._validation import check_int, check_names
 from manifoldtrain.data import JetDataset, check_dataset
 from manifoldtrain.jet import Jet
 from manifoldtrain.network_jets import check_jet_model, network_jet
@@ -42,6 +42,13 @@ class Metrics:
     jet : str
         Which function computed the network's jets (``"network_jet"``: Taylor mode;
         ``"network_jet_nested"``: nested ``torch.func.jvp``; ``"forward"`` for values only).
+    per_output : dict or None
+        Each target output by name (:attr:`Manifold.target_names
+        <manifoldtrain.manifold.Manifold.target_names>`, default ``y0, y1, ...``):
+        ``{"rmse": ..., "std": ..., "relative_rmse": ...}``, the clean RMSE of that output, the
+        standard deviation of its test targets (their spread: predicting their mean scores an
+        RMSE of ``std``), and ``rmse / std`` (``None`` where ``std`` is 0). ``None`` for metrics
+        built without it.
     """
 
     rmse: float
@@ -49,6 +56,7 @@ class Metrics:
     rmse_d2: float | None
     n: int
     jet: str = "network_jet"
+    per_output: dict[str, dict[str, float | None]] | None = None
 
     def to_dict(self) -> dict:
         """JSON-able dict."""
@@ -63,8 +71,9 @@ def evaluate(
     batch_size: int = 256,
     order: int | None = None,
     jet_fn: Callable[[torch.nn.Module, Jet], Jet] = network_jet,
+    output_names: Sequence[str] | None = None,
 ) -> Metrics:
-    """Clean and derivative RMSE of ``model`` on ``data``.
+    """Clean and derivative RMSE of ``model`` on ``data``, and the clean RMSE of each output.
 
     Batches are moved to the model's device and dtype.
 
@@ -82,15 +91,23 @@ def evaluate(
         (Taylor mode, the default; a model without jet rules is an error naming the layer) or
         :func:`~manifoldtrain.network_jets.network_jet_nested` (any model, slower), chosen
         explicitly. :attr:`Metrics.jet` says which ran.
+    output_names : sequence of str, optional
+        Names of the target's outputs (row-major over ``target_shape``) for
+        :attr:`Metrics.per_output`; default ``y0, y1, ...``. A manifold's are
+        :func:`manifoldtrain.manifold.target_names`.
     """
     check_dataset("data", data)
     check_int("batch_size", batch_size, minimum=1)
+    n_outputs = math.prod(data.targets.shape)
+    names = tuple(f"y{i}" for i in range(n_outputs)) if output_names is None else check_names(
+        "output_names", output_names, n_outputs)
     order = data.order if order is None else check_int("order", order, minimum=0, maximum=data.order)
     param = next(iter(model.parameters()))
     was_training = model.training
     model.eval()
     sums = [0.0, 0.0, 0.0]
     counts = [0, 0, 0]
+    per_output = torch.zeros(n_outputs, dtype=torch.float64)
     try:
         for start in range(0, len(data), batch_size):
             sl = slice(start, start + batch_size)
@@ -98,12 +115,27 @@ def evaluate(
             y = data.targets[sl].truncate(order).to(device=param.device, dtype=param.dtype)
             pred = Jet(model(x.value)) if order == 0 else jet_fn(model, x)
             for k, (a, b) in enumerate(zip(pred.components(), y.components())):
-                sums[k] += float((a - b).double().pow(2).sum())
+                squares = (a - b).double().pow(2)
+                sums[k] += float(squares.sum())
                 counts[k] += b.numel()
+                if k == 0:
+                    per_output += squares.reshape(len(b), n_outputs).sum(0).cpu()
     finally:
         model.train(was_training)
     rmse = [math.sqrt(s / c) if c else None for s, c in zip(sums, counts)]
-    return Metrics(rmse[0], rmse[1], rmse[2], len(data), "forward" if order == 0 else jet_fn.__name__)
+    return Metrics(rmse[0], rmse[1], rmse[2], len(data), "forward" if order == 0 else jet_fn.__name__,
+                   _per_output(names, per_output, data.targets.value))
+
+
+def _per_output(names: tuple[str, ...], squares: torch.Tensor, targets: torch.Tensor) -> dict:
+    """:attr:`Metrics.per_output` from the summed squared errors of each output and the targets."""
+    n = len(targets)
+    if n == 0:
+        return {name: {"rmse": None, "std": None, "relative_rmse": None} for name in names}
+    rmse = (squares / n).sqrt()
+    std = targets.detach().to("cpu", torch.float64).reshape(n, -1).std(0, correction=0)
+    return {name: {"rmse": float(r), "std": float(s), "relative_rmse": float(r / s) if s > 0 else None}
+            for name, r, s in zip(names, rmse, std)}
 
 
 class Metric(abc.ABC):

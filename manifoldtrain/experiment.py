@@ -22,6 +22,7 @@ from manifoldtrain.data.sources import DataRequest, DataSource
 from manifoldtrain.devices import check_device, device_argument  # re-exported: public here before
 from manifoldtrain.distributed import DistributedContext
 from manifoldtrain.evaluation import JetRMSE, Metrics, evaluate
+from manifoldtrain.manifold import target_names
 from manifoldtrain.network_jets import network_jet
 from manifoldtrain.nn import build_model
 from manifoldtrain.records import command_line, machine_info, write_json  # the first two re-exported: public here before
@@ -183,14 +184,18 @@ def _recover_previous(out: Path) -> Path:
     return out
 
 
-def _final_metrics(trainer: Trainer, model: torch.nn.Module, test: JetDataset, last: dict) -> Metrics:
+def _final_metrics(trainer: Trainer, model: torch.nn.Module, test: JetDataset, last: dict,
+                   names: tuple[str, ...]) -> Metrics:
     """The test metrics of the run's model: those the Trainer computed at the last epoch where
     they are of this very model, by :func:`evaluate` itself (no best model chosen, the default
-    metric: the same numbers, so not computed twice), else :func:`evaluate`'s."""
+    metric: the same numbers, so the jets are not computed twice; the outputs' own RMSE from a
+    forward pass), else :func:`evaluate`'s."""
     if trainer.best is None and trainer.metrics == (JetRMSE(),) and "test" in last and last["epoch"] == trainer.epoch:
         t = last["test"]
-        return Metrics(t["rmse"], t["rmse_d1"], t["rmse_d2"], len(test), "forward" if test.order == 0 else network_jet.__name__)
-    return evaluate(model, test)
+        per_output = evaluate(model, test, order=0, output_names=names).per_output
+        return Metrics(t["rmse"], t["rmse_d1"], t["rmse_d2"], len(test),
+                       "forward" if test.order == 0 else network_jet.__name__, per_output)
+    return evaluate(model, test, output_names=names)
 
 
 def model_from_checkpoint(state: dict) -> torch.nn.Sequential:
@@ -225,7 +230,10 @@ def run_experiment(
     Writes ``out_dir/config.toml``, ``out_dir/checkpoint.pt`` (see :mod:`manifoldtrain.training`),
     ``out_dir/metrics.csv`` (one row per evaluation), with a validation set
     (``config.train.validation > 0``) ``out_dir/best.pt``, and ``out_dir/results.json``:
-    ``objective`` (term names), ``test`` (metrics of the model in ``checkpoint``),
+    ``objective`` (term names), ``test`` (metrics of the model in ``checkpoint``:
+    :meth:`Metrics.to_dict <manifoldtrain.evaluation.Metrics.to_dict>`, with ``per_output``, the
+    clean RMSE of each target output named by the manifold's ``target_names``, the spread of its
+    test targets and their ratio),
     ``checkpoint`` (``"best.pt"``, the model of lowest validation ``best_metric``, with a validation set;
     else ``"checkpoint.pt"``, the last model), ``best_epoch`` and ``validation`` (that model's
     epoch and validation metrics; None without a validation set), ``stopped_early``,
@@ -294,6 +302,7 @@ def _run(config: ExperimentConfig, out_dir, ctx: DistributedContext, *, resume: 
     """:func:`run_experiment`, its arguments checked, on each of ``ctx``'s processes (the
     folder whose lock it holds, rank 0's, appended to ``claimed``)."""
     main = ctx.is_main
+    names = target_names(config.manifold)  # a plug-in's bad names are refused before any work
 
     def claim() -> Path:
         folder = claim_output_folder(out_dir, "run", force=force, argument="out_dir")
@@ -313,7 +322,8 @@ def _run(config: ExperimentConfig, out_dir, ctx: DistributedContext, *, resume: 
     trainer = Trainer(
         model, config.objective, train, test, config.train, checkpoint_dir=out,
         extra={"model_spec": _model_spec(config, train), "model_seed": config.model_seed,
-               "data": _data_identity(config), "manifold": manifold_description(config.manifold)},
+               "data": _data_identity(config), "manifold": manifold_description(config.manifold),
+               "target_names": list(names)},
         distributed=ctx,
     )
     # A refused resume (other settings, a damaged checkpoint) raises here, before anything is written.
@@ -326,7 +336,7 @@ def _run(config: ExperimentConfig, out_dir, ctx: DistributedContext, *, resume: 
     if best is not None:  # the figures of the model chosen on the validation set
         model.load_state_dict(best["model"])
     last = history.records[-1] if history.records else {}
-    metrics = _final_metrics(trainer, model, test, last)
+    metrics = _final_metrics(trainer, model, test, last, names)
     results = {
         "objective": list(config.objective.names),
         "test": metrics.to_dict(),
@@ -390,5 +400,6 @@ def evaluate_checkpoint(
         if want is not None and list(jet.shape) != list(want):
             raise ValueError(f"test: its {what}s have shape {list(jet.shape)}, the model was trained on {list(want)}")
     model = model_from_checkpoint(state).to(device)
-    return evaluate(model, test.to(next(model.parameters()).dtype))
+    names = extra.get("target_names")  # absent from checkpoints written before it was recorded: y0, y1, ...
+    return evaluate(model, test.to(next(model.parameters()).dtype), output_names=names)
 

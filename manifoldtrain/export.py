@@ -18,7 +18,8 @@ The file also holds ``manifoldtrain.json`` (read with :func:`export_info`, or wi
 ``torch.export.load(path, extra_files={"manifoldtrain.json": ""})``): the format, the input and
 target shapes, the dtype, the manifold (``manifold``: its class and settings, as the run recorded
 them), the names of the outputs (``output_names``, one per output in the flattened target's
-order: the manifold's ``target_names`` where its class declares them, else ``y0``, ``y1``, ...),
+order: the manifold's ``target_names`` as the run recorded them, or for older runs as the
+manifold's class declares them, else ``y0``, ``y1``, ...),
 the checkpoint it came from, its epoch, and the library and torch versions. That entry is also
 how a later export recognises a file it may replace.
 """
@@ -187,7 +188,8 @@ def export_run(run: str | os.PathLike, out: str | os.PathLike, *, force: bool = 
         "target_shape": list(spec["target_shape"]),
         "dtype": spec["dtype"],
         "manifold": manifold,
-        "output_names": output_names(manifold, spec["target_shape"]),
+        # The names the run was trained with (recorded since per-output metrics), else the class's.
+        "output_names": list(state["extra"].get("target_names") or output_names(manifold, spec["target_shape"])),
         "checkpoint": checkpoint.name,
         "epoch": state.get("epoch"),
         "manifoldtrain": __version__,

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import abc
+import math
 from collections.abc import Callable
 
 import torch
 from torch.func import jvp, vmap
 
-from manifoldtrain._validation import check_int, check_tensor
+from manifoldtrain._validation import check_int, check_names, check_tensor
 from manifoldtrain.jet import Jet, triu_pairs
 
-__all__ = ["Manifold", "chart_jet"]
+__all__ = ["Manifold", "chart_jet", "target_names"]
 
 
 def chart_jet(
@@ -121,6 +122,10 @@ class Manifold(abc.ABC):
     * :meth:`check_domain` -- reject points outside the manifold's valid range (the default
       accepts every finite point);
     * :attr:`coordinate_names` -- labels of the local coordinates for plots;
+    * :attr:`target_names` -- names of the target's outputs, one per element of
+      ``target_shape`` in row-major order (default ``y0, y1, ...``), for the per-output test
+      RMSE of ``results.json``, ``manifoldtrain evaluate`` and the demo; a class attribute
+      is enough, e.g. ``target_names = ("x", "y", "vx", "vy")``;
     * :meth:`move` -- the point that local coordinates ``theta`` reach from ``p``, so that
       ``input(move(p, theta), 0) == input(p, theta)`` (to re-centre the chart, e.g. in the
       oracle's Gauss-Newton projection).
@@ -221,6 +226,12 @@ class Manifold(abc.ABC):
     def coordinate_names(self) -> tuple[str, ...]:
         """Names of the ``d`` local coordinates, for labels (default ``theta0, theta1, ...``)."""
         return tuple(f"theta{i}" for i in range(self.param_dim))
+
+    @property
+    def target_names(self) -> tuple[str, ...]:
+        """Names of the target's ``prod(target_shape)`` outputs, in row-major order, for
+        per-output metrics (default ``y0, y1, ...``)."""
+        return tuple(f"y{i}" for i in range(math.prod(self.target_shape)))
 
     def check_domain(self, points: torch.Tensor) -> None:
         """Raise ``ValueError`` naming ``points`` if any point lies outside the valid range.
@@ -348,6 +359,14 @@ class Manifold(abc.ABC):
             chart_jet(lambda t: self.input(points, t), theta, order, chunk_size=chunk_size),
             chart_jet(lambda t: self.target(points, t), theta, order, chunk_size=chunk_size),
         )
+
+
+def target_names(manifold: Manifold) -> tuple[str, ...]:
+    """``manifold.target_names``, checked: ``prod(target_shape)`` distinct, non-empty strings
+    (one per target output, row-major); a ``TypeError`` or ``ValueError`` naming
+    ``ClassName.target_names`` otherwise."""
+    names = manifold.target_names
+    return check_names(f"{type(manifold).__name__}.target_names", names, math.prod(manifold.target_shape))
 
 
 def check_is_manifold(name: str, value: object) -> Manifold:

@@ -271,7 +271,8 @@ class MLPConfig(ModelConfig):
 
 @attrs.frozen
 class ConvNetConfig(ModelConfig):
-    """A small conv net for image inputs ``[H, W]``: two strided convolutions, then an MLP head.
+    """A small conv net for image inputs ``[H, W]`` or ``[C, H, W]`` (``C`` channels, e.g. frames
+    of a movie): two strided convolutions, then an MLP head.
 
     Attributes
     ----------
@@ -290,11 +291,16 @@ class ConvNetConfig(ModelConfig):
     activation: str = attrs.field(default="tanh", validator=_check_activation)
 
     def layers(self, input_shape: tuple[int, ...], n_outputs: int) -> list[nn.Module]:
-        if len(input_shape) != 2:
-            raise ValueError(f"inputs: a ConvNetConfig needs images [n, H, W], got [n, {', '.join(map(str, input_shape))}]")
+        if len(input_shape) not in (2, 3):
+            raise ValueError("inputs: a ConvNetConfig needs images [n, H, W] or [n, C, H, W], got "
+                             f"[n, {', '.join(map(str, input_shape))}]")
         act = _activation_class(self.activation)
-        layers: list[nn.Module] = [nn.Unflatten(1, (1, input_shape[0]))]
-        c_in, h, w = 1, *input_shape
+        if len(input_shape) == 2:  # one channel
+            layers: list[nn.Module] = [nn.Unflatten(1, (1, input_shape[0]))]
+            c_in, h, w = 1, *input_shape
+        else:
+            layers = []
+            c_in, h, w = input_shape
         for c in self.channels:
             layers += [nn.Conv2d(c_in, c, 3, stride=2, padding=1), act()]
             c_in, h, w = c, (h + 1) // 2, (w + 1) // 2

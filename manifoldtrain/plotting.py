@@ -27,7 +27,9 @@ def plot_image_jet(
     Parameters
     ----------
     jet : Jet
-        An image jet: ``value [n, H, W]``, ``d1 [n, d, H, W]``, ``d2 [n, d(d+1)/2, H, W]``.
+        An image jet: ``value [n, H, W]``, ``d1 [n, d, H, W]``, ``d2 [n, d(d+1)/2, H, W]``; or a
+        multi-channel one, ``value [n, C, H, W]`` (e.g. ``C`` frames), drawn channel after
+        channel.
     sample : int
         Which of the ``n`` samples to draw.
     second_order : bool
@@ -41,12 +43,14 @@ def plot_image_jet(
     -------
     matplotlib.figure.Figure
         One row with the image and the ``d`` first derivatives, then the second derivatives,
-        each panel with its own colour bar (derivatives on a symmetric diverging scale).
+        each panel with its own colour bar (derivatives on a symmetric diverging scale); with
+        ``C`` channels, these rows for each channel in turn, titles prefixed ``channel c:``.
     """
     from matplotlib.figure import Figure
 
-    if not isinstance(jet, Jet) or len(jet.shape) != 2:
-        raise ValueError("jet: expected an image Jet with value of shape [n, H, W]")
+    if not isinstance(jet, Jet) or len(jet.shape) not in (2, 3):
+        shape = f"[n, {', '.join(map(str, jet.shape))}]" if isinstance(jet, Jet) else type(jet).__name__
+        raise ValueError(f"jet: expected an image Jet with value of shape [n, H, W] or [n, C, H, W], got {shape}")
     check_int("sample", sample, minimum=0, maximum=len(jet) - 1)
     if jet.order < 1:
         raise ValueError("jet: expected a jet of order >= 1 (first derivatives to draw)")
@@ -56,16 +60,22 @@ def plot_image_jet(
     names = coordinate_names or tuple(str(i) for i in range(d))
     if len(names) != d:
         raise ValueError(f"coordinate_names: expected {d} names, got {len(names)}")
-    panels = [("value", jet.value[sample], False)]
-    panels += [(f"d/d{names[i]}", jet.d1[sample, i], True) for i in range(d)]
-    if second_order:
-        i, j = triu_pairs(d)
-        panels += [(f"d2/d{names[a]}d{names[b]}", jet.d2[sample, k], True) for k, (a, b) in enumerate(zip(i.tolist(), j.tolist()))]
     cols = d + 1
-    rows = math.ceil(len(panels) / cols)
+    channels = [(None, ...)] if len(jet.shape) == 2 else [(f"channel {c}: ", c) for c in range(jet.shape[0])]
+    panels = []  # (label, image, diverging, position): each channel starts a new row
+    for prefix, c in channels:
+        own = [("value", jet.value[sample][c], False)]
+        own += [(f"d/d{names[i]}", jet.d1[sample, i][c], True) for i in range(d)]
+        if second_order:
+            i, j = triu_pairs(d)
+            own += [(f"d2/d{names[a]}d{names[b]}", jet.d2[sample, k][c], True)
+                    for k, (a, b) in enumerate(zip(i.tolist(), j.tolist()))]
+        start = math.ceil((panels[-1][3] + 1) / cols) * cols if panels else 0
+        panels += [((prefix or "") + label, img, div, start + k) for k, (label, img, div) in enumerate(own)]
+    rows = panels[-1][3] // cols + 1
     fig = Figure(figsize=(2.3 * cols, 2.2 * rows + (0.4 if title else 0.0)), layout="constrained")
-    for k, (label, img, diverging) in enumerate(panels):
-        ax = fig.add_subplot(rows, cols, k + 1)
+    for label, img, diverging, position in panels:
+        ax = fig.add_subplot(rows, cols, position + 1)
         data = img.detach().to(torch.float64).cpu().numpy()
         if diverging:
             lim = float(abs(data).max()) or 1.0
@@ -102,8 +112,9 @@ def show(
     Parameters
     ----------
     manifold : Manifold
-        A manifold whose input is an image (``input_shape`` of length 2), e.g.
-        :class:`~manifoldtrain.manifolds.Cube`.
+        A manifold whose input is an image, ``input_shape`` ``(H, W)`` (e.g.
+        :class:`~manifoldtrain.manifolds.Cube`) or ``(C, H, W)`` (``C`` channels, e.g. frames,
+        drawn one after the other).
     out : path, optional
         Where to save the figure (atomically); format from the suffix.
     seed : int
@@ -119,8 +130,9 @@ def show(
     -------
     matplotlib.figure.Figure
     """
-    if len(manifold.input_shape) != 2:
-        raise ValueError(f"manifold: expected an image manifold (input_shape of length 2), got {manifold.input_shape}")
+    if len(manifold.input_shape) not in (2, 3):
+        raise ValueError("manifold: expected an image manifold (input_shape (H, W) or (C, H, W)), got input_shape "
+                         f"{tuple(manifold.input_shape)}")
     if points is None:
         check_int("seed", seed, minimum=0)
         points = manifold.sample(1, torch.Generator().manual_seed(seed), dtype=dtype)
@@ -224,27 +236,32 @@ def plot_worst_case(image: torch.Tensor, panels: list[tuple[str, float, torch.Te
                     path: str | os.PathLike) -> None:
     """The worst-case perturbation of each network next to the input it perturbs.
 
-    ``image`` is one input (``[H, W]`` or a vector); ``panels`` are ``(label, amplification,
-    direction)`` with ``direction`` the unit worst-case perturbation (input-shaped). Each row
-    shows the input, the perturbation scaled to the L2 ``budget`` and the perturbed input.
-    Written atomically to ``path``.
+    ``image`` is one input (``[H, W]``, ``[C, H, W]`` or a vector); ``panels`` are ``(label,
+    amplification, direction)`` with ``direction`` the unit worst-case perturbation
+    (input-shaped). Each row shows the input, the perturbation scaled to the L2 ``budget`` and
+    the perturbed input; the ``C`` channels of a multi-channel input side by side, left to
+    right, on one colour scale. Written atomically to ``path``.
     """
     from matplotlib.figure import Figure
 
     if not panels:
         raise ValueError("panels: nothing to plot")
     img = image.detach().double().cpu()
+    channels = f" (channels 0-{img.shape[0] - 1}, left to right)" if img.dim() == 3 else ""
     fig = Figure(figsize=(11, 3.3 * len(panels)), layout="constrained")
     for row, (label, amp, direction) in enumerate(panels):
         delta = budget * direction.detach().double().cpu()
-        shown = [(img, "input", False), (delta, f"worst-case perturbation, |delta| = {budget:g}", True),
+        shown = [(img, "input" + channels, False), (delta, f"worst-case perturbation, |delta| = {budget:g}", True),
                  (img + delta, "perturbed input", False)]
         for col, (a, name, signed) in enumerate(shown):
             ax = fig.add_subplot(len(panels), 3, 3 * row + col + 1)
             if col == 0:
                 ax.set_ylabel(f"{label}\n||E||_2 = {amp:.3g}", fontsize=9)
+            if a.dim() == 3:  # channels side by side, a blank (NaN) column between them
+                gap = torch.full((a.shape[1], 1), float("nan"), dtype=a.dtype)
+                a = torch.cat([part for c in range(a.shape[0]) for part in ((gap,) if c else ()) + (a[c],)], dim=1)
             if a.dim() == 2:
-                lim = float(a.abs().max()) or 1.0
+                lim = float(a.nan_to_num(0.0).abs().max()) or 1.0
                 im = ax.imshow(a.numpy(), cmap="RdBu_r" if signed else "gray", vmin=-lim if signed else None,
                                vmax=lim if signed else None)
                 fig.colorbar(im, ax=ax, shrink=0.8)

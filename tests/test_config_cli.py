@@ -216,11 +216,14 @@ def test_demo_quick(tmp_path, capsys):
     results = json.loads((out / "results.json").read_text())
     assert [r["objective"] for r in results["runs"]] == ["value", "first", "second"]
     for r in results["runs"]:
-        assert set(r) == {"objective", "test_rmse", "test_rmse_d1", "test_rmse_d2", "seconds", "epochs", "seed"}
+        assert set(r) == {"objective", "test_rmse", "test_rmse_d1", "test_rmse_d2", "test_per_output", "seconds",
+                          "epochs", "seed"}
         assert r["epochs"] >= 1 and r["test_rmse"] > 0
+        assert list(r["test_per_output"]) == [f"corner{k}_{a}" for k in (1, 2, 3) for a in "xyz"]
     assert (out / "report.png").read_bytes()[:4] == b"\x89PNG"
     text = capsys.readouterr().out
     assert "objective" in text and "value / second order" in text
+    assert "per output: clean test RMSE / std of its test targets" in text and "\ncorner3_z " in text
 
 
 def test_demo_says_when_the_machine_is_busy(tmp_path, capsys, monkeypatch):
@@ -237,6 +240,7 @@ def test_demo_says_when_the_machine_is_busy(tmp_path, capsys, monkeypatch):
     assert main(["demo", "--quick", "--out", str(out), "--no-progress"]) == 0
     text = capsys.readouterr().out
     assert "note: this machine is busy (load 3.0 on 2 cores" in text and "(on a busy machine: see the note above)" in text
+    assert "(5-7x for the cube on 2 idle cores" in text  # the default cube: its figures may be quoted
     results = json.loads((out / "results.json").read_text())
     assert results["busy_machine"].startswith("note: this machine is busy")
     assert results["machine"]["load_average_before"] == 3.0 and results["machine"]["cpus"] == 2

@@ -319,7 +319,8 @@ def test_a_run_reports_the_best_model_and_clears_stale_files(tmp_path):
 
     _, test = make_data(config, progress=False)
     best_model = model_from_checkpoint(load_checkpoint(out / BEST_NAME))
-    assert results["test"] == evaluate(best_model, test).to_dict()
+    assert results["test"] == evaluate(best_model, test, output_names=config.manifold.target_names).to_dict()
+    assert list(on_disk["test"]["per_output"]) == [f"corner{k}_{a}" for k in (1, 2, 3) for a in "xyz"]  # the cube's
     assert len(_rows(out / METRICS_NAME)) == len(history)
     # Without validation: the last model, and no best.pt or rows left from the run before.
     (out / METRICS_NAME).write_text("epoch\n99\n")

@@ -22,6 +22,7 @@ from manifoldtrain.config import config_from_dict
 from manifoldtrain.data import generate_jets
 from manifoldtrain.experiment import run_experiment
 from manifoldtrain.export import export_info, export_run
+from manifoldtrain.manifold import target_names
 from manifoldtrain.manifolds import Cube
 from manifoldtrain.nn import MLPConfig, build_model
 from manifoldtrain.objectives import Objective
@@ -224,7 +225,7 @@ def test_an_export_says_what_it_holds_and_refuses_float64(tmp_path):
     info = export_info(out)
     assert info["manifold"]["class"].endswith("Cube")
     assert info["manifold"]["settings"]["image_size"] == 9 and info["manifold"]["settings"]["sigma"] == 0.08
-    assert info["output_names"] == [f"y{i}" for i in range(9)] and info["dtype"] == "float32"
+    assert info["output_names"] == list(target_names(Cube())) and info["dtype"] == "float32"  # as the run recorded them
     program = torch.export.load(out).module()
     x = torch.rand(3, 9, 9)
     assert program(x).shape == (3, 9)
@@ -324,10 +325,13 @@ def test_the_final_figures_are_the_last_evaluation_not_a_second_one(tmp_path, mo
     from manifoldtrain.experiment import make_data, model_from_checkpoint
 
     calls = []
-    monkeypatch.setattr(experiment, "evaluate", lambda *a, **k: calls.append(1) or evaluate(*a, **k))
+    monkeypatch.setattr(experiment, "evaluate", lambda *a, **k: calls.append(k.get("order")) or evaluate(*a, **k))
     results = run_experiment(_config(), tmp_path / "run", progress=False)
-    assert calls == []  # the Trainer's last evaluation is of the same model, by the same function
+    # The Trainer's last evaluation is of the same model, by the same function: only a forward
+    # pass (order 0) adds each output's own RMSE.
+    assert calls == [0]
     model = model_from_checkpoint(load_checkpoint(tmp_path / "run" / CHECKPOINT_NAME))
-    assert evaluate(model, make_data(_config(), progress=False)[1]).to_dict() == results["test"]
+    names = target_names(_config().manifold)
+    assert evaluate(model, make_data(_config(), progress=False)[1], output_names=names).to_dict() == results["test"]
     with_best = run_experiment(_config(validation=0.25), tmp_path / "best", progress=False)
-    assert calls == [1] and with_best["checkpoint"] == "best.pt"  # the best model: scored anew
+    assert calls == [0, None] and with_best["checkpoint"] == "best.pt"  # the best model: scored anew

@@ -284,7 +284,28 @@ def test_evaluate_computes_the_rmse(small_data):
         pred = network_jet(model, small_data.inputs)
     for got, a, b in zip((m.rmse, m.rmse_d1, m.rmse_d2), pred.components(), small_data.targets.components()):
         assert math.isclose(got, (a - b).double().pow(2).mean().sqrt().item(), rel_tol=1e-6)
-    assert m.n == 48 and set(m.to_dict()) == {"rmse", "rmse_d1", "rmse_d2", "n", "jet"} and m.jet == "network_jet"
+    assert m.n == 48 and set(m.to_dict()) == {"rmse", "rmse_d1", "rmse_d2", "n", "jet", "per_output"}
+    assert m.jet == "network_jet"
+    # Per output: its own RMSE, the spread of its test targets, and their ratio; names y0, y1, ... by default.
+    errors = (pred.value - small_data.targets.value).double()
+    spread = small_data.targets.value.double().std(0, correction=0)
+    assert list(m.per_output) == [f"y{i}" for i in range(9)]
+    for i, row in enumerate(m.per_output.values()):
+        assert math.isclose(row["rmse"], errors[:, i].pow(2).mean().sqrt().item(), rel_tol=1e-6)
+        assert math.isclose(row["std"], spread[i].item(), rel_tol=1e-9)
+        assert math.isclose(row["relative_rmse"], row["rmse"] / row["std"], rel_tol=1e-12)
+    # The mean of the outputs' squared errors is the overall clean one.
+    assert math.isclose(sum(r["rmse"] ** 2 for r in m.per_output.values()) / 9, m.rmse**2, rel_tol=1e-9)
+    names = tuple(f"corner{k}_{a}" for k in (1, 2, 3) for a in "xyz")
+    assert list(evaluate(model, small_data, output_names=names).per_output) == list(names)
+    with pytest.raises(ValueError, match=r"output_names: expected 9 non-empty strings"):
+        evaluate(model, small_data, output_names=names[:8])
+    with pytest.raises(ValueError, match=r"output_names: expected distinct names, got 'a' more than once"):
+        evaluate(model, small_data, output_names=("a",) * 9)
+    # An output whose test targets do not vary has no relative RMSE (not a division by zero).
+    keep = torch.tensor([0.0] + [1.0] * 8, dtype=small_data.targets.value.dtype)
+    flat = attrs.evolve(small_data, targets=Jet(*(part * keep for part in small_data.targets.components())))
+    assert evaluate(model, flat, order=0).per_output["y0"]["relative_rmse"] is None
     assert evaluate(model, small_data, order=0).rmse_d1 is None
     relu = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(81, 8), torch.nn.ReLU(), torch.nn.Linear(8, 9))
     with pytest.raises(TypeError, match=r"model\.2 \(ReLU\) has no jet rule"):  # no silent fallback

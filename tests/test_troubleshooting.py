@@ -26,6 +26,7 @@ from manifoldtrain import Jet
 from manifoldtrain.cli import main
 from manifoldtrain.config import load_config
 from manifoldtrain.data import generate_jets, load_jets, save_jets
+from manifoldtrain.evaluation import evaluate
 from manifoldtrain.manifolds import Cube
 from manifoldtrain.network_jets import network_jet
 from manifoldtrain.nn import MLPConfig, build_model
@@ -1119,6 +1120,24 @@ CASES: list[Case] = [
         api(lambda w: _export_of(w)(w.data.inputs.value.double()), RuntimeError,
             r"Tensor dtype mismatch! Expected: Float, Got: double"),
     ),
+    # --- issue 25: multi-channel inputs and per-output metrics ---
+    Case(
+        "manifold-target-names-count", "CLI",
+        "train --config c.toml  (a manifold of yours, 3 outputs, ``target_names = (\"x\", \"y\")``)",
+        "ValueError: TwoNamesSphere.target_names: expected 3 non-empty strings, got ['x', 'y']  (before any work)",
+        "CLEAR",
+        lambda w, capsys: _refused_before_work(
+            w, capsys, 'kind = "toy_manifolds:TwoNamesSphere"',
+            r"TwoNamesSphere\.target_names: expected 3 non-empty strings, got \['x', 'y'\]"),
+    ),
+    Case(
+        "evaluate-output-names", "API",
+        "evaluate(model, data, output_names=(\"a\", \"b\"))  (9 outputs)",
+        "ValueError: output_names: expected 9 non-empty strings, got ['a', 'b']",
+        "CLEAR",
+        api(lambda w: evaluate(model_for(w), w.data, output_names=("a", "b")), ValueError,
+            r"output_names: expected 9 non-empty strings"),
+    ),
 ]
 
 
@@ -1155,6 +1174,17 @@ def _export_of(w: World):
     from manifoldtrain.export import export_run
 
     return torch.export.load(export_run(w.run, w.tmp / "model.pt2")).module()
+
+
+def _refused_before_work(w: World, capsys, manifold: str, pattern: str) -> None:
+    """``train`` with TOML's cube table replaced by ``manifold`` fails matching ``pattern``,
+    its --out never made."""
+    config = w.tmp / "other_manifold.toml"
+    config.write_text(TOML.replace('kind = "cube"\nimage_size = 9\nextent = 0.5\nsigma = 0.08', manifold))
+    out = w.tmp / "refused_run"
+    cli(["train", "--config", str(config), "--out", str(out)], pattern)(w, capsys)
+    assert not out.exists()
+
 
 _CACHE7 = {}
 _CURRENT = [""]

@@ -176,3 +176,49 @@ import attrs  # noqa: E402
 @attrs.frozen
 class SettingsSphere(Sphere):
     """The sphere as an attrs class (no settings), so that configs and checkpoints can name it."""
+
+
+@attrs.frozen
+class BlobFrames(Manifold):
+    """Two frames ``[2, size, size]`` of a blob moving in the plane, as a user's pendulum rendered
+    at two moments: multi-channel inputs. The point is ``(x, y, vx, vy)``: frame 0 shows the blob at
+    ``(x, y)``, frame 1 at ``(x + vx, y + vy)``; the target is the point, with names of its own."""
+
+    size: int = 9
+    width: float = 0.3
+
+    param_dim, point_shape, target_shape = 4, (4,), (4,)
+    target_names = ("x", "y", "vx", "vy")
+
+    @property
+    def input_shape(self):
+        return (2, self.size, self.size)
+
+    def sample(self, n, generator=None, *, dtype=None, device=None):
+        u = torch.rand(n, 4, generator=generator, dtype=torch.float64) - 0.5
+        u[:, 2:] *= 0.4
+        return u.to(dtype=dtype or torch.float64, device=device)
+
+    def _frame(self, c, grid):
+        gx = grid.reshape(1, 1, -1) - c[:, :1, None]
+        gy = grid.reshape(1, -1, 1) - c[:, 1:, None]
+        return torch.exp(-(gx * gx + gy * gy) / (2 * self.width**2))
+
+    def input(self, points, theta):
+        self.check_points(points)
+        self.check_theta(points, theta)
+        p = points + theta
+        grid = torch.linspace(-1, 1, self.size, dtype=points.dtype, device=points.device)
+        return torch.stack([self._frame(p[:, :2], grid), self._frame(p[:, :2] + p[:, 2:], grid)], dim=1)
+
+    def target(self, points, theta):
+        self.check_points(points)
+        self.check_theta(points, theta)
+        return points + theta
+
+
+@attrs.frozen
+class TwoNamesSphere(SettingsSphere):
+    """The sphere (3 target outputs) naming two of them only: its runs are refused before any work."""
+
+    target_names = ("x", "y")

@@ -276,6 +276,8 @@ class Cube(Manifold):
     point_shape = (6,)
     target_shape = (9,)
     coordinate_names = ("x", "y", "z", "a", "b", "c")
+    #: The target's outputs: x, y, z of corners 1-3 of face 4.
+    target_names = tuple(f"corner{k}_{axis}" for k in (1, 2, 3) for axis in "xyz")
 
     def __attrs_post_init__(self) -> None:
         # Every corner of every pose that sample() draws must lie near_clip in front of the

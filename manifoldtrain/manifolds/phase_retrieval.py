@@ -214,6 +214,15 @@ class PhaseRetrieval(Manifold):
         return (self.param_dim,)
 
     @property
+    def target_names(self) -> tuple[str, ...]:
+        """The parameters' names (:attr:`coordinate_names`), or ``re[r,c]``, ``im[r,c]`` of the
+        object's pixels with ``target_kind="object"``."""
+        if self.target_kind == "object":
+            n = self.object_size
+            return tuple(f"{part}[{r},{c}]" for part in ("re", "im") for r in range(n) for c in range(n))
+        return self.coordinate_names
+
+    @property
     def coordinate_names(self) -> tuple[str, ...]:
         names = []
         for k in range(1, self.blobs):
