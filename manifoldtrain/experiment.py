@@ -23,6 +23,7 @@ from manifoldtrain.evaluation import Metrics, evaluate
 from manifoldtrain.nn import build_model
 from manifoldtrain.records import command_line, machine_info, write_json  # the first two re-exported: public here before
 from manifoldtrain.registry import MODELS, SOURCES
+from manifoldtrain.testing import verify_manifold
 from manifoldtrain.training import BEST_NAME, CHECKPOINT_NAME, METRICS_NAME, Trainer, load_checkpoint
 
 #: The files a run writes into its folder (besides its marker).
@@ -94,6 +95,7 @@ def _make_data(config: ExperimentConfig, *, progress: bool, write_cache: bool,
     generated but not written (the processes of a distributed run other than rank 0: one
     writer per cache), and a cache to generate is written by ``ctx``'s rank 0 while the others
     wait."""
+    verify_manifold(config.manifold, "manifold")  # a user's manifold keeps its contract: before any data
     d = config.data
     request = DataRequest(
         order=max(config.objective.max_order, d.test_order if d.test_order is not None else 0),
@@ -104,6 +106,21 @@ def _make_data(config: ExperimentConfig, *, progress: bool, write_cache: bool,
         **({"run_on_main": ctx.run_on_main} if ctx is not None else {}),
     )
     return SOURCES.get(d.source).experiment_data(config, request)
+
+
+def _check_model_fits(config: ExperimentConfig) -> None:
+    """Build ``config.model`` once for the manifold's declared shapes (two zero samples), before
+    any data is made: a network of a user's that takes other inputs or gives another number of
+    outputs is refused here (:func:`~manifoldtrain.nn.build_model` checks it), not after the data."""
+    manifold = config.manifold
+    if len(manifold.target_shape) != 1:
+        return  # build_model takes targets [n, m]; the data's own check names the shape
+    try:
+        build_model(config.model, torch.zeros(2, *manifold.input_shape),
+                    torch.zeros(2, manifold.target_shape[0]), seed=config.model_seed)
+    except (TypeError, ValueError) as err:
+        text = str(err)
+        raise type(err)(f"model: {text.removeprefix('config: ')}" if text.startswith("config: ") else text) from None
 
 
 def _normalisation_data(train: JetDataset | DataSource) -> tuple[torch.Tensor, torch.Tensor]:
@@ -226,6 +243,7 @@ def _run(config: ExperimentConfig, out_dir, ctx: DistributedContext, *, resume: 
     if data is not None:
         train, test = data
     else:
+        _check_model_fits(config)
         train, test = _make_data(config, progress=progress and main, write_cache=main, ctx=ctx, device=device)
     inputs, targets = _normalisation_data(train)
     dtype = inputs.dtype

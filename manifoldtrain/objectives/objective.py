@@ -171,7 +171,12 @@ class Objective:
         out = {}
         for t in self.terms:
             if t.name in requests:
-                out[t.name] = t.weight * t.loss(batch, answered[t.name]) / norms[t.name]
+                loss = t.loss(batch, answered[t.name])
+                if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+                    got = f"shape {list(loss.shape)}" if isinstance(loss, torch.Tensor) else type(loss).__name__
+                    raise ValueError(f"objective: term {t.name!r} ({type(t).__name__}.loss) returned {got}; expected "
+                                     "a scalar tensor (reduce it, e.g. with .mean())")
+                out[t.name] = t.weight * loss / norms[t.name]
             else:
                 out[t.name] = torch.zeros((), dtype=x.dtype, device=x.device)
         return out
