@@ -244,7 +244,7 @@ def _run(config: ExperimentConfig, out_dir, ctx: DistributedContext, *, resume: 
         train, test = data
     else:
         _check_model_fits(config)
-        train, test = _make_data(config, progress=progress and main, write_cache=main, ctx=ctx, device=device)
+        train, test = _make_data(config, progress=progress and config.train.progress and main, write_cache=main, ctx=ctx, device=device)
     inputs, targets = _normalisation_data(train)
     dtype = inputs.dtype
     model = build_model(config.model, inputs, targets, seed=config.model_seed).to(dtype)

@@ -243,15 +243,22 @@ def _as_tuple(value):
     return tuple(value) if isinstance(value, Iterable) and not isinstance(value, (str, bytes)) else value
 
 
+#: The widest layer a bundled model config takes (``hidden``, ``channels``): 2^24, beyond any
+#: memory's worth of weights; a larger width would be allocated before failing.
+MAX_WIDTH = 2**24
+
+
 def check_hidden(instance, attribute, value):
     """attrs validator of a network's layer sizes (``hidden``, ``channels``): a non-empty tuple of
-    positive ints, named by the attribute in the error."""
+    positive ints up to :data:`MAX_WIDTH`, named by the attribute in the error."""
     def positive_int(h):
         return isinstance(h, int) and not isinstance(h, bool) and h > 0
 
     if not isinstance(value, tuple) or not value or not all(positive_int(h) for h in value):
         shown = list(value) if isinstance(value, tuple) else value
         raise ValueError(f"{attribute.name}: expected a non-empty list of positive ints, got {shown!r}")
+    if max(value) > MAX_WIDTH:
+        raise ValueError(f"{attribute.name}: expected widths <= {MAX_WIDTH}, got {max(value)}")
 
 
 class ModelConfig(abc.ABC):
