@@ -52,17 +52,18 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         os.replace(tmp_path, path)
     except BaseException as err:
         tmp_path.unlink(missing_ok=True)
-        full = disk_full_error(path, err, replaced=False)
+        full = disk_full_error(path, err)
         if full is not None:
             raise full from None
         raise
 
 
-def disk_full_error(path: str | os.PathLike, err: BaseException, *, replaced: bool = False) -> OSError | None:
+def disk_full_error(path: str | os.PathLike, err: BaseException, *,
+                    note: str = "nothing was replaced") -> OSError | None:
     """A clear ``OSError`` naming ``path`` if ``err`` means that its disk is full (``ENOSPC``, or
     a library's failed write, such as ``torch.save``'s ``RuntimeError``, with under 1 MiB free
-    there); else None. ``replaced``: whether the file was half written in place (never, for the
-    atomic writes)."""
+    there); else None. ``note`` says what became of the user's files (the atomic writes: nothing
+    was replaced)."""
     full = isinstance(err, OSError) and err.errno == errno.ENOSPC
     if not full and isinstance(err, RuntimeError) and "write" in str(err).lower():
         try:
@@ -71,8 +72,7 @@ def disk_full_error(path: str | os.PathLike, err: BaseException, *, replaced: bo
             full = False
     if not full:
         return None
-    kept = "" if replaced else "; nothing was replaced"
-    named = OSError(f"{path}: the disk is full (no space left on device){kept}: free some space, or write "
+    named = OSError(f"{path}: the disk is full (no space left on device); {note}: free some space, or write "
                     "elsewhere, and run the same command again")
     named.errno = errno.ENOSPC
     return named

@@ -404,6 +404,10 @@ def _npy_layout_or_error(file: Path, remedy: str) -> _NpyFile:
 # ---------------------------------------------------------------------------- writing shards
 
 
+#: What a full disk leaves of a generation (for its message).
+_KEPT = "the finished shards are kept, and the same command continues the generation"
+
+
 class _ShardWriter:
     """Streams the arrays of one shard into ``.npy`` files in a temporary folder inside
     ``folder``; :meth:`commit` flushes them to disk and renames the folder to its shard name."""
@@ -423,7 +427,7 @@ class _ShardWriter:
                 npy.write_array_header_1_0(f, header)
         except BaseException as err:
             self.abort()
-            full = disk_full_error(folder / shard_name(index), err)
+            full = disk_full_error(folder / shard_name(index), err, note=_KEPT)
             if full is not None:
                 raise full from None
             raise
@@ -435,7 +439,7 @@ class _ShardWriter:
             try:
                 self.files[name].write(memoryview(arr).cast("B"))
             except OSError as err:  # a full disk: say so, naming the shard's file (the finished shards are kept)
-                full = disk_full_error(self.folder / shard_name(self.index) / f"{name}.npy", err)
+                full = disk_full_error(self.folder / shard_name(self.index) / f"{name}.npy", err, note=_KEPT)
                 if full is None:
                     raise
                 raise full from None
@@ -465,7 +469,7 @@ class _ShardWriter:
             return final
         except BaseException as err:
             self.abort()
-            full = disk_full_error(self.folder / shard_name(self.index), err)
+            full = disk_full_error(self.folder / shard_name(self.index), err, note=_KEPT)
             if full is not None:
                 raise full from None
             raise
