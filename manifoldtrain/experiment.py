@@ -20,6 +20,7 @@ from manifoldtrain.data.sources import DataRequest, DataSource
 from manifoldtrain.devices import check_device, device_argument  # re-exported: public here before
 from manifoldtrain.distributed import DistributedContext
 from manifoldtrain.evaluation import Metrics, evaluate
+from manifoldtrain.jet import Jet
 from manifoldtrain.nn import build_model
 from manifoldtrain.records import command_line, machine_info, write_json  # the first two re-exported: public here before
 from manifoldtrain.registry import MODELS, SOURCES
@@ -121,6 +122,26 @@ def _check_model_fits(config: ExperimentConfig) -> None:
     except (TypeError, ValueError) as err:
         text = str(err)
         raise type(err)(f"model: {text.removeprefix('config: ')}" if text.startswith("config: ") else text) from None
+
+
+def _check_source_fits(config: ExperimentConfig, train: JetDataset | DataSource, test: JetDataset) -> None:
+    """A data source of a user's (``data.source = "package.module:ClassName"``) must give jets of
+    the manifold's shapes: two samples of its first batch against the test set (computed from
+    the manifold) and ``param_dim``, before any training."""
+    if not isinstance(train, DataSource) or type(train).__module__.split(".")[0] == "manifoldtrain" or not len(train):
+        return
+    name = f"data.source: {config.data.source}"
+    x, y = train.batch(torch.arange(min(2, len(train))), 0)
+    d = config.manifold.param_dim
+    for what, jet, want in (("inputs", x, test.inputs), ("targets", y, test.targets)):
+        if not isinstance(jet, Jet):
+            raise TypeError(f"{name}: its batch() must return (inputs, targets) as two Jets, got {type(jet).__name__}")
+        if tuple(jet.value.shape[1:]) != tuple(want.shape):
+            raise ValueError(f"{name}: its batch() gives {what} {list(jet.value.shape[1:])} per sample; the manifold "
+                             f"{type(config.manifold).__name__} (and the test set) has {list(want.shape)}")
+        if jet.d1 is not None and jet.d1.shape[1] != d:
+            raise ValueError(f"{name}: its batch() gives {what} jets of {jet.d1.shape[1]} coordinates; the manifold "
+                             f"has param_dim = {d}")
 
 
 def _normalisation_data(train: JetDataset | DataSource) -> tuple[torch.Tensor, torch.Tensor]:
@@ -245,6 +266,7 @@ def _run(config: ExperimentConfig, out_dir, ctx: DistributedContext, *, resume: 
     else:
         _check_model_fits(config)
         train, test = _make_data(config, progress=progress and config.train.progress and main, write_cache=main, ctx=ctx, device=device)
+        _check_source_fits(config, train, test)
     inputs, targets = _normalisation_data(train)
     dtype = inputs.dtype
     model = build_model(config.model, inputs, targets, seed=config.model_seed).to(dtype)

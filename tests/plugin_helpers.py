@@ -6,6 +6,8 @@ import torch
 from torch import nn
 
 from manifoldtrain import Jet
+from manifoldtrain.data import generate_jets
+from manifoldtrain.data.sources import DataSource
 from manifoldtrain.nn import ModelConfig, SmoothActivation
 from manifoldtrain.objectives import ValueTerm
 from toy_manifolds import Blob
@@ -55,3 +57,29 @@ class VectorTerm(ValueTerm):
 
     def loss(self, batch, rows):
         return (batch.value - batch.targets.value) ** 2
+
+
+class OneTargetSource(DataSource):
+    """A user's source whose batches hold one target coordinate of the manifold's two."""
+
+    def __init__(self, data):
+        self.data = data
+
+    @classmethod
+    def from_config(cls, config, *, order, dtype):
+        return cls(generate_jets(config.manifold, config.data.n_train, order=order, dtype=dtype, progress=False))
+
+    def __len__(self):
+        return len(self.data)
+
+    @property
+    def order(self):
+        return self.data.inputs.order
+
+    def batch(self, indices, epoch, order=None):
+        x, y = self.data.inputs, self.data.targets
+        return (Jet(*(c[indices] for c in x.components())),
+                Jet(*(c[indices][..., :1] for c in y.components())))
+
+    def description(self):
+        return {"kind": "one-target", "n": len(self.data)}

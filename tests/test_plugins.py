@@ -83,3 +83,11 @@ def test_a_correct_plugin_passes():
     cls = type("GoodTanh", (WrongTanh,), {"derivatives": lambda self, v: (torch.tanh(v), 1 - torch.tanh(v) ** 2,
                                                                        -2 * torch.tanh(v) * (1 - torch.tanh(v) ** 2))})
     verify_activation(cls, "activation")
+
+
+def test_a_data_source_of_other_shapes_is_refused_before_training(tmp_path):
+    config = _config(data=DataConfig(n_train=8, n_test=4, source="plugin_helpers:OneTargetSource"))
+    with pytest.raises(ValueError, match=r"data.source: plugin_helpers:OneTargetSource: its batch\(\) gives targets \[1\] "
+                                         r"per sample; the manifold Blob \(and the test set\) has \[2\]"):
+        run_experiment(config, tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()

@@ -231,6 +231,12 @@ def _i25_run(w: World, **kw):
     return run_experiment(ExperimentConfig(**(base | kw)), w.tmp / "run")
 
 
+def _i25_data(source: str):
+    from manifoldtrain.config import DataConfig
+
+    return DataConfig(n_train=8, n_test=4, source=source)
+
+
 def _i25_resume_other_activation(w: World):
     _i25_run(w)
     _i25_run(w, model=MLPConfig(hidden=(4,), activation="sine"))
@@ -1184,6 +1190,15 @@ CASES: list[Case] = [
         "CLEAR",
         api(lambda w: _i25_run(w, objective=Objective((_i25("VectorTerm")(), DerivativeTerm(order=1)))), ValueError,
             r"objective: term 'value' \(VectorTerm.loss\) returned shape \[8, 9\]; expected a scalar"),
+    ),
+    Case(
+        "plugin-source-wrong-targets", "TOML",
+        '[data] source = "my:Source"  (its batches hold 1 target coordinate of the manifold\'s 2)',
+        "ValueError: data.source: plugin_helpers:OneTargetSource: its batch() gives targets [1] per sample; the "
+        "manifold Blob (and the test set) has [2] (before training)",
+        "CLEAR",
+        api(lambda w: _i25_run(w, manifold=_i25("Blob")(size=5), data=_i25_data("plugin_helpers:OneTargetSource")),
+            ValueError, r"data.source: plugin_helpers:OneTargetSource: its batch\(\) gives targets \[1\]"),
     ),
     Case(
         "resume-other-activation", "API",
