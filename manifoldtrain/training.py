@@ -183,7 +183,8 @@ class TrainConfig:
     warmup_fraction : float
         Fraction of the budget with a linear warm-up (default 0.02).
     weight_decay : float
-        AdamW weight decay (default 0).
+        AdamW weight decay (default 0), with ``learning_rate * weight_decay < 1`` (each step
+        multiplies the weights by ``1 - learning_rate * weight_decay``).
     grad_clip : float or None
         Clip the gradient norm to this (default None).
     eval_every : int

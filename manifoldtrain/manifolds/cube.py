@@ -221,7 +221,10 @@ class Cube(Manifold):
     extent : float
         Half-width of the image in image-plane units (default 1.0).
     sigma : float
-        Standard deviation of the blur in image-plane units (default 0.03).
+        Standard deviation of the blur in image-plane units (default 0.03). Under a twentieth
+        of a pixel the image's derivatives vanish between edges, wider than the image the image
+        is nearly uniform: either warns (``UserWarning``). The lengths (``extent``, ``sigma``,
+        ``focal_length``, ``camera_distance``, ``half_size``) are at most :data:`MAX_LENGTH`.
     focal_length, camera_distance : float
         Projection ``(u, v) = f (X, Y) / (Z - D)`` with ``f = focal_length`` (default 5) and
         ``D = camera_distance`` (default 5); the picture is mirrored, by definition.

@@ -130,7 +130,10 @@ class PhaseRetrieval(Manifold):
         Sampling: ``c_1, c_2`` uniform in ``[-phase_range, phase_range]``, radians per
         squared object unit (default 1.0).
     photons : float
-        Expected photon count of the reference object, positive (default ``1e6``).
+        Expected photon count of the reference object (default ``1e6``): at least 1 (fewer
+        leave the noisy patterns all zero), and under 100 a ``UserWarning`` (nearly every pixel
+        counts zero). Widths under a quarter of an object pixel warn too (the blobs fall
+        between pixel centres).
     beam_stop : float
         Radius in far-field pixels of the unmeasured disc around the centre (default 0: none).
     transform : str
