@@ -17,9 +17,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
+import shutil
 import socket
 import sys
 import tempfile
@@ -72,9 +74,32 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         yield tmp_path
         publish_mode(tmp_path)
         os.replace(tmp_path, path)
-    except BaseException:
+    except BaseException as err:
         tmp_path.unlink(missing_ok=True)
+        full = disk_full_error(path, err)
+        if full is not None:
+            raise full from None
         raise
+
+
+def disk_full_error(path: str | os.PathLike, err: BaseException, *,
+                    note: str = "nothing was replaced") -> OSError | None:
+    """A clear ``OSError`` naming ``path`` if ``err`` means that its disk is full (``ENOSPC``, or
+    a library's failed write, such as ``torch.save``'s ``RuntimeError``, with under 1 MiB free
+    there); else None. ``note`` says what became of the user's files (the atomic writes: nothing
+    was replaced)."""
+    full = isinstance(err, OSError) and err.errno == errno.ENOSPC
+    if not full and isinstance(err, RuntimeError) and "write" in str(err).lower():
+        try:
+            full = shutil.disk_usage(Path(path).parent if Path(path).parent.exists() else ".").free < 1 << 20
+        except OSError:
+            full = False
+    if not full:
+        return None
+    named = OSError(f"{path}: the disk is full (no space left on device); {note}: free some space, or write "
+                    "elsewhere, and run the same command again")
+    named.errno = errno.ENOSPC
+    return named
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

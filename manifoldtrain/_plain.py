@@ -65,6 +65,12 @@ def first_difference(theirs, mine, path: str, labels: tuple[str, str] = ("in the
             if diff is not None:
                 return diff
         return None
+    if isinstance(theirs, str) and isinstance(mine, str) and theirs != mine and ("\n" in theirs or "\n" in mine):
+        a, b = theirs.splitlines(), mine.splitlines()  # a module's repr: the first line that differs, not its head
+        k = next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        theirs = a[k].strip() if k < len(a) else "<no such line>"
+        mine = b[k].strip() if k < len(b) else "<no such line>"
+        path = f"{path} (line {k + 1})"
     if theirs != mine:
         show = lambda v: (v if len(repr(v)) < 80 else repr(v)[:77] + "...")  # noqa: E731
         return f"{path}: {show(theirs)!r} {labels[0]}, {show(mine)!r} {labels[1]}"

@@ -300,6 +300,9 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
     device = _apply_compute_options(args)
     manifold = settings_from_arguments(args.manifold_class, args)
+    from manifoldtrain.testing import verify_manifold
+
+    verify_manifold(manifold, "MANIFOLD")  # a user's manifold keeps its contract: before any shard
     dtype = dtype_from_name("--dtype", args.dtype)
     check_int("n", args.n, minimum=1)
     shard_size = check_int("--shard-size", args.shard_size, minimum=1) if args.shard_size is not None \

@@ -102,6 +102,11 @@ def _check_calibration(instance, attribute, value):
                          f"{instance.source!r} computes its loss scales from all of its data; remove calibration")
 
 
+#: The largest ``n_train`` or ``n_test``: 2^31 - 1 samples, far beyond any disk's worth of jets;
+#: a larger count would be allocated before failing.
+MAX_SAMPLES = 2**31 - 1
+
+
 @attrs.frozen
 class DataConfig:
     """Which jets to train and test on.
@@ -163,8 +168,8 @@ class DataConfig:
         sets the loss scales (default 512).
     """
 
-    n_train: int = attrs.field(default=4000, validator=attrs_validator(check_int, minimum=2))
-    n_test: int = attrs.field(default=1000, validator=attrs_validator(check_int, minimum=1))
+    n_train: int = attrs.field(default=4000, validator=attrs_validator(check_int, minimum=2, maximum=MAX_SAMPLES))
+    n_test: int = attrs.field(default=1000, validator=attrs_validator(check_int, minimum=1, maximum=MAX_SAMPLES))
     test_order: int | None = attrs.field(default=None, validator=_check_test_order)
     seed: int = attrs.field(default=0, validator=attrs_validator(check_int, minimum=0))
     split_seed: int = attrs.field(default=0, validator=attrs_validator(check_int, minimum=0))

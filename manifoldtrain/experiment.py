@@ -22,11 +22,13 @@ from manifoldtrain.data.sources import DataRequest, DataSource
 from manifoldtrain.devices import check_device, device_argument  # re-exported: public here before
 from manifoldtrain.distributed import DistributedContext
 from manifoldtrain.evaluation import JetRMSE, Metrics, evaluate
+from manifoldtrain.jet import Jet
 from manifoldtrain.manifold import target_names
 from manifoldtrain.network_jets import network_jet
 from manifoldtrain.nn import build_model
 from manifoldtrain.records import command_line, machine_info, write_json  # the first two re-exported: public here before
 from manifoldtrain.registry import MODELS, SOURCES
+from manifoldtrain.testing import verify_manifold
 from manifoldtrain.checkpoints import PREVIOUS_NAME
 from manifoldtrain.training import BEST_NAME, CHECKPOINT_NAME, METRICS_NAME, Trainer, load_checkpoint
 
@@ -99,6 +101,7 @@ def _make_data(config: ExperimentConfig, *, progress: bool, write_cache: bool,
     generated but not written (the processes of a distributed run other than rank 0: one
     writer per cache), and a cache to generate is written by ``ctx``'s rank 0 while the others
     wait."""
+    verify_manifold(config.manifold, "manifold")  # a user's manifold keeps its contract: before any data
     d = config.data
     request = DataRequest(
         order=max(config.objective.max_order, d.test_order if d.test_order is not None else 0),
@@ -109,6 +112,41 @@ def _make_data(config: ExperimentConfig, *, progress: bool, write_cache: bool,
         **({"run_on_main": ctx.run_on_main} if ctx is not None else {}),
     )
     return SOURCES.get(d.source).experiment_data(config, request)
+
+
+def _check_model_fits(config: ExperimentConfig) -> None:
+    """Build ``config.model`` once for the manifold's declared shapes (two zero samples), before
+    any data is made: a network of a user's that takes other inputs or gives another number of
+    outputs is refused here (:func:`~manifoldtrain.nn.build_model` checks it), not after the data."""
+    manifold = config.manifold
+    if len(manifold.target_shape) != 1:
+        return  # build_model takes targets [n, m]; the data's own check names the shape
+    try:
+        build_model(config.model, torch.zeros(2, *manifold.input_shape),
+                    torch.zeros(2, manifold.target_shape[0]), seed=config.model_seed)
+    except (TypeError, ValueError) as err:
+        text = str(err)
+        raise type(err)(f"model: {text.removeprefix('config: ')}" if text.startswith("config: ") else text) from None
+
+
+def _check_source_fits(config: ExperimentConfig, train: JetDataset | DataSource, test: JetDataset) -> None:
+    """A data source of a user's (``data.source = "package.module:ClassName"``) must give jets of
+    the manifold's shapes: two samples of its first batch against the test set (computed from
+    the manifold) and ``param_dim``, before any training."""
+    if not isinstance(train, DataSource) or type(train).__module__.split(".")[0] == "manifoldtrain" or not len(train):
+        return
+    name = f"data.source: {config.data.source}"
+    x, y = train.batch(torch.arange(min(2, len(train))), 0)
+    d = config.manifold.param_dim
+    for what, jet, want in (("inputs", x, test.inputs), ("targets", y, test.targets)):
+        if not isinstance(jet, Jet):
+            raise TypeError(f"{name}: its batch() must return (inputs, targets) as two Jets, got {type(jet).__name__}")
+        if tuple(jet.value.shape[1:]) != tuple(want.shape):
+            raise ValueError(f"{name}: its batch() gives {what} {list(jet.value.shape[1:])} per sample; the manifold "
+                             f"{type(config.manifold).__name__} (and the test set) has {list(want.shape)}")
+        if jet.d1 is not None and jet.d1.shape[1] != d:
+            raise ValueError(f"{name}: its batch() gives {what} jets of {jet.d1.shape[1]} coordinates; the manifold "
+                             f"has param_dim = {d}")
 
 
 def _normalisation_data(train: JetDataset | DataSource) -> tuple[torch.Tensor, torch.Tensor]:
@@ -313,7 +351,9 @@ def _run(config: ExperimentConfig, out_dir, ctx: DistributedContext, *, resume: 
     if data is not None:
         train, test = data
     else:
-        train, test = _make_data(config, progress=progress and main, write_cache=main, ctx=ctx, device=device)
+        _check_model_fits(config)
+        train, test = _make_data(config, progress=progress and config.train.progress and main, write_cache=main, ctx=ctx, device=device)
+        _check_source_fits(config, train, test)
     inputs, targets = _normalisation_data(train)
     dtype = inputs.dtype
     model = build_model(config.model, inputs, targets, seed=config.model_seed).to(dtype)

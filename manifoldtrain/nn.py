@@ -193,7 +193,44 @@ def _activation_class(activation: str) -> type[SmoothActivation]:
     if cls.derivatives is SmoothActivation.derivatives:
         raise TypeError(f"activation: {activation!r} does not implement derivatives(v) -> (f, f', f''); "
                         "name a SmoothActivation subclass that does")
+    verify_activation(cls, f"activation: {activation!r}")
     return cls
+
+
+#: Activation classes of users that passed :func:`verify_activation` (checked once per process).
+_VERIFIED_ACTIVATIONS: set[type] = set()
+
+
+def verify_activation(cls: type, where: str) -> None:
+    """Check a user's :class:`SmoothActivation` class once, on load: built without arguments, its
+    closed-form :meth:`~SmoothActivation.derivatives` must agree with its ``forward`` and that
+    function's finite differences (:func:`manifoldtrain.testing.check_activation`, 97 points on
+    ``[-6, 6]``, a few milliseconds). A wrong derivative would train every network on wrong
+    targets without an error, so it is refused: ``ValueError`` starting with ``where``. The
+    bundled activations (:data:`SMOOTH_ACTIVATIONS`) are tested with the library and skipped."""
+    if cls in SMOOTH_ACTIVATIONS.values() or cls in _VERIFIED_ACTIVATIONS:
+        return
+    from manifoldtrain.testing import check_activation
+
+    try:
+        instance = cls()
+    except Exception as err:  # noqa: BLE001 - the user's class: say what it raised
+        raise TypeError(f"{where}: cannot be built without arguments ({type(err).__name__}: {err})") from None
+    try:
+        report = check_activation(instance, raise_on_failure=False)
+    except Exception as err:  # noqa: BLE001 - a derivatives() of the wrong form, or one that raises
+        raise ValueError(f"{where}: its derivatives(v) fail the check of manifoldtrain.testing.check_activation "
+                         f"({type(err).__name__}: {err})") from None
+    if not report.passed:
+        wrong = "; ".join(f"{item.name.replace('derivatives.', '')} off by {item.max_error:.3g} (largest "
+                          f"{item.scale:.3g})" for item in report.items if not item.passed)
+        labels = {"value": "f", "d1": "f'", "d2": "f''"}
+        for key, label in labels.items():
+            wrong = wrong.replace(f"{key} off", f"{label} off")
+        raise ValueError(f"{where}: its closed-form derivatives(v) disagree with its forward and that function's "
+                         f"finite differences on [-6, 6]: {wrong}; derivative training would fit wrong targets. "
+                         "Fix derivatives(v) (manifoldtrain.testing.check_activation shows the comparison)")
+    _VERIFIED_ACTIVATIONS.add(cls)
 
 
 def _check_activation(instance, attribute, value):
@@ -206,15 +243,22 @@ def _as_tuple(value):
     return tuple(value) if isinstance(value, Iterable) and not isinstance(value, (str, bytes)) else value
 
 
+#: The widest layer a bundled model config takes (``hidden``, ``channels``): 2^24, beyond any
+#: memory's worth of weights; a larger width would be allocated before failing.
+MAX_WIDTH = 2**24
+
+
 def check_hidden(instance, attribute, value):
     """attrs validator of a network's layer sizes (``hidden``, ``channels``): a non-empty tuple of
-    positive ints, named by the attribute in the error."""
+    positive ints up to :data:`MAX_WIDTH`, named by the attribute in the error."""
     def positive_int(h):
         return isinstance(h, int) and not isinstance(h, bool) and h > 0
 
     if not isinstance(value, tuple) or not value or not all(positive_int(h) for h in value):
         shown = list(value) if isinstance(value, tuple) else value
         raise ValueError(f"{attribute.name}: expected a non-empty list of positive ints, got {shown!r}")
+    if max(value) > MAX_WIDTH:
+        raise ValueError(f"{attribute.name}: expected widths <= {MAX_WIDTH}, got {max(value)}")
 
 
 class ModelConfig(abc.ABC):
@@ -348,5 +392,31 @@ def build_model(
         bad = [type(layer).__name__ for layer in layers if not isinstance(layer, nn.Module)]
         if bad:
             raise TypeError(f"config: {type(config).__name__}.layers returned {', '.join(bad)}; expected nn.Modules")
+        for module in (m for layer in layers for m in layer.modules()):
+            if isinstance(module, SmoothActivation):
+                verify_activation(type(module), f"config: {type(config).__name__}'s activation {type(module).__name__}")
         model = nn.Sequential(Affine.normalizing(inputs), *layers, Affine.denormalizing(targets))
-    return model.to(dtype=inputs.dtype, device=inputs.device)
+    model = model.to(dtype=inputs.dtype, device=inputs.device)
+    _check_built(model, config, inputs, in_shape, n_out)
+    return model
+
+
+def _check_built(model: nn.Sequential, config: ModelConfig, inputs: torch.Tensor, in_shape: tuple, n_out: int) -> None:
+    """Run two samples through the layers (eval mode, no gradients): they must take inputs
+    ``[n, *in_shape]`` and give ``[n, n_out]``. Without this a network of one output would
+    broadcast against the output map of ``n_out`` targets and train without an error."""
+    what = f"{type(config).__name__}.layers(input_shape={in_shape}, n_outputs={n_out})"
+    was_training = model.training
+    model.eval()  # batch-norm statistics stay as they are
+    try:
+        with torch.no_grad():
+            out = model[:-1](inputs[:2])
+    except RuntimeError as err:
+        raise ValueError(f"config: the network that {what} built cannot take inputs [n, {', '.join(map(str, in_shape))}] "
+                         f"({str(err).splitlines()[0]}); build its first layer for input_shape") from None
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (inputs[:2].shape[0], n_out):
+        got = list(out.shape[1:]) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"config: the network that {what} built gives outputs {got} per sample; expected [{n_out}] "
+                         "(one per target coordinate: end with a layer of n_outputs outputs)")

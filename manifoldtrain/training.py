@@ -164,6 +164,15 @@ _OLDER_IDENTITY = {
 }
 
 
+def _check_weight_decay(instance, attribute, value):
+    value = check_float(attribute.name, value, nonnegative=True)
+    lr = instance.learning_rate
+    if isinstance(lr, (int, float)) and lr * value >= 1:
+        raise ValueError(f"{attribute.name}: expected learning_rate * weight_decay < 1 (AdamW multiplies the weights by "
+                         f"1 - learning_rate * weight_decay every step; at or above 1 they flip sign and blow up), got "
+                         f"{value:g} with learning_rate {lr:g}")
+
+
 @attrs.frozen
 class TrainConfig:
     """How to train (model and objective are separate).
@@ -185,7 +194,8 @@ class TrainConfig:
     warmup_fraction : float
         Fraction of the budget with a linear warm-up (default 0.02).
     weight_decay : float
-        AdamW weight decay (default 0).
+        AdamW weight decay (default 0), with ``learning_rate * weight_decay < 1`` (each step
+        multiplies the weights by ``1 - learning_rate * weight_decay``).
     grad_clip : float or None
         Clip the gradient norm to this (default None).
     eval_every : int
@@ -238,7 +248,7 @@ class TrainConfig:
     learning_rate: float = attrs.field(default=1e-3, validator=attrs_validator(check_float, positive=True))
     final_lr_fraction: float = attrs.field(default=0.01, validator=attrs_validator(check_float, positive=True, maximum=1.0))
     warmup_fraction: float = attrs.field(default=0.02, validator=attrs_validator(check_float, nonnegative=True, maximum=1.0))
-    weight_decay: float = attrs.field(default=0.0, validator=attrs_validator(check_float, nonnegative=True))
+    weight_decay: float = attrs.field(default=0.0, validator=_check_weight_decay)
     grad_clip: float | None = attrs.field(default=None, validator=_optional_positive)
     eval_every: int = attrs.field(default=1, validator=attrs_validator(check_int, minimum=0))
     eval_interval: float | None = attrs.field(default=None, validator=_optional_positive)
@@ -549,12 +559,14 @@ class Trainer:
             "data_fingerprint": (self.train.meta.get("fingerprint") if self._source is None
                                  else self._source.fingerprint),
             "n_train": len(self.train),
+            # the run's own settings (a run's model config, seed, data, manifold) before the modules
+            # they build: a refused resume names the setting that differs, not the repr it changed
+            "extra": plain(self.extra),
             "model_architecture": {
                 "layers": repr(self.model),
                 "parameters": {k: list(v.shape) for k, v in self.model.state_dict().items()},
                 "dtype": str(self.dtype),
             },
-            "extra": plain(self.extra),
         }
 
     def state_dict(self) -> dict:
@@ -621,6 +633,12 @@ class Trainer:
                              f"{CHECKPOINT_NAME}")
         diff = refused_resume(state, self._identity(), older=_OLDER_IDENTITY)
         if diff is not None:
+            # a run's settings by the names of its config: extra.model_spec.model.activation -> model.activation
+            for prefix, name in (("extra.model_spec.model.", "model."), ("extra.model_spec.", "model "),
+                                 ("extra.model_seed", "model_seed"), ("extra.", "")):
+                if diff.startswith(prefix):
+                    diff = name + diff[len(prefix):]
+                    break
             raise ValueError(
                 f"checkpoint: it belongs to a run with other settings ({diff}); resume with the same settings, "
                 "start over (--no-resume, or resume=False), or use a new folder"

@@ -429,7 +429,7 @@ def test_resume_names_what_differs_and_refuses_bad_checkpoints(small_data, tmp_p
                        extra=extra)
 
     with_extra({"model_seed": 0}).fit()
-    with pytest.raises(ValueError, match=r"extra.model_seed: 0 in the checkpoint, 1 now"):
+    with pytest.raises(ValueError, match=r"\(model_seed: 0 in the checkpoint, 1 now\)"):
         with_extra({"model_seed": 1}).fit()
     # Non-finite weights, a truncated file, a foreign file: named, with the remedy.
     state = load_checkpoint(tmp_path / CHECKPOINT_NAME)

@@ -27,7 +27,7 @@ from manifoldtrain.cli import main
 from manifoldtrain.config import load_config
 from manifoldtrain.data import generate_jets, load_jets, save_jets
 from manifoldtrain.evaluation import evaluate
-from manifoldtrain.manifolds import Cube
+from manifoldtrain.manifolds import Cube, PhaseRetrieval
 from manifoldtrain.network_jets import network_jet
 from manifoldtrain.nn import MLPConfig, build_model
 from manifoldtrain.objectives import DerivativeTerm, LossScales, NoiseInvarianceTerm, Objective, OracleTerm, ValueTerm
@@ -212,6 +212,86 @@ def damaged_cache(then: Callable):
 def two_shapes(w: World):
     other = generate_jets(Cube(image_size=7, extent=0.5, sigma=0.08), 4, order=1, progress=False)
     Trainer(model_for(w), Objective.first_order(), w.data, other, TrainConfig(epochs=1, progress=False))
+
+
+# ------------------------------------------------------------------ issue 25 helpers (plug-ins, messages, physics)
+
+
+def _i25(name: str):
+    import plugin_helpers
+
+    return getattr(plugin_helpers, name)
+
+
+def _i25_run(w: World, **kw):
+    from manifoldtrain.config import DataConfig, ExperimentConfig
+    from manifoldtrain.experiment import run_experiment
+
+    base = dict(manifold=small_cube(), data=DataConfig(n_train=8, n_test=4), model=MLPConfig(hidden=(4,)),
+                objective=Objective.first_order(), train=TrainConfig(epochs=1, batch_size=8, progress=False))
+    return run_experiment(ExperimentConfig(**(base | kw)), w.tmp / "run")
+
+
+def _i25_data(source: str):
+    from manifoldtrain.config import DataConfig
+
+    return DataConfig(n_train=8, n_test=4, source=source)
+
+
+def _i25_resume_other_activation(w: World):
+    _i25_run(w)
+    _i25_run(w, model=MLPConfig(hidden=(4,), activation="sine"))
+
+
+def _i25_trainer_wrong_input(w: World):
+    model = build_model(MLPConfig(hidden=(4,)), torch.randn(3, 7, 7), torch.randn(3, 9))
+    Trainer(model, Objective.first_order(), w.data, w.data, TrainConfig(epochs=1, progress=False)).fit()
+
+
+def _i25_disk_full(then: Callable):
+    """Run ``then`` with every file write of a shard or a checkpoint failing with ENOSPC."""
+
+    def run(w: World, capsys):
+        import builtins
+        import errno
+        from unittest import mock
+
+        import manifoldtrain.checkpoints as checkpoints
+        import manifoldtrain.data.shards as shards
+
+        def full_save(state, path):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        real_open = builtins.open
+
+        class Full:
+            def __init__(self, f):
+                self.f = f
+
+            def write(self, data):
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+            def __getattr__(self, name):
+                return getattr(self.f, name)
+
+        def full_open(path, mode="r", *args, **kwargs):
+            f = real_open(path, mode, *args, **kwargs)
+            return Full(f) if "w" in mode and str(path).endswith(".npy") else f
+
+        with mock.patch.object(checkpoints.torch, "save", full_save), \
+                mock.patch.object(shards, "open", full_open, create=True):
+            then(w, capsys)
+
+    return run
+
+
+def _i25_warns(fn: Callable, pattern: str):
+    def run(w: World, capsys):
+        with pytest.warns(UserWarning, match=pattern) as record:
+            fn()
+        _probe(f"UserWarning: {record[0].message}")
+
+    return run
 
 
 # ------------------------------------------------------------------ the table
@@ -1138,6 +1218,164 @@ CASES: list[Case] = [
         api(lambda w: evaluate(model_for(w), w.data, output_names=("a", "b")), ValueError,
             r"output_names: expected 9 non-empty strings"),
     ),
+    # --- issue 25: plug-in contracts, messages, physics settings ---
+    Case(
+        "plugin-manifold-wrong-target", "CLI",
+        "generate my:Blob --n 2 --out j  (declares target_shape (3,), gives 2 coordinates)",
+        "MANIFOLD: plugin_helpers:WrongTarget breaks the Manifold contract: target(torch.float32): expected shape "
+        "[2, 3], got [2, 2]; check it with manifoldtrain.testing.check_manifold (nothing written)",
+        "CLEAR",
+        cli(["generate", "plugin_helpers:WrongTarget", "--n", "2", "--out", "{tmp}/j", "--no-progress"],
+            r"MANIFOLD: plugin_helpers:WrongTarget breaks the Manifold contract: target"),
+    ),
+    Case(
+        "plugin-manifold-wrong-coordinates", "API",
+        "run_experiment(config with a manifold whose jets have 3 coordinate rows for param_dim 2, out)",
+        "ValueError: manifold: plugin_helpers:WrongCoords breaks the Manifold contract: jets(order=1) input[1] "
+        "(torch.float32): expected shape [2, 2, 5, 5], got [2, 3, 5, 5]; ... (before any data)",
+        "CLEAR",
+        api(lambda w: _i25_run(w, manifold=_i25("WrongCoords")(size=5)), ValueError,
+            r"manifold: plugin_helpers:WrongCoords breaks the Manifold contract: jets\(order=1\)"),
+    ),
+    Case(
+        "plugin-model-wrong-outputs", "API",
+        "build_model(MyNet(), inputs, targets of 9 coordinates)  (its layers end in 1 output)",
+        "ValueError: config: the network that OneOutput.layers(input_shape=(9, 9), n_outputs=9) built gives outputs [1] "
+        "per sample; expected [9] (one per target coordinate: end with a layer of n_outputs outputs)",
+        "CLEAR",
+        api(lambda w: build_model(_i25("OneOutput")(), w.data.inputs.value, w.data.targets.value), ValueError,
+            r"config: the network that OneOutput.* gives outputs \[1\] per sample; expected \[9\]"),
+    ),
+    Case(
+        "plugin-model-wrong-inputs", "API",
+        "run_experiment(config whose model's first layer takes 50 inputs, images 5x5, out)",
+        "ValueError: model: the network that FixedInput.layers(input_shape=(5, 5), n_outputs=2) built cannot take "
+        "inputs [n, 5, 5] (mat1 and mat2 shapes cannot be multiplied ...); build its first layer for input_shape "
+        "(before any data)",
+        "CLEAR",
+        api(lambda w: _i25_run(w, manifold=_i25("Blob")(size=5), model=_i25("FixedInput")()), ValueError,
+            r"model: the network that FixedInput.* cannot take inputs \[n, 5, 5\]"),
+    ),
+    Case(
+        "plugin-activation-wrong-derivatives", "TOML",
+        '[model] activation = "my:Tanh"  (its second derivative has the wrong sign)',
+        "ValueError: model.activation: 'plugin_helpers:WrongTanh': its closed-form derivatives(v) disagree with its "
+        "forward and that function's finite differences on [-6, 6]: f'' off by 1.54 (largest 0.77); derivative "
+        "training would fit wrong targets. Fix derivatives(v) ...",
+        "CLEAR",
+        toml('[model]\nkind = "mlp"\nactivation = "plugin_helpers:WrongTanh"\n', ValueError,
+             r"model.activation: 'plugin_helpers:WrongTanh': its closed-form derivatives\(v\) disagree.*f'' off by"),
+    ),
+    Case(
+        "plugin-term-loss-not-scalar", "API",
+        "run_experiment(config whose term's loss returns [n, 2], out)",
+        "ValueError: objective: term 'value' (VectorTerm.loss) returned shape [8, 9]; expected a scalar tensor "
+        "(reduce it, e.g. with .mean())",
+        "CLEAR",
+        api(lambda w: _i25_run(w, objective=Objective((_i25("VectorTerm")(), DerivativeTerm(order=1)))), ValueError,
+            r"objective: term 'value' \(VectorTerm.loss\) returned shape \[8, 9\]; expected a scalar"),
+    ),
+    Case(
+        "plugin-source-wrong-targets", "TOML",
+        '[data] source = "my:Source"  (its batches hold 1 target coordinate of the manifold\'s 2)',
+        "ValueError: data.source: plugin_helpers:OneTargetSource: its batch() gives targets [1] per sample; the "
+        "manifold Blob (and the test set) has [2] (before training)",
+        "CLEAR",
+        api(lambda w: _i25_run(w, manifold=_i25("Blob")(size=5), data=_i25_data("plugin_helpers:OneTargetSource")),
+            ValueError, r"data.source: plugin_helpers:OneTargetSource: its batch\(\) gives targets \[1\]"),
+    ),
+    Case(
+        "resume-other-activation", "API",
+        "run_experiment(config with activation 'sine', the folder of a 'tanh' run)",
+        "ValueError: checkpoint: it belongs to a run with other settings (model.activation: 'tanh' in the checkpoint, "
+        "'sine' now); resume with the same settings, start over (--no-resume, or resume=False), or use a new folder",
+        "CLEAR",
+        api(_i25_resume_other_activation, ValueError, r"\(model.activation: 'tanh' in the checkpoint, 'sine' now\)"),
+    ),
+    Case(
+        "objective-one-term", "API",
+        "Objective(ValueTerm())",
+        "TypeError: terms: expected a tuple or list of terms, got one ValueTerm; write Objective((ValueTerm(...),)) or "
+        "Objective([ValueTerm(...)])",
+        "CLEAR",
+        api(lambda w: Objective(ValueTerm()), TypeError, r"terms: expected a tuple or list of terms, got one ValueTerm"),
+    ),
+    Case(
+        "trainer-model-wrong-input-size", "API",
+        "Trainer(model built for 7x7 images, ..., cube data of 9x9).fit()",
+        "ValueError: value: expected inputs [n, 7, 7] for the model (its layer model.0 (Affine) takes them), got "
+        "[8, 9, 9]; pass inputs of the shape the model was built for (manifold.input_shape), or build the model for "
+        "these inputs",
+        "CLEAR",
+        api(_i25_trainer_wrong_input, ValueError, r"value: expected inputs \[n, 7, 7\] for the model"),
+    ),
+    Case(
+        "generate-disk-full", "CLI",
+        "generate cube --n 2 --out j  (the disk fills up)",
+        ".j.partial/shard-00000: the disk is full (no space left on device); the finished shards are kept, and the "
+        "same command continues the generation: free some space, or write elsewhere, and run the same command again",
+        "CLEAR",
+        _i25_disk_full(cli(["generate", "cube", *CUBE, "--n", "2", "--out", "{tmp}/j", "--no-progress", "--order", "0"],
+                           r"shard-00000: the disk is full \(no space left on device\); the finished shards are kept")),
+    ),
+    Case(
+        "checkpoint-disk-full", "CLI",
+        "train --config c.toml --out r  (the disk fills up while the checkpoint is written)",
+        "r/checkpoint.pt: the disk is full (no space left on device); nothing was replaced: free some space, or write "
+        "elsewhere, and run the same command again",
+        "CLEAR",
+        _i25_disk_full(cli(["train", "--config", "{toml}", "--out", "{tmp}/r"],
+                           r"checkpoint.pt: the disk is full \(no space left on device\); nothing was replaced")),
+    ),
+    Case("train-data-is-a-file", "CLI", "train --config c.toml --out r --data notes.txt",
+         "--data: no complete jet cache at notes.txt (missing meta.json)", "CLEAR",
+         cli(["train", "--config", "{toml}", "--out", "{tmp}/r", "--data", "{file}"], r"--data: .*notes\.txt")),
+    Case("n-train-overflow", "TOML", "[data] n_train = 9223372036854775807",
+         "ValueError: data.n_train: expected an int <= 2147483647, got 9223372036854775807", "CLEAR",
+         toml("[data]\nn_train = 9223372036854775807\n", ValueError, r"data.n_train: expected an int <= 2147483647")),
+    Case("hidden-overflow", "TOML", "[model] hidden = [9223372036854775807]",
+         "ValueError: model.hidden: expected widths <= 16777216, got 9223372036854775807", "CLEAR",
+         toml('[model]\nkind = "mlp"\nhidden = [9223372036854775807]\n', ValueError,
+              r"model.hidden: expected widths <= 16777216")),
+    Case("directions-overflow", "TOML", '[[objective.terms]] kind = "derivative" order = 2 directions = 9223372036854775807',
+         "ValueError: objective.terms[0].directions: expected an int <= 65536, got 9223372036854775807", "CLEAR",
+         toml('[[objective.terms]]\nkind = "derivative"\norder = 2\ndirections = 9223372036854775807\n', ValueError,
+              r"objective.terms\[0\].directions: expected an int <= 65536")),
+    *[Case(f"cube-{name.replace('_', '-')}-huge", "CLI", f"show cube --{name.replace('_', '-')} 1e308 --out s.png",
+           f"--{name.replace('_', '-')}: expected a number <= 1000000.0, got 1e+308", "CLEAR",
+           cli(["show", "cube", "--out", "{tmp}/s.png", f"--{name.replace('_', '-')}", "1e308"],
+               rf"--{name.replace('_', '-')}: expected a number <= 1000000.0"))
+      for name in ("sigma", "camera_distance", "extent", "focal_length")],
+    Case("term-weight-huge", "TOML", '[[objective.terms]] kind = "value" weight = 1e308',
+         "ValueError: objective.terms[0].weight: expected a number <= 1000000.0, got 1e+308", "CLEAR",
+         toml('[[objective.terms]]\nkind = "value"\nweight = 1e308\n', ValueError,
+              r"objective.terms\[0\].weight: expected a number <= 1000000.0")),
+    Case("weight-decay-huge", "TOML", "[train] weight_decay = 1e308",
+         "ValueError: train.weight_decay: expected learning_rate * weight_decay < 1 (AdamW multiplies the weights by "
+         "1 - learning_rate * weight_decay every step; at or above 1 they flip sign and blow up), got 1e+308 with "
+         "learning_rate 0.001", "CLEAR",
+         toml("[train]\nweight_decay = 1e308\n", ValueError, r"train.weight_decay: expected learning_rate \* weight_decay < 1")),
+    Case("pr-photons-below-one", "CLI", "generate phase-retrieval --photons 0.5 --n 4 --out j",
+         "photons: expected at least 1 (the expected count of a whole pattern), got 0.5: almost every noisy pattern "
+         "would count no photon at all, inputs all zero", "CLEAR",
+         cli(["generate", "phase-retrieval", "--photons", "0.5", "--n", "4", "--out", "{tmp}/j"],
+             r"photons: expected at least 1")),
+    Case("pr-photons-few", "API", "PhaseRetrieval(photons=10)",
+         "UserWarning: photons: 10 photons per pattern over 1024 pixels: nearly every pixel of a noisy pattern counts "
+         "zero, and the inputs say little about the object", "CLEAR",
+         _i25_warns(lambda: PhaseRetrieval(photons=10.0), r"photons: 10 photons per pattern")),
+    Case("pr-widths-under-a-pixel", "API", "PhaseRetrieval(widths=(0.01, 0.24))",
+         "UserWarning: widths: 0.01 is under a quarter of an object pixel (0.125): the blob falls between pixel "
+         "centres, so the object is nearly blank and its derivatives vanish; take widths of a pixel (0.125) or more",
+         "CLEAR", _i25_warns(lambda: PhaseRetrieval(widths=(0.01, 0.24)), r"widths: 0.01 is under a quarter")),
+    Case("cube-sigma-under-a-pixel", "API", "Cube(image_size=9, extent=0.5, sigma=1e-5)",
+         "UserWarning: sigma: 1e-05 is under a twentieth of a pixel (0.125): the edges are sharp steps between pixel "
+         "centres, so the image's derivatives vanish almost everywhere; take sigma about half a pixel or more", "CLEAR",
+         _i25_warns(lambda: Cube(image_size=9, extent=0.5, sigma=1e-5), r"sigma: 1e-05 is under a twentieth")),
+    Case("cube-sigma-wider-than-the-image", "API", "Cube(image_size=9, extent=0.5, sigma=5)",
+         "UserWarning: sigma: 5 is wider than the whole image (2 extent = 1): the blur spreads each face over it and "
+         "the image is nearly uniform; take sigma about a pixel", "CLEAR",
+         _i25_warns(lambda: Cube(image_size=9, extent=0.5, sigma=5.0), r"sigma: 5 is wider than the whole image")),
 ]
 
 

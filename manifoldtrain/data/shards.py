@@ -17,7 +17,7 @@ import attrs
 import numpy as np
 import torch
 
-from manifoldtrain._io import locked, publish_mode, write_text_atomic
+from manifoldtrain._io import disk_full_error, locked, publish_mode, write_text_atomic
 from manifoldtrain._validation import check_int, dtype_name, first_non_finite
 from manifoldtrain.data.dataset import JetDataset, check_finite_jets, check_finite_points, fingerprint, provenance
 from manifoldtrain.data.format import (COMPONENTS, DEFAULT_SHARD_SIZE, FORMAT, FORMAT_VERSION, SHARD_META, SHARDS_FORMAT,
@@ -404,6 +404,10 @@ def _npy_layout_or_error(file: Path, remedy: str) -> _NpyFile:
 # ---------------------------------------------------------------------------- writing shards
 
 
+#: What a full disk leaves of a generation (for its message).
+_KEPT = "the finished shards are kept, and the same command continues the generation"
+
+
 class _ShardWriter:
     """Streams the arrays of one shard into ``.npy`` files in a temporary folder inside
     ``folder``; :meth:`commit` flushes them to disk and renames the folder to its shard name."""
@@ -421,15 +425,24 @@ class _ShardWriter:
                 self.files[name] = f
                 header = {"descr": npy.dtype_to_descr(dtype), "fortran_order": False, "shape": (rows, *shape)}
                 npy.write_array_header_1_0(f, header)
-        except BaseException:
+        except BaseException as err:
             self.abort()
+            full = disk_full_error(folder / shard_name(index), err, note=_KEPT)
+            if full is not None:
+                raise full from None
             raise
         self.dtype = dtype
 
     def write(self, arrays: dict[str, np.ndarray]) -> None:
         for name, arr in arrays.items():
             arr = np.ascontiguousarray(arr, dtype=self.dtype)
-            self.files[name].write(memoryview(arr).cast("B"))
+            try:
+                self.files[name].write(memoryview(arr).cast("B"))
+            except OSError as err:  # a full disk: say so, naming the shard's file (the finished shards are kept)
+                full = disk_full_error(self.folder / shard_name(self.index) / f"{name}.npy", err, note=_KEPT)
+                if full is None:
+                    raise
+                raise full from None
             self.written[name] += len(arr)
 
     def commit(self, fp: str | None) -> Path:
@@ -454,8 +467,11 @@ class _ShardWriter:
             os.rename(self.tmp, final)  # complete, or not there at all
             _fsync_dir(self.folder)
             return final
-        except BaseException:
+        except BaseException as err:
             self.abort()
+            full = disk_full_error(self.folder / shard_name(self.index), err, note=_KEPT)
+            if full is not None:
+                raise full from None
             raise
 
     def abort(self) -> None:

@@ -184,6 +184,12 @@ def _edge_ends(t: torch.Tensor, idx: torch.Tensor, sigma: float) -> torch.Tensor
     return g.transpose(1, 2) / sigma
 
 
+#: The largest length setting of a :class:`Cube` (``extent``, ``sigma``, ``focal_length``,
+#: ``camera_distance``, ``half_size``): the cube is 0.4 across by default, and a million times
+#: that is no scene; a huge value would overflow the projection instead of failing clearly.
+MAX_LENGTH = 1e6
+
+
 @attrs.frozen(eq=True)
 class Cube(Manifold):
     """The paper's cube: a Gaussian-blurred image of a flat-shaded cube, and its corners.
@@ -215,7 +221,10 @@ class Cube(Manifold):
     extent : float
         Half-width of the image in image-plane units (default 1.0).
     sigma : float
-        Standard deviation of the blur in image-plane units (default 0.03).
+        Standard deviation of the blur in image-plane units (default 0.03). Under a twentieth
+        of a pixel the image's derivatives vanish between edges, wider than the image the image
+        is nearly uniform: either warns (``UserWarning``). The lengths (``extent``, ``sigma``,
+        ``focal_length``, ``camera_distance``, ``half_size``) are at most :data:`MAX_LENGTH`.
     focal_length, camera_distance : float
         Projection ``(u, v) = f (X, Y) / (Z - D)`` with ``f = focal_length`` (default 5) and
         ``D = camera_distance`` (default 5); the picture is mirrored, by definition.
@@ -255,11 +264,11 @@ class Cube(Manifold):
     """
 
     image_size: int = attrs.field(default=41, validator=attrs_validator(check_int, minimum=2, maximum=4096))
-    extent: float = attrs.field(default=1.0, validator=attrs_validator(check_float, positive=True))
-    sigma: float = attrs.field(default=0.03, validator=attrs_validator(check_float, positive=True))
-    focal_length: float = attrs.field(default=5.0, validator=attrs_validator(check_float, positive=True))
-    camera_distance: float = attrs.field(default=5.0, validator=attrs_validator(check_float, positive=True))
-    half_size: float = attrs.field(default=0.2, validator=attrs_validator(check_float, positive=True))
+    extent: float = attrs.field(default=1.0, validator=attrs_validator(check_float, positive=True, maximum=MAX_LENGTH))
+    sigma: float = attrs.field(default=0.03, validator=attrs_validator(check_float, positive=True, maximum=MAX_LENGTH))
+    focal_length: float = attrs.field(default=5.0, validator=attrs_validator(check_float, positive=True, maximum=MAX_LENGTH))
+    camera_distance: float = attrs.field(default=5.0, validator=attrs_validator(check_float, positive=True, maximum=MAX_LENGTH))
+    half_size: float = attrs.field(default=0.2, validator=attrs_validator(check_float, positive=True, maximum=MAX_LENGTH))
     face_colors: tuple[float, ...] = attrs.field(
         default=tuple((i + 1) / 6 for i in range(6)), converter=_colors_convert, validator=_colors_validate
     )
@@ -280,6 +289,15 @@ class Cube(Manifold):
     target_names = tuple(f"corner{k}_{axis}" for k in (1, 2, 3) for axis in "xyz")
 
     def __attrs_post_init__(self) -> None:
+        pixel = 2 * self.extent / (self.image_size - 1)
+        if self.sigma < 0.05 * pixel:
+            warnings.warn(f"sigma: {self.sigma:g} is under a twentieth of a pixel ({pixel:g}): the edges are sharp "
+                          "steps between pixel centres, so the image's derivatives vanish almost everywhere; take "
+                          "sigma about half a pixel or more", UserWarning, stacklevel=3)
+        if self.sigma > 2 * self.extent:
+            warnings.warn(f"sigma: {self.sigma:g} is wider than the whole image (2 extent = {2 * self.extent:g}): the "
+                          "blur spreads each face over it and the image is nearly uniform; take sigma about a pixel",
+                          UserWarning, stacklevel=3)
         # Every corner of every pose that sample() draws must lie near_clip in front of the
         # camera. A corner is sqrt(3) half_size from the cube's centre, the centre at most
         # translation_radius from the origin: that bound (reached when a corner points at the

@@ -8,6 +8,7 @@ walk-through of how it was written.
 from __future__ import annotations
 
 import math
+import warnings
 
 import attrs
 import torch
@@ -129,7 +130,10 @@ class PhaseRetrieval(Manifold):
         Sampling: ``c_1, c_2`` uniform in ``[-phase_range, phase_range]``, radians per
         squared object unit (default 1.0).
     photons : float
-        Expected photon count of the reference object, positive (default ``1e6``).
+        Expected photon count of the reference object (default ``1e6``): at least 1 (fewer
+        leave the noisy patterns all zero), and under 100 a ``UserWarning`` (nearly every pixel
+        counts zero). Widths under a quarter of an object pixel warn too (the blobs fall
+        between pixel centres).
     beam_stop : float
         Radius in far-field pixels of the unmeasured disc around the centre (default 0: none).
     transform : str
@@ -175,6 +179,19 @@ class PhaseRetrieval(Manifold):
     target_kind: str = attrs.field(default="parameters", validator=_check_choice("parameters", "object"))
 
     def __attrs_post_init__(self) -> None:
+        if self.photons < 1:
+            raise ValueError(f"photons: expected at least 1 (the expected count of a whole pattern), got "
+                             f"{self.photons:g}: almost every noisy pattern would count no photon at all, inputs "
+                             "all zero")
+        if self.photons < 100:
+            warnings.warn(f"photons: {self.photons:g} photons per pattern over {self.grid_size**2} pixels: nearly "
+                          "every pixel of a noisy pattern counts zero, and the inputs say little about the object",
+                          UserWarning, stacklevel=3)
+        pixel = 2.0 / self.object_size
+        if min(self.widths) < 0.25 * pixel:
+            warnings.warn(f"widths: {min(self.widths):g} is under a quarter of an object pixel ({pixel:g}): the blob "
+                          "falls between pixel centres, so the object is nearly blank and its derivatives vanish; "
+                          f"take widths of a pixel ({pixel:g}) or more", UserWarning, stacklevel=3)
         if self.grid_size < 2 * self.object_size:
             raise ValueError(
                 f"grid_size: expected at least twice object_size = {2 * self.object_size} (the far field must "

@@ -41,6 +41,11 @@ def _check_scale(instance, attribute, value):
         check_float(attribute.name, value, positive=True)
 
 
+#: The largest term weight: weights are relative (scale them so the largest is about 1); a huge
+#: one overflows the loss to infinity at the first step instead of failing clearly.
+MAX_WEIGHT = 1e6
+
+
 @attrs.frozen
 class ValueTerm(Term):
     """:math:`N(x)` against :math:`y`, relative to the target variance.
@@ -54,7 +59,7 @@ class ValueTerm(Term):
         targets (:meth:`LossScales.target_energy`, which handles constant targets).
     """
 
-    weight: float = attrs.field(default=1.0, validator=attrs_validator(check_float, nonnegative=True))
+    weight: float = attrs.field(default=1.0, validator=attrs_validator(check_float, nonnegative=True, maximum=MAX_WEIGHT))
     scale: float | None = attrs.field(default=None, validator=_check_scale)
 
     data_order = 0
@@ -74,9 +79,14 @@ def _check_order(instance, attribute, value):
     check_int(attribute.name, value, minimum=1, maximum=2)
 
 
+#: The most random directions (pairs) a derivative term may draw per sample: far more than any
+#: manifold has coordinates or pairs; a huge count would be allocated before failing.
+MAX_DIRECTIONS = 65536
+
+
 def _check_directions(instance, attribute, value):
     if value is not None:
-        check_int(attribute.name, value, minimum=1)
+        check_int(attribute.name, value, minimum=1, maximum=MAX_DIRECTIONS)
 
 
 @attrs.frozen
@@ -105,7 +115,7 @@ class DerivativeTerm(Term):
     """
 
     order: int = attrs.field(validator=_check_order)
-    weight: float = attrs.field(default=1.0, validator=attrs_validator(check_float, nonnegative=True))
+    weight: float = attrs.field(default=1.0, validator=attrs_validator(check_float, nonnegative=True, maximum=MAX_WEIGHT))
     directions: int | None = attrs.field(default=None, validator=_check_directions)
     start: float = attrs.field(default=0.0, validator=attrs_validator(check_float, nonnegative=True, maximum=1.0))
     scale: float | None = attrs.field(default=None, validator=_check_scale)

@@ -25,7 +25,18 @@ __all__ = ["Objective"]
 FORMER_NAME = "manifoldtrain.objectives.core:Objective"
 
 
+def _as_terms(value):
+    """A sequence of terms as a tuple; anything else (one term, not in a list) is left for
+    :func:`_check_terms` to name."""
+    if isinstance(value, (tuple, list)):
+        return tuple(value)
+    return value
+
+
 def _check_terms(instance, attribute, value):
+    if isinstance(value, Term):
+        raise TypeError(f"{attribute.name}: expected a tuple or list of terms, got one {type(value).__name__}; write "
+                        f"Objective(({type(value).__name__}(...),)) or Objective([{type(value).__name__}(...)])")
     if not isinstance(value, tuple) or not value:
         raise ValueError(f"{attribute.name}: expected a non-empty tuple of terms, got {value!r}")
     for t in value:
@@ -66,7 +77,7 @@ class Objective:
     2
     """
 
-    terms: tuple = attrs.field(converter=tuple, validator=_check_terms)
+    terms: tuple = attrs.field(converter=_as_terms, validator=_check_terms)
 
     @classmethod
     def value(cls) -> Objective:
@@ -171,7 +182,12 @@ class Objective:
         out = {}
         for t in self.terms:
             if t.name in requests:
-                out[t.name] = t.weight * t.loss(batch, answered[t.name]) / norms[t.name]
+                loss = t.loss(batch, answered[t.name])
+                if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+                    got = f"shape {list(loss.shape)}" if isinstance(loss, torch.Tensor) else type(loss).__name__
+                    raise ValueError(f"objective: term {t.name!r} ({type(t).__name__}.loss) returned {got}; expected "
+                                     "a scalar tensor (reduce it, e.g. with .mean())")
+                out[t.name] = t.weight * loss / norms[t.name]
             else:
                 out[t.name] = torch.zeros((), dtype=x.dtype, device=x.device)
         return out

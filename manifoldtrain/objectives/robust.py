@@ -68,6 +68,7 @@ import torch
 
 from manifoldtrain._validation import attrs_validator, check_float, check_int
 from manifoldtrain.objectives.core import Batch, LossScales, Rows, Term
+from manifoldtrain.objectives.fitting import MAX_WEIGHT
 from manifoldtrain.robustness.operator import ErrorOperator, spectral_norm
 from manifoldtrain.robustness.oracle import LinearisedOracle
 
@@ -92,7 +93,7 @@ def _strength():
 
 
 def _weight():
-    return attrs.field(default=1.0, validator=attrs_validator(check_float, nonnegative=True))
+    return attrs.field(default=1.0, validator=attrs_validator(check_float, nonnegative=True, maximum=MAX_WEIGHT))
 
 
 def _count():

@@ -10,6 +10,8 @@ the way the bundled ones are checked.
 * :func:`check_move`: :meth:`~manifoldtrain.Manifold.move` re-centres the chart.
 * :func:`check_activation`: a :class:`~manifoldtrain.nn.SmoothActivation`'s closed-form
   derivatives against central differences of its ``forward``.
+* :func:`verify_manifold`: the cheap check (conventions on two points) that runs and
+  commands apply to a user's manifold before making data from it.
 * :mod:`manifoldtrain.testing.strategies`: hypothesis strategies for valid points.
 """
 
@@ -26,6 +28,7 @@ from manifoldtrain.testing._checks import (
     check_move,
     compare_jets,
     finite_difference_jets,
+    verify_manifold,
 )
 
 __all__ = [
@@ -41,4 +44,5 @@ __all__ = [
     "check_move",
     "compare_jets",
     "finite_difference_jets",
+    "verify_manifold",
 ]

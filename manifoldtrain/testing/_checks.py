@@ -23,6 +23,7 @@ __all__ = [
     "check_conventions",
     "check_move",
     "check_manifold",
+    "verify_manifold",
 ]
 
 
@@ -514,3 +515,32 @@ def check_manifold(
         reports.append(check_default_jets(manifold, points, order))
     reports.append(check_move(manifold, points, seed=seed))
     return reports
+
+
+def verify_manifold(manifold: Manifold, where: str = "manifold") -> None:
+    """Check a user's manifold against its declared contract before any data is made from it:
+    on two sampled points, :func:`check_conventions` (inputs ``[n, *input_shape]``, targets
+    ``[n, *target_shape]``, jets of ``param_dim`` coordinates and the right orders, dtypes and
+    devices). A fraction of a second for a cheap manifold; the bundled manifolds (tested with
+    the library) are skipped.
+
+    Raises
+    ------
+    ValueError
+        Starting with ``where``, naming the first violation (or what the manifold raised).
+    """
+    if not isinstance(manifold, Manifold):
+        raise TypeError(f"{where}: expected a Manifold, got {type(manifold).__name__}")
+    if type(manifold).__module__.split(".")[0] == "manifoldtrain":
+        return
+    name = f"{type(manifold).__module__}:{type(manifold).__qualname__}"
+    try:
+        points = manifold.sample(2, torch.Generator().manual_seed(0), dtype=torch.float64)
+        check_conventions(manifold, points)
+    except AssertionError as err:
+        raise ValueError(f"{where}: {name} breaks the Manifold contract: {err}; check it with "
+                         "manifoldtrain.testing.check_manifold") from None
+    except Exception as err:  # noqa: BLE001 - the user's code: say what it raised, without a traceback
+        raise ValueError(f"{where}: {name} failed on two sampled points ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''}); check it with "
+                         "manifoldtrain.testing.check_manifold") from None
