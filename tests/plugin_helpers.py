@@ -83,3 +83,25 @@ class OneTargetSource(DataSource):
 
     def description(self):
         return {"kind": "one-target", "n": len(self.data)}
+
+
+def full_disk_open(real_open):
+    """An ``open`` like ``real_open`` whose files opened for writing ``.npy`` arrays (the shards)
+    fail every write with ENOSPC, as on a full disk."""
+    import errno
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+    def full_open(path, mode="r", *args, **kwargs):
+        f = real_open(path, mode, *args, **kwargs)
+        return Full(f) if "w" in mode and str(path).endswith(".npy") else f
+
+    return full_open

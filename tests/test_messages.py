@@ -16,6 +16,7 @@ from manifoldtrain.manifolds import Cube, PhaseRetrieval
 from manifoldtrain.nn import ConvNetConfig, MLPConfig
 from manifoldtrain.objectives import DerivativeTerm, Objective, ValueTerm
 from manifoldtrain.training import TrainConfig
+from plugin_helpers import full_disk_open
 
 BIG = 2**63 - 1
 
@@ -79,23 +80,7 @@ def test_usual_settings_stay_accepted_without_a_warning():
 
 
 def test_generate_on_a_full_disk_names_the_file(tmp_path, monkeypatch, capsys):
-    real_open = open
-
-    class Full:
-        def __init__(self, f):
-            self.f = f
-
-        def write(self, data):
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-        def __getattr__(self, name):
-            return getattr(self.f, name)
-
-    def full_open(path, mode="r", *args, **kwargs):
-        f = real_open(path, mode, *args, **kwargs)
-        return Full(f) if "w" in mode and str(path).endswith(".npy") else f
-
-    monkeypatch.setattr(shards, "open", full_open, raising=False)
+    monkeypatch.setattr(shards, "open", full_disk_open(open), raising=False)
     with pytest.raises(SystemExit) as info:
         main(["generate", "cube", "--image-size", "9", "--n", "2", "--out", str(tmp_path / "j"), "--no-progress",
               "--order", "0"])

@@ -262,24 +262,10 @@ def _i25_disk_full(then: Callable):
         def full_save(state, path):
             raise OSError(errno.ENOSPC, "No space left on device")
 
-        real_open = builtins.open
-
-        class Full:
-            def __init__(self, f):
-                self.f = f
-
-            def write(self, data):
-                raise OSError(errno.ENOSPC, "No space left on device")
-
-            def __getattr__(self, name):
-                return getattr(self.f, name)
-
-        def full_open(path, mode="r", *args, **kwargs):
-            f = real_open(path, mode, *args, **kwargs)
-            return Full(f) if "w" in mode and str(path).endswith(".npy") else f
+        from plugin_helpers import full_disk_open
 
         with mock.patch.object(checkpoints.torch, "save", full_save), \
-                mock.patch.object(shards, "open", full_open, create=True):
+                mock.patch.object(shards, "open", full_disk_open(builtins.open), create=True):
             then(w, capsys)
 
     return run
