@@ -235,34 +235,41 @@ def test_demo_says_when_the_machine_is_busy(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(demo, "_load_average", lambda: 3.0)
     monkeypatch.setattr(demo.os, "cpu_count", lambda: 2)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # conftest's choice: the demo would keep it
-    threads = torch.get_num_threads()
-    out = tmp_path / "demo"
-    assert main(["demo", "--quick", "--out", str(out), "--no-progress"]) == 0
-    text = capsys.readouterr().out
-    assert "note: this machine is busy (load 3.0 on 2 cores" in text and "(on a busy machine: see the note above)" in text
-    assert "(5-7x for the cube on 2 idle cores" in text  # the default cube: its figures may be quoted
-    results = json.loads((out / "results.json").read_text())
-    assert results["busy_machine"].startswith("note: this machine is busy")
-    assert results["machine"]["load_average_before"] == 3.0 and results["machine"]["cpus"] == 2
-    # Torch kept to the idle cores (here none: one thread) while the demo ran, and given back after.
-    assert "uses 1 torch thread instead of" in text and results["machine"]["torch_threads"] == 1
-    assert torch.get_num_threads() == threads
-    fit = demo._threads_for
-    assert fit(None, 2, 2) == 2 and fit(0.2, 2, 2) == 2 and fit(1.0, 2, 2) == 1 and fit(2.0, 16, 16) == 14
-    assert fit(9.0, 8, 4) == 1
-    # --threads given: used as given, busy or not.
-    status = main(["demo", "--quick", "--out", str(tmp_path / "d2"), "--no-progress", "--threads", "2"])
-    torch.set_num_threads(threads)  # --threads set it for the process
-    assert status == 0
-    text = capsys.readouterr().out
-    assert "instead of" not in text
-    assert json.loads((tmp_path / "d2" / "results.json").read_text())["machine"]["torch_threads"] == 2
-    # OMP_NUM_THREADS chooses too: the note, but the threads are kept.
-    monkeypatch.setenv("OMP_NUM_THREADS", "2")
-    assert main(["demo", "--quick", "--out", str(tmp_path / "d3"), "--no-progress"]) == 0
-    text = capsys.readouterr().out
-    assert "note: this machine is busy" in text and "instead of" not in text
-    assert json.loads((tmp_path / "d3" / "results.json").read_text())["machine"]["torch_threads"] == 2
+    # Two threads to start from, whatever an earlier test left (tests/train_run.py sets one), so
+    # that keeping torch to the idle cores shows; conftest's count is given back at the end.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        threads = torch.get_num_threads()
+        out = tmp_path / "demo"
+        assert main(["demo", "--quick", "--out", str(out), "--no-progress"]) == 0
+        text = capsys.readouterr().out
+        assert "note: this machine is busy (load 3.0 on 2 cores" in text and "(on a busy machine: see the note above)" in text
+        assert "(5-7x for the cube on 2 idle cores" in text  # the default cube: its figures may be quoted
+        results = json.loads((out / "results.json").read_text())
+        assert results["busy_machine"].startswith("note: this machine is busy")
+        assert results["machine"]["load_average_before"] == 3.0 and results["machine"]["cpus"] == 2
+        # Torch kept to the idle cores (here none: one thread) while the demo ran, and given back after.
+        assert "uses 1 torch thread instead of" in text and results["machine"]["torch_threads"] == 1
+        assert torch.get_num_threads() == threads
+        fit = demo._threads_for
+        assert fit(None, 2, 2) == 2 and fit(0.2, 2, 2) == 2 and fit(1.0, 2, 2) == 1 and fit(2.0, 16, 16) == 14
+        assert fit(9.0, 8, 4) == 1
+        # --threads given: used as given, busy or not.
+        status = main(["demo", "--quick", "--out", str(tmp_path / "d2"), "--no-progress", "--threads", "2"])
+        torch.set_num_threads(threads)  # --threads set it for the process
+        assert status == 0
+        text = capsys.readouterr().out
+        assert "instead of" not in text
+        assert json.loads((tmp_path / "d2" / "results.json").read_text())["machine"]["torch_threads"] == 2
+        # OMP_NUM_THREADS chooses too: the note, but the threads are kept.
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        assert main(["demo", "--quick", "--out", str(tmp_path / "d3"), "--no-progress"]) == 0
+        text = capsys.readouterr().out
+        assert "note: this machine is busy" in text and "instead of" not in text
+        assert json.loads((tmp_path / "d3" / "results.json").read_text())["machine"]["torch_threads"] == 2
+    finally:
+        torch.set_num_threads(previous)
 
 
 def test_computing_commands_keep_torch_to_the_idle_cores(tmp_path, capsys, monkeypatch):
