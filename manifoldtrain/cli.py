@@ -538,23 +538,19 @@ def _cmd_robustness(args: argparse.Namespace) -> int:
     return _robustness_of_run(args, config, device)
 
 
-#: The settings of ``robustness`` that apply with ``--run`` (how the run is scored); the others
-#: describe the comparison's own runs.
-_SCORING_SETTINGS = ("noise_levels", "budgets", "eval_samples", "attack_samples", "attack_steps", "seed", "progress")
-
-
 def _refuse_comparison_options(args: argparse.Namespace) -> None:
     """With ``--run``, refuse the options that only describe the comparison (the run's own
     manifold, data and network are scored), rather than ignore them."""
-    from manifoldtrain.robustness.suite import SuiteConfig
+    from manifoldtrain.robustness.suite import EVALUATION_SETTINGS, SuiteConfig
 
+    scoring = (*EVALUATION_SETTINGS, "progress")  # how the run is scored, and shown
     given = [_option_name(f.name) for f in attrs.fields(SuiteConfig)
-             if f.name not in _SCORING_SETTINGS and getattr(args, f.name, None) is not None]
+             if f.name not in scoring and getattr(args, f.name, None) is not None]
     given += [args.manifold_options[name] for name in given_settings(args.manifold_class, args, prefix="manifold")]
     if given:
         raise ValueError(f"{', '.join(given)}: only without --run: they set up the comparison's own runs, while --run "
                          f"scores {args.run} on its own manifold, data and network (with --run, these apply: "
-                         f"{', '.join(_option_name(n) for n in _SCORING_SETTINGS)})")
+                         f"{', '.join(_option_name(n) for n in scoring)})")
 
 
 def _robustness_of_run(args: argparse.Namespace, config, device) -> int:

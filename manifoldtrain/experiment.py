@@ -16,6 +16,7 @@ import torch
 from manifoldtrain._io import LOCK, claim_output_folder, foreign_names, release_if_unused, unlock_path
 from manifoldtrain._plain import first_difference
 from manifoldtrain._validation import dtype_from_name
+from manifoldtrain.checkpoints import PREVIOUS_NAME
 from manifoldtrain.config import ExperimentConfig, config_to_dict, save_config
 from manifoldtrain.data import JetDataset, manifold_description
 from manifoldtrain.data.sources import DataRequest, DataSource
@@ -29,7 +30,6 @@ from manifoldtrain.nn import build_model
 from manifoldtrain.records import command_line, machine_info, write_json  # the first two re-exported: public here before
 from manifoldtrain.registry import MODELS, SOURCES
 from manifoldtrain.testing import verify_manifold
-from manifoldtrain.checkpoints import PREVIOUS_NAME
 from manifoldtrain.training import BEST_NAME, CHECKPOINT_NAME, METRICS_NAME, Trainer, load_checkpoint
 
 #: The files a run writes into its folder (besides its marker).

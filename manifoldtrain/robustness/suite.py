@@ -289,8 +289,13 @@ def _run_name(name: str, width: int, strength: float | None) -> str:
     return f"{name}-w{width}" + (f"-s{strength:g}" if strength is not None else "")
 
 
+#: The settings of a :class:`SuiteConfig` that say how a network is scored (the others say
+#: which networks the comparison trains): what ``manifoldtrain robustness --run`` takes.
+EVALUATION_SETTINGS = ("noise_levels", "budgets", "eval_samples", "attack_samples", "attack_steps", "seed")
+
+
 def _evaluation_settings(config: SuiteConfig) -> dict:
-    return {k: getattr(config, k) for k in ("noise_levels", "budgets", "eval_samples", "attack_samples", "attack_steps", "seed")}
+    return {k: getattr(config, k) for k in EVALUATION_SETTINGS}
 
 
 def _scores(model, manifold, test: JetDataset, *, noise_levels, budgets, eval_samples: int, attack_samples: int,
