@@ -188,12 +188,15 @@ _OBJECTIVE_COLORS = {"value": "tab:blue", "second": "tab:green", "invariance-noi
                      "invariance-jacobian": "tab:red", "oracle-random": "tab:purple", "oracle-hessian": "tab:brown"}
 
 
-def plot_tradeoff(runs: list[dict], path: str | os.PathLike, *, title: str = "") -> None:
+def plot_tradeoff(runs: list[dict], path: str | os.PathLike, *, title: str = "",
+                  reference: float | None = None) -> None:
     """Clean test RMSE against worst-case amplification, one point per run (the robustness
     trade-off); the runs of one objective and width at several strengths joined in order of
     strength. ``runs`` are the
     entries of a robustness results file (``objective``, ``width``, ``strength``, ``test_rmse``,
-    ``amplification``). Written atomically to ``path``."""
+    ``amplification``). ``reference``: the amplification of a perfectly invariant network
+    (:func:`~manifoldtrain.robustness.invariant_amplification`), drawn as a vertical line.
+    Written atomically to ``path``."""
     from matplotlib.figure import Figure
 
     if not runs:
@@ -225,6 +228,8 @@ def plot_tradeoff(runs: list[dict], path: str | os.PathLike, *, title: str = "")
                 ax.plot([a for _, a, _ in line], [e for _, _, e in line], color=colors[name], lw=0.8, alpha=0.6)
     for w in widths:
         ax.scatter([], [], marker=markers[w], color="gray", label=f"width {w}")
+    if reference is not None:
+        ax.axvline(reference, color="gray", ls="--", lw=0.8, label="invariant network (N' = 0)")
     ax.set(xscale="log", yscale="log", xlabel="worst-case amplification  median ||E||_2  (lower: more robust)",
            ylabel="clean test RMSE  (lower: more accurate)", title=title or "accuracy against robustness")
     ax.grid(True, which="both", alpha=0.3)

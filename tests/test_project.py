@@ -352,3 +352,54 @@ def test_gpu_checks_script_parses_and_runs_only_project_commands():
     for name in ("render.py", "accuracy_vs_data.py"):
         assert f"benchmarks/{name}" in text and (ROOT / "benchmarks" / name).exists()
     assert "-m pytest -q -p no:cacheprovider -m cuda" in text
+
+
+def test_robustness_converged_benchmark_quick(tmp_path, capsys):
+    import json
+
+    mod = runpy.run_path(str(ROOT / "benchmarks" / "robustness_converged.py"))
+    out = tmp_path / "summary.json"
+    assert mod["main"](["--quick", "--work", str(tmp_path / "w"), "--out", str(out)]) == 0
+    parts = sorted((tmp_path / "w" / "parts").glob("*.json"))
+    assert len(parts) == len(mod["plan"](mod["QUICK"])) == 7
+    part = json.loads(parts[0].read_text())
+    assert {"test_rmse", "amplification", "validation_rmse", "validation_amplification", "reference_amplification",
+            "adversarial_error", "best_epoch"} <= set(part)
+    assert not (tmp_path / "w" / "runs" / parts[0].stem).exists()  # a finished run keeps only its part
+    summary = json.loads(out.read_text())
+    assert "--quick" in summary["command"]
+    w8 = summary["summary"]["w8"]
+    assert set(w8["pareto"]["0"]) == {"invariance", "control", "oracle"}
+    assert w8["ratios"]["oracle_robust: accuracy ratio"]["n"] == 1
+    # A second call finds every part and trains nothing.
+    stamps = [p.stat().st_mtime_ns for p in parts]
+    assert mod["main"](["--quick", "--work", str(tmp_path / "w")]) == 0
+    assert [p.stat().st_mtime_ns for p in parts] == stamps
+    assert "width 8: reference amplification" in capsys.readouterr().out
+
+
+def test_robustness_converged_summary_chooses_on_validation_and_scores_one_network():
+    mod = runpy.run_path(str(ROOT / "benchmarks" / "robustness_converged.py"))
+
+    def part(name, strength, family, rmse, amp, val_rmse, val_amp, seed=0):
+        return dict(seed=seed, width=8, objective=name, strength=strength, family=family, test_rmse=rmse,
+                    amplification=amp, invariance_part=amp, sensitivity_part=amp, validation_rmse=val_rmse,
+                    validation_amplification=val_amp, adversarial_error={"0.3": amp}, noisy_rmse={"0.01": rmse},
+                    best_epoch=1, seconds=1.0, reference_amplification=1.0)
+
+    parts = [
+        part("value", None, "invariance", 1.0, 5.0, 1.0, 5.0),
+        part("invariance-noise", 0.1, "invariance", 0.5, 3.0, 2.0, 3.0),  # best on test, not on validation
+        part("invariance-jacobian", 0.3, "invariance", 3.0, 1.0, 3.0, 1.0),
+        part("second", None, "control", 0.1, 4.0, 0.1, 4.0),
+        part("oracle-hessian", 1.0, "oracle", 0.25, 0.5, 0.25, 0.5),
+        part("oracle-hessian", 0.3, "oracle", 0.2, 2.0, 0.2, 2.0),
+    ]
+    s = mod["summarize"](parts)["w8"]
+    row = s["per_seed"][0]
+    assert row["invariance_accurate"] == "value" and row["invariance_robust"] == "invariance-jacobian 0.3"
+    assert row["oracle_robust"] == "oracle-hessian 1"
+    assert row["oracle_robust: accuracy ratio"] == 1.0 / 0.25  # the same network on both axes
+    assert row["oracle_robust: amplification ratio"] == 1.0 / 0.5
+    assert row["oracle_robust: dominated by"] == []
+    assert [name for name, *_ in s["pareto"][0]["oracle"]] == ["oracle-hessian 0.3", "oracle-hessian 1"]

@@ -377,10 +377,16 @@ def test_suite_results_figures_and_resume(tmp_path):
     assert [r["objective"] for r in runs] == ["value", "invariance-jacobian", "noise-x2", "oracle-hessian"]
     assert [r["family"] for r in runs] == [None, "invariance", "invariance", "oracle"]
     invariance = [r for r in runs if r["family"] == "invariance"]
-    best = min(invariance, key=lambda r: r["test_rmse"])
+    # Chosen on the selection split (test samples 4 and 5), scored on the first four.
+    assert all(r["selection_rmse"] is not None and r["selection_amplification"] > 0 for r in runs)
+    best = min(invariance, key=lambda r: r["selection_rmse"])
     (key,) = [k for k in results["summary"] if "clean RMSE" in k]
     assert key.startswith(f"w8: clean RMSE, {best['objective']}-w8-s0.03 / oracle-hessian-w8-s1")
     assert results["summary"][key] == best["test_rmse"] / runs[-1]["test_rmse"]
+    assert results["summary"]["w8: chosen on"].startswith("the selection split")
+    assert results["reference_amplification"] > 0
+    assert results["pareto"]["w8 oracle"] == ["oracle-hessian-w8-s1"]
+    assert set(results["pareto"]["w8 invariance"]) <= {"invariance-jacobian-w8-s0.03", "noise-x2-w8-s0.03"}
     assert (tmp_path / "rob" / "runs" / "noise-x2-w8-s0.03" / "checkpoint.pt").is_file()
     for r in runs:
         assert {"objective", "width", "strength", "test_rmse", "amplification", "invariance_part", "sensitivity_part",
@@ -454,9 +460,52 @@ def test_summary_takes_each_runs_family_from_its_record_or_else_by_name():
     config = SuiteConfig(objectives=("value",), widths=(8,))  # lists neither objective of the runs
     old = [run("invariance-noise", 1.0), run("oracle-random", 0.5)]  # records written before families
     assert summarise(old, config)["w8: clean RMSE, invariance-noise-w8-s0.1 / oracle-random-w8-s0.1"] == 2.0
+    assert summarise(old, config)["w8: chosen on"] == "the scoring samples (no selection split recorded)"
     mine = [run("mine", 3.0, family="invariance"), run("oracle-random", 0.5, family="oracle")]
     assert summarise(mine, config)["w8: amplification, mine-w8-s0.1 / oracle-random-w8-s0.1"] == 6.0
     assert summarise([run("unknown", 1.0), run("oracle-random", 0.5)], config) == {}  # no invariance side
+
+
+def test_summary_scores_one_oracle_network_on_both_axes_chosen_on_the_selection_split():
+    from manifoldtrain.robustness.suite import SuiteConfig, pareto_fronts, summarise
+
+    def run(objective, strength, family, rmse, amp, sel_rmse, sel_amp):
+        return dict(objective=objective, width=8, strength=strength, family=family, test_rmse=rmse, amplification=amp,
+                    adversarial_error={"0.3": amp / 10}, selection_rmse=sel_rmse, selection_amplification=sel_amp)
+
+    runs = [
+        run("invariance-noise", 0.01, "invariance", 1.0, 4.0, 1.0, 4.0),
+        run("invariance-noise", 0.1, "invariance", 0.9, 3.0, 1.1, 3.0),   # best on test RMSE, not on selection
+        run("invariance-jacobian", 0.3, "invariance", 2.0, 1.0, 2.0, 1.0),
+        run("oracle-hessian", 0.3, "oracle", 0.2, 2.0, 0.2, 2.0),         # the most accurate oracle network
+        run("oracle-hessian", 1.0, "oracle", 0.5, 0.5, 0.5, 0.5),         # the most robust: the one scored
+    ]
+    summary = summarise(runs, SuiteConfig(widths=(8,)))
+    # The accuracy ratio and the robustness ratios come from the same oracle network.
+    assert summary["w8: clean RMSE, invariance-noise-w8-s0.01 / oracle-hessian-w8-s1"] == 1.0 / 0.5
+    assert summary["w8: amplification, invariance-jacobian-w8-s0.3 / oracle-hessian-w8-s1"] == 1.0 / 0.5
+    assert summary["w8: adversarial error at 0.3, invariance-jacobian-w8-s0.3 / oracle-hessian-w8-s1"] == 2.0
+    assert summary["w8: oracle network dominated by"] == "none"
+    runs.append(run("invariance-jacobian", 1.0, "invariance", 0.4, 0.4, 9.0, 9.0))
+    assert summarise(runs, SuiteConfig(widths=(8,)))["w8: oracle network dominated by"] == "invariance-jacobian-w8-s1"
+    fronts = pareto_fronts(runs, SuiteConfig(widths=(8,)))
+    assert fronts["w8 oracle"] == ["oracle-hessian-w8-s0.3", "oracle-hessian-w8-s1"]
+    assert fronts["w8 invariance"] == ["invariance-jacobian-w8-s1"]
+
+
+def test_invariant_amplification_is_the_norm_of_the_oracle_derivative():
+    from manifoldtrain.data import generate_jets
+    from manifoldtrain.robustness import invariant_amplification
+
+    data = generate_jets(Sphere(), 6, order=1, seed=3, dtype=torch.float64, progress=False)
+    ref = invariant_amplification(data)
+    # ||Y J^+||_2 per sample, from the dense matrices: J [d, P], Y [d, m], Y J^+ = Y^T pinv(J^T).
+    J = data.inputs.d1.flatten(2)
+    Y = data.targets.d1.flatten(2)
+    dense = torch.linalg.matrix_norm(Y.transpose(1, 2) @ torch.linalg.pinv(J.transpose(1, 2)), ord=2)
+    torch.testing.assert_close(ref.full, dense, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(ref.invariance, dense, rtol=1e-6, atol=1e-9)
+    assert float(ref.sensitivity.abs().max()) < 1e-6
 
 
 # --- command line -----------------------------------------------------------------------------

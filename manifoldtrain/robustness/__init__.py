@@ -15,7 +15,8 @@ oracle training) are in :mod:`manifoldtrain.objectives.robust`.
 """
 
 from manifoldtrain.robustness.evaluation import (
-    Amplification, Robustness, RobustnessMetrics, adversarial_error, amplification, evaluate_robustness, noisy_rmse,
+    Amplification, Robustness, RobustnessMetrics, adversarial_error, amplification, evaluate_robustness,
+    invariant_amplification, noisy_rmse,
 )
 from manifoldtrain.robustness.operator import ErrorOperator, SpectralNorm, detached, spectral_norm
 from manifoldtrain.robustness.oracle import (
@@ -27,6 +28,6 @@ __all__ = [
     "LinearisedOracle", "taylor_oracle", "exact_oracle", "OracleResult", "OracleError", "projection_hessian",
     "focal_distance", "FocalDistance",
     "ErrorOperator", "SpectralNorm", "spectral_norm", "detached",
-    "Amplification", "amplification", "noisy_rmse", "adversarial_error", "RobustnessMetrics", "evaluate_robustness",
+    "Amplification", "amplification", "invariant_amplification", "noisy_rmse", "adversarial_error", "RobustnessMetrics", "evaluate_robustness",
     "Robustness",
 ]

@@ -31,8 +31,8 @@ from manifoldtrain.robustness.operator import ErrorOperator, detached, spectral_
 from manifoldtrain.robustness.oracle import LinearisedOracle, exact_oracle, move_within_domain
 
 __all__ = [
-    "RobustnessMetrics", "Amplification", "amplification", "noisy_rmse", "adversarial_error",
-    "evaluate_robustness", "Robustness",
+    "RobustnessMetrics", "Amplification", "amplification", "invariant_amplification", "noisy_rmse",
+    "adversarial_error", "evaluate_robustness", "Robustness",
 ]
 
 
@@ -103,6 +103,47 @@ def amplification(model: torch.nn.Module, data: JetDataset, *, batch_size: int =
         parts["invariance"].append(spectral_norm(op.invariance_part(), generator=g).value)
         parts["sensitivity"].append(spectral_norm(op.sensitivity_part(), generator=g).value)
     return Amplification(*(torch.cat(parts[k]).detach().cpu() for k in ("full", "invariance", "sensitivity", "vectors")))
+
+
+class _Invariant(torch.nn.Module):
+    """A perfectly invariant network of the data's shapes: ``N(x) = 0``, so ``N'(x) = 0``."""
+
+    def __init__(self, input_shape: tuple[int, ...], output_shape: tuple[int, ...]):
+        super().__init__()
+        self.output_shape = tuple(output_shape)
+        self.zero = torch.nn.Parameter(torch.zeros(()))  # gives the network a dtype and device
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.zero * x.flatten(1).sum(1)).reshape(-1, *[1] * len(self.output_shape)).expand(
+            -1, *self.output_shape)
+
+
+def invariant_amplification(data: JetDataset, *, batch_size: int = 128, seed: int = 0) -> Amplification:
+    """The amplification of a perfectly invariant network (:math:`N' = 0`) on ``data``.
+
+    Then :math:`E = -Y J^+`, so :attr:`Amplification.full` is :math:`\\lVert Y J^+ \\rVert_2`
+    per sample, all of it in the invariance part: the robustness figure that invariance
+    training approaches as its strength grows. A network below it reacts to real changes
+    along the manifold less than an invariant one is wrong about them.
+
+    Parameters
+    ----------
+    data : JetDataset
+        Jets of order >= 1 (``[n, *input_shape]`` inputs, ``[n, 1, ...]`` first derivatives).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from manifoldtrain.data import JetDataset
+    >>> from manifoldtrain.jet import Jet
+    >>> x = Jet(torch.zeros(1, 3, dtype=torch.float64), torch.tensor([[[1.0, 0.0, 0.0]]], dtype=torch.float64))
+    >>> y = Jet(torch.zeros(1, 1, dtype=torch.float64), torch.tensor([[[2.0]]], dtype=torch.float64))
+    >>> round(float(invariant_amplification(JetDataset(torch.zeros(1, 1), x, y)).full[0]), 6)  # ||Y J^+|| = 2
+    2.0
+    """
+    check_dataset("data", data, order=1)
+    model = _Invariant(data.inputs.shape, data.targets.shape).to(device=data.inputs.device, dtype=data.inputs.dtype)
+    return amplification(model, data, batch_size=batch_size, seed=seed)
 
 
 def noisy_rmse(

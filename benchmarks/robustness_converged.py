@@ -1,0 +1,346 @@
+"""Robustness at equal data, each network trained to convergence: value, invariance and oracle
+training, several seeds and widths, chosen on a validation split, scored on a test set.
+
+``robustness.py`` compares the objectives at equal wall-clock (the cost view). This script is
+the paper's setting: the same 1000 cube samples for every network (800 trained on, 200 held
+out as the validation split by the trainer, the same 200 for every run of a seed), a fixed
+epoch budget per objective long enough to converge (value-based runs 1000 epochs, second-order
+based runs 800: ``accuracy.py`` found second order converged at 800 epochs of 2000 samples,
+twice that gained 0.1%), the model kept at its lowest validation RMSE along the run, and every
+network scored on the same 200 test samples. Per width and seed it trains
+
+* ``value``;
+* ``invariance-noise`` and ``invariance-jacobian`` over a sweep of strengths (the conventional
+  baseline: noise augmentation with the clean target, and the Jacobian penalty of Hoffman et
+  al. 2019);
+* the controls: ``second`` (second-order derivative training alone) and ``second-jacobian``
+  (second order plus the Jacobian penalty at ``--control-strength``), so the oracle term's own
+  effect is visible against both derivative training and derivative training with invariance;
+* ``oracle-random`` and ``oracle-hessian`` over their sweeps (second order plus the oracle term).
+
+Each run is its own process writing one part file (``parts/s{seed}-w{width}-{run}.json``,
+atomically); a part that exists is not run again and a run in progress resumes from its
+checkpoint, so the sweep can stop and continue in a later session (copy the parts along).
+The summary reads whatever parts exist.
+
+Scoring, per network: test RMSE; worst-case amplification (median of ``||E||_2``,
+``E = N'(x) - Y J^+``) with its invariance and sensitivity parts on ``--eval-samples`` test
+samples; noisy RMSE against the exact oracle; adversarial error against the exact oracle at L2
+budgets 0.1, 0.3, 1 on ``--attack-samples``; and on the validation split its RMSE and
+amplification, which alone choose among networks. The reference: the amplification of a
+perfectly invariant network (``N' = 0``), i.e. the median of ``||Y J^+||_2`` over the same test
+samples: an invariance network can only approach it from below by being wrong along the
+manifold.
+
+The summary, per width (mean, sd and per-seed values over seeds):
+
+* the most accurate invariance network (lowest *validation* RMSE among the invariance runs and
+  value) and the most robust one (lowest *validation* amplification);
+* one oracle network, chosen on validation as the most robust oracle run, scored on both axes:
+  its test RMSE against the most accurate invariance network's, and its amplification and
+  adversarial error against the most robust invariance network's (ratios above 1 favour the
+  oracle network); the same for the most accurate oracle run;
+* the Pareto front of each family on (test RMSE, amplification), and whether the chosen
+  oracle network is dominated by any invariance network.
+
+Usage::
+
+    python benchmarks/robustness_converged.py --work rc --jobs 2                    # the full protocol (days on 2 cores)
+    python benchmarks/robustness_converged.py --work rc --widths 128 --jobs 2       # one width (~2 hours on 2 cores)
+    python benchmarks/robustness_converged.py --work rc --summarize --out S.json     # the tables of the parts so far
+    python benchmarks/robustness_converged.py --quick --work /tmp/rcq               # smoke run (seconds)
+
+The default settings are the ones of the published table (``benchmarks/README.md``), whose
+parts are committed in ``benchmarks/results/robustness_converged_parts``:
+``--work benchmarks/results/robustness_converged_parts`` continues them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import attrs
+import torch
+
+from manifoldtrain.experiment import make_data, run_experiment
+from manifoldtrain.objectives import JacobianInvarianceTerm, Objective
+from manifoldtrain.records import command_line, machine_info, write_json
+from manifoldtrain.robustness import adversarial_error, amplification, evaluate_robustness, invariant_amplification
+from manifoldtrain.robustness.suite import SuiteConfig, SuiteObjective, pareto
+
+HERE = Path(__file__).resolve().parent
+
+#: (objective, family, strengths or None, epoch budget key)
+FULL = dict(
+    n_train=1000, n_test=200, validation=0.2, widths=(128, 256, 512), seeds=(0, 1, 2),
+    epochs={"value": 1000, "second": 800},
+    noise_strengths=(0.01, 0.03, 0.1), jacobian_strengths=(0.03, 0.1, 0.3),
+    oracle_random_strengths=(1.0,), oracle_hessian_strengths=(0.3, 1.0), control_strength=0.1,
+    eval_samples=100, attack_samples=30, attack_steps=5, budgets=(0.1, 0.3, 1.0), noise_levels=(0.003, 0.01, 0.03),
+)
+QUICK = dict(
+    FULL, n_train=40, n_test=8, widths=(8,), seeds=(0,), epochs={"value": 2, "second": 1},
+    noise_strengths=(0.03,), jacobian_strengths=(0.1,), oracle_random_strengths=(1.0,), oracle_hessian_strengths=(1.0,),
+    eval_samples=4, attack_samples=2, attack_steps=1, budgets=(0.3,), noise_levels=(0.01,),
+)
+#: objective -> (family in the summary, which epoch budget, which strengths)
+RUNS = {
+    "value": ("invariance", "value", None),
+    "invariance-noise": ("invariance", "value", "noise_strengths"),
+    "invariance-jacobian": ("invariance", "value", "jacobian_strengths"),
+    "second": ("control", "second", None),
+    "second-jacobian": ("control", "second", "control_strength"),
+    "oracle-random": ("oracle", "second", "oracle_random_strengths"),
+    "oracle-hessian": ("oracle", "second", "oracle_hessian_strengths"),
+}
+
+
+def _second_jacobian(strength):
+    return Objective(Objective.second_order().terms + (JacobianInvarianceTerm(strength, directions=2),))
+
+
+def suite_config(settings: dict, width: int, seed: int) -> SuiteConfig:
+    control = SuiteObjective("second-jacobian", _second_jacobian, family="invariance")  # a strength; family unused here
+    return SuiteConfig(
+        n_train=settings["n_train"], n_test=settings["n_test"], widths=(width,), seed=seed, progress=False,
+        objectives=("value", "second", "invariance-noise", "invariance-jacobian", "oracle-random", "oracle-hessian",
+                    control))
+
+
+def plan(settings: dict) -> list[tuple[int, int, str, float | None]]:
+    """``(seed, width, objective, strength)`` of every run, seed-major (a seed completes first)."""
+    out = []
+    for seed in settings["seeds"]:
+        for width in settings["widths"]:
+            for name, (_, _, key) in RUNS.items():
+                strengths = (None,) if key is None else settings[key]
+                strengths = (strengths,) if isinstance(strengths, float) else strengths
+                out += [(seed, width, name, s) for s in strengths]
+    return out
+
+
+def label(seed, width, name, strength) -> str:
+    return f"s{seed}-w{width}-{name}" + ("" if strength is None else f"-{strength:g}")
+
+
+def run_one(work: Path, settings: dict, seed: int, width: int, name: str, strength: float | None) -> dict:
+    """Train one network (resuming its checkpoint), score it, write its part; return the part."""
+    family, budget, _ = RUNS[name]
+    config = suite_config(settings, width, seed)
+    experiment = config.experiment(name, width, strength)
+    experiment = attrs.evolve(experiment, train=attrs.evolve(
+        experiment.train, epochs=settings["epochs"][budget], time_budget=None, validation=settings["validation"],
+        eval_every=max(1, settings["epochs"][budget] // 50)))
+    # Order-2 jets for every run (a value run trains on values only): the validation split
+    # then carries the first-order jets that its amplification needs.
+    data_config = attrs.evolve(config.experiment("second", width, None), train=experiment.train)
+    train, test = make_data(data_config, progress=False)
+    run_dir = work / "runs" / label(seed, width, name, strength)
+    res = run_experiment(experiment, run_dir, data=(train, test), progress=False)
+    from manifoldtrain.experiment import model_from_checkpoint, run_checkpoint
+    from manifoldtrain.training import load_checkpoint
+
+    model = model_from_checkpoint(load_checkpoint(run_checkpoint(run_dir)))  # the lowest validation RMSE
+    validation = train.split(round(settings["validation"] * len(train)), experiment.train.seed)[1]  # the trainer's split
+    manifold = experiment.manifold
+    few = test.subset(slice(0, settings["eval_samples"]))
+    t0 = time.perf_counter()
+    scores = evaluate_robustness(model, manifold, few, noise_levels=settings["noise_levels"], budgets=(),
+                                 seed=seed).to_dict()
+    adv = adversarial_error(model, manifold, test.subset(slice(0, settings["attack_samples"])), settings["budgets"],
+                            steps=settings["attack_steps"], seed=seed)
+    scores["adversarial_error"] = {f"{k:g}": v["rms"] for k, v in adv.items()}
+    scores["oracle_failures"] += sum(v["failed"] for v in adv.values())
+    scores["oracle_focal"] += sum(v["focal"] for v in adv.values())
+    scores["test_rmse"] = res["test"]["rmse"]  # on all test samples
+    val_few = validation.subset(slice(0, settings["eval_samples"]))
+    part = {
+        "seed": seed, "width": width, "objective": name, "strength": strength, "family": family,
+        **scores,
+        "validation_rmse": res["validation"]["rmse"] if res["validation"] else None,
+        "validation_amplification": amplification(model, val_few, seed=seed).medians()["amplification"],
+        "best_epoch": res["best_epoch"], "epochs": res["epochs"], "seconds": res["seconds"],
+        "evaluation_seconds": time.perf_counter() - t0,
+        "history": [{"epoch": r.get("epoch"), "validation_rmse": (r.get("validation") or {}).get("rmse"),
+                     "test_rmse": (r.get("test") or {}).get("rmse")} for r in res["history"]],
+        "settings": {k: (dict(v) if isinstance(v, dict) else v) for k, v in settings.items()},
+        "machine": machine_info(),
+    }
+    part["reference_amplification"] = invariant_amplification(few).medians()["amplification"]
+    write_json(part_path(work, seed, width, name, strength), part)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return part
+
+
+def part_path(work: Path, seed, width, name, strength) -> Path:
+    return work / "parts" / (label(seed, width, name, strength) + ".json")
+
+
+def run_all(work: Path, settings: dict, jobs: int, threads: int, argv_settings: list[str]) -> None:
+    todo = [r for r in plan(settings) if not part_path(work, *r).exists()]
+    print(f"{len(plan(settings))} runs, {len(todo)} to run, {jobs} at a time", flush=True)
+    running, failed = [], []
+    while todo or running:
+        while todo and len(running) < jobs:
+            seed, width, name, strength = todo.pop(0)
+            log = work / "logs" / (label(seed, width, name, strength) + ".log")
+            log.parent.mkdir(parents=True, exist_ok=True)
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--work", str(work), "--threads", str(threads),
+                   *argv_settings, "--one", str(seed), str(width), name, "none" if strength is None else repr(strength)]
+            env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+            handle = open(log, "w")
+            running.append((subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env), handle,
+                            label(seed, width, name, strength), time.time()))
+            print(f"started {running[-1][2]}", flush=True)
+        time.sleep(2)
+        for item in list(running):
+            proc, handle, name, t0 = item
+            if proc.poll() is not None:
+                handle.close()
+                running.remove(item)
+                print(f"{'finished' if proc.returncode == 0 else 'FAILED'} {name} in {time.time() - t0:.0f} s", flush=True)
+                if proc.returncode != 0:
+                    failed.append(name)
+    if failed:
+        raise SystemExit(f"{len(failed)} runs failed: {failed} (see {work / 'logs'})")
+
+
+def _stats(values: list[float]) -> dict:
+    return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else None,
+            "values": values, "n": len(values)}
+
+
+def _name(r: dict) -> str:
+    return r["objective"] + ("" if r["strength"] is None else f" {r['strength']:g}")
+
+
+def summarize(parts: list[dict], budget: str = "0.3") -> dict:
+    """Per width: selections on validation, ratios per seed and over seeds, Pareto fronts."""
+    out: dict = {}
+    for width in sorted({p["width"] for p in parts}):
+        per_seed, fronts = [], {}
+        for seed in sorted({p["seed"] for p in parts if p["width"] == width}):
+            runs = [p for p in parts if p["width"] == width and p["seed"] == seed]
+            inv = [r for r in runs if r["family"] == "invariance"]
+            ora = [r for r in runs if r["family"] == "oracle"]
+            if not inv or not ora:
+                continue
+            acc_i = min(inv, key=lambda r: r["validation_rmse"])
+            rob_i = min(inv, key=lambda r: r["validation_amplification"])
+            rob_o = min(ora, key=lambda r: r["validation_amplification"])
+            acc_o = min(ora, key=lambda r: r["validation_rmse"])
+            row = {"seed": seed, "complete": len(runs), "reference_amplification": runs[0]["reference_amplification"],
+                   "invariance_accurate": _name(acc_i), "invariance_robust": _name(rob_i),
+                   "oracle_robust": _name(rob_o), "oracle_accurate": _name(acc_o)}
+            for tag, o in (("oracle_robust", rob_o), ("oracle_accurate", acc_o)):
+                row[f"{tag}: accuracy ratio"] = acc_i["test_rmse"] / o["test_rmse"]
+                row[f"{tag}: amplification ratio"] = rob_i["amplification"] / o["amplification"]
+                row[f"{tag}: adversarial ratio @{budget}"] = (rob_i["adversarial_error"][budget]
+                                                             / o["adversarial_error"][budget])
+                row[f"{tag}: dominated by"] = [_name(r) for r in inv if r["test_rmse"] <= o["test_rmse"]
+                                               and r["amplification"] <= o["amplification"]]
+            per_seed.append(row)
+            fronts[seed] = {fam: [(_name(r), r["test_rmse"], r["amplification"]) for r in pareto(
+                [r for r in runs if r["family"] == fam])] for fam in ("invariance", "control", "oracle")}
+        ratios = {k: _stats([r[k] for r in per_seed]) for k in (per_seed[0] if per_seed else {})
+                  if k.endswith("ratio") or "ratio @" in k}
+        # Each objective's figures over seeds.
+        table = {}
+        for p in parts:
+            if p["width"] != width:
+                continue
+            table.setdefault(_name(p), []).append(p)
+        rows = {k: {"family": v[0]["family"], "seeds": sorted(p["seed"] for p in v),
+                    **{m: _stats([p[m] for p in v]) for m in ("test_rmse", "amplification", "invariance_part",
+                                                               "sensitivity_part", "validation_rmse",
+                                                               "validation_amplification", "best_epoch", "seconds")},
+                    f"adversarial@{budget}": _stats([p["adversarial_error"][budget] for p in v]),
+                    "noisy_rmse": {lvl: _stats([p["noisy_rmse"][lvl] for p in v]) for lvl in v[0]["noisy_rmse"]}}
+                for k, v in table.items()}
+        out[f"w{width}"] = {"per_seed": per_seed, "ratios": ratios, "runs": rows, "pareto": fronts,
+                            "reference_amplification": _stats([p["reference_amplification"] for p in parts
+                                                               if p["width"] == width])}
+    return out
+
+
+def format_summary(summary: dict) -> str:
+    lines = []
+    for width, s in summary.items():
+        ref = s["reference_amplification"]
+        lines.append(f"\n## width {width[1:]}: reference amplification of an invariant network "
+                     f"(median ||Y J^+||_2) {ref['mean']:.3g}")
+        lines.append("| run | seeds | test RMSE | amplification | invariance part | sensitivity part | adv @0.3 | "
+                     "val RMSE | val amplif. | best epoch |")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|")
+        for name, r in sorted(s["runs"].items(), key=lambda kv: ("invariance", "control", "oracle").index(kv[1]["family"])):
+            f = lambda m: (f"{r[m]['mean']:.3g}" + (f" ± {r[m]['sd']:.2g}" if r[m]["sd"] is not None else ""))  # noqa: E731
+            lines.append(f"| {name} | {len(r['seeds'])} | {f('test_rmse')} | {f('amplification')} | {f('invariance_part')} "
+                         f"| {f('sensitivity_part')} | {f('adversarial@0.3')} | {f('validation_rmse')} "
+                         f"| {f('validation_amplification')} | {r['best_epoch']['mean']:.0f} |")
+        for row in s["per_seed"]:
+            lines.append(f"seed {row['seed']}: invariance most accurate {row['invariance_accurate']}, most robust "
+                         f"{row['invariance_robust']}; oracle most robust {row['oracle_robust']}, most accurate "
+                         f"{row['oracle_accurate']}; robust oracle dominated by {row['oracle_robust: dominated by']}")
+        for k, v in s["ratios"].items():
+            lines.append(f"{k}: {v['mean']:.3g}" + (f" ± {v['sd']:.2g}" if v["sd"] is not None else "")
+                         + f" (per seed {', '.join(f'{x:.3g}' for x in v['values'])})")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    ap.add_argument("--work", default="robustness_converged", help="folder of the parts, runs and logs (resumable)")
+    ap.add_argument("--quick", action="store_true", help="a tiny smoke run, in this process")
+    ap.add_argument("--widths", type=int, nargs="+", default=None)
+    ap.add_argument("--seeds", type=int, nargs="+", default=None)
+    ap.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    ap.add_argument("--summarize", action="store_true", help="only summarise the parts that exist")
+    ap.add_argument("--out", default=None, help="write the summary (JSON) here")
+    ap.add_argument("--one", nargs=4, metavar=("SEED", "WIDTH", "OBJECTIVE", "STRENGTH"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    settings = dict(QUICK if args.quick else FULL)
+    passed = []
+    if args.quick:
+        passed.append("--quick")
+    for key in ("widths", "seeds"):
+        if getattr(args, key) is not None:
+            settings[key] = tuple(getattr(args, key))
+            passed += [f"--{key}", *map(str, getattr(args, key))]
+    work = Path(args.work)
+    if args.one:
+        seed, width, name, strength = args.one
+        run_one(work, settings, int(seed), int(width), name, None if strength == "none" else float(strength))
+        return 0
+    if not args.summarize:
+        if args.quick:
+            for r in plan(settings):
+                if not part_path(work, *r).exists():
+                    run_one(work, settings, *r)
+        else:
+            run_all(work, settings, args.jobs, args.threads, passed)
+    parts = [json.loads(p.read_text()) for p in sorted((work / "parts").glob("*.json"))]
+    if not parts:
+        print(f"no parts in {work / 'parts'} yet")
+        return 1
+    budget = f"{settings['budgets'][len(settings['budgets']) // 2]:g}"
+    summary = summarize(parts, budget)
+    print(format_summary(summary))
+    if args.out:
+        write_json(args.out, {"summary": summary, "parts": len(parts), "command": command_line(argv, __file__), "settings": {
+            k: (dict(v) if isinstance(v, dict) else v) for k, v in settings.items()}})
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
