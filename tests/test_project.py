@@ -403,3 +403,21 @@ def test_robustness_converged_summary_chooses_on_validation_and_scores_one_netwo
     assert row["oracle_robust: amplification ratio"] == 1.0 / 0.5
     assert row["oracle_robust: dominated by"] == []
     assert [name for name, *_ in s["pareto"][0]["oracle"]] == ["oracle-hessian 0.3", "oracle-hessian 1"]
+
+
+def test_accuracy_finish_benchmark_quick(tmp_path):
+    import json
+
+    mod = runpy.run_path(str(ROOT / "benchmarks" / "accuracy_finish.py"))
+    out = tmp_path / "s.json"
+    assert mod["main"](["--quick", "--work", str(tmp_path / "w"), "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["summary"]) == set(mod["RUNS"])
+    parts = {p["run"]: p for p in result["parts"]}
+    # Each full-batch phase keeps its best weights: its training loss never ends above where it started.
+    for name in ("second+rprop", "second+lbfgs", "staged"):
+        for phase in parts[name]["phases"]:
+            assert phase["loss_end"] <= phase["loss_start"] and phase["iterations"] >= 1
+    assert [p["objective"] for p in parts["staged"]["phases"]] == [["value", "d1 (full)"], ["value"]]
+    # The finishes start from the saved second-order network, loaded as plain weights.
+    assert (tmp_path / "w" / "s0_second.pt").is_file()
