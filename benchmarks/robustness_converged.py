@@ -29,8 +29,8 @@ samples; noisy RMSE against the exact oracle; adversarial error against the exac
 budgets 0.1, 0.3, 1 on ``--attack-samples``; and on the validation split its RMSE and
 amplification, which alone choose among networks. The reference: the amplification of a
 perfectly invariant network (``N' = 0``), i.e. the median of ``||Y J^+||_2`` over the same test
-samples: an invariance network can only approach it from below by being wrong along the
-manifold.
+samples (:func:`manifoldtrain.robustness.invariant_amplification`): what invariance training
+tends to as its strength grows.
 
 The summary, per width (mean, sd and per-seed values over seeds):
 
@@ -83,7 +83,7 @@ FULL = dict(
     n_train=1000, n_test=200, validation=0.2, widths=(128, 256, 512), seeds=(0, 1, 2),
     epochs={"value": 1000, "second": 800},
     noise_strengths=(0.01, 0.03, 0.1), jacobian_strengths=(0.03, 0.1, 0.3),
-    oracle_random_strengths=(1.0,), oracle_hessian_strengths=(0.3, 1.0), control_strength=0.1,
+    oracle_random_strengths=(1.0,), oracle_hessian_strengths=(0.3, 1.0), control_strength=0.1, control_seeds=None,
     eval_samples=100, attack_samples=30, attack_steps=5, budgets=(0.1, 0.3, 1.0), noise_levels=(0.003, 0.01, 0.03),
 )
 QUICK = dict(
@@ -116,11 +116,14 @@ def suite_config(settings: dict, width: int, seed: int) -> SuiteConfig:
 
 
 def plan(settings: dict) -> list[tuple[int, int, str, float | None]]:
-    """``(seed, width, objective, strength)`` of every run, seed-major (a seed completes first)."""
+    """``(seed, width, objective, strength)`` of every run, seed-major (a seed completes first);
+    the controls only for the seeds of ``control_seeds`` (None: every seed)."""
     out = []
     for seed in settings["seeds"]:
         for width in settings["widths"]:
-            for name, (_, _, key) in RUNS.items():
+            for name, (family, _, key) in RUNS.items():
+                if family == "control" and settings.get("control_seeds") is not None and seed not in settings["control_seeds"]:
+                    continue
                 strengths = (None,) if key is None else settings[key]
                 strengths = (strengths,) if isinstance(strengths, float) else strengths
                 out += [(seed, width, name, s) for s in strengths]
@@ -184,9 +187,20 @@ def part_path(work: Path, seed, width, name, strength) -> Path:
     return work / "parts" / (label(seed, width, name, strength) + ".json")
 
 
+def _in_progress(work: Path, run) -> bool:
+    """Whether another process is training ``run`` now: its learning curve was written in the
+    last 5 minutes (every evaluation rewrites it, about 50 times a run)."""
+    curve = work / "runs" / label(*run) / "metrics.csv"
+    return curve.is_file() and time.time() - curve.stat().st_mtime < 300
+
+
 def run_all(work: Path, settings: dict, jobs: int, threads: int, argv_settings: list[str]) -> None:
     todo = [r for r in plan(settings) if not part_path(work, *r).exists()]
-    print(f"{len(plan(settings))} runs, {len(todo)} to run, {jobs} at a time", flush=True)
+    busy = [r for r in todo if _in_progress(work, r)]
+    todo = [r for r in todo if r not in busy]
+    print(f"{len(plan(settings))} runs, {len(todo)} to run, {jobs} at a time"
+          + (f"; left to another process that is training them: {[label(*r) for r in busy]}" if busy else ""),
+          flush=True)
     running, failed = [], []
     while todo or running:
         while todo and len(running) < jobs:
@@ -301,6 +315,8 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="a tiny smoke run, in this process")
     ap.add_argument("--widths", type=int, nargs="+", default=None)
     ap.add_argument("--seeds", type=int, nargs="+", default=None)
+    ap.add_argument("--control-seeds", type=int, nargs="+", default=None,
+                    help="train the controls (second, second-jacobian) for these seeds only (default: every seed)")
     ap.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
     ap.add_argument("--summarize", action="store_true", help="only summarise the parts that exist")
@@ -312,10 +328,10 @@ def main(argv=None) -> int:
     passed = []
     if args.quick:
         passed.append("--quick")
-    for key in ("widths", "seeds"):
+    for key in ("widths", "seeds", "control_seeds"):
         if getattr(args, key) is not None:
             settings[key] = tuple(getattr(args, key))
-            passed += [f"--{key}", *map(str, getattr(args, key))]
+            passed += [f"--{key.replace('_', '-')}", *map(str, getattr(args, key))]
     work = Path(args.work)
     if args.one:
         seed, width, name, strength = args.one

@@ -130,10 +130,11 @@ def _check_model_fits(config: ExperimentConfig) -> None:
 
 
 def _check_source_fits(config: ExperimentConfig, train: JetDataset | DataSource, test: JetDataset) -> None:
-    """A data source of a user's (``data.source = "package.module:ClassName"``) must give jets of
-    the manifold's shapes: two samples of its first batch against the test set (computed from
-    the manifold) and ``param_dim``, before any training."""
-    if not isinstance(train, DataSource) or type(train).__module__.split(".")[0] == "manifoldtrain" or not len(train):
+    """A data source must give jets of the manifold's shapes: two samples of its first batch
+    against the test set (computed from the manifold) and ``param_dim``, before any training.
+    Every source is checked the same way, a user's (``data.source = "package.module:ClassName"``)
+    and the bundled ones alike (two samples cost little)."""
+    if not isinstance(train, DataSource) or not len(train):
         return
     name = f"data.source: {config.data.source}"
     x, y = train.batch(torch.arange(min(2, len(train))), 0)
