@@ -72,6 +72,7 @@ import torch
 
 from manifoldtrain.experiment import make_data, run_experiment
 from manifoldtrain.objectives import JacobianInvarianceTerm, Objective
+from manifoldtrain.plotting import plot_tradeoff
 from manifoldtrain.records import command_line, machine_info, write_json
 from manifoldtrain.robustness import adversarial_error, amplification, evaluate_robustness, invariant_amplification
 from manifoldtrain.robustness.suite import SuiteConfig, SuiteObjective, pareto
@@ -354,7 +355,14 @@ def main(argv=None) -> int:
     if args.out:
         write_json(args.out, {"summary": summary, "parts": len(parts), "command": command_line(argv, __file__), "settings": {
             k: (dict(v) if isinstance(v, dict) else v) for k, v in settings.items()}})
-        print(f"wrote {args.out}")
+        figure = Path(args.out).with_suffix(".png")
+        means = [{"objective": r.split(" ")[0], "strength": float(r.split(" ")[1]) if " " in r else None,
+                  "width": int(w[1:]), "test_rmse": v["test_rmse"]["mean"], "amplification": v["amplification"]["mean"]}
+                 for w, ws in summary.items() for r, v in ws["runs"].items()]
+        plot_tradeoff(means, figure, reference=statistics.fmean(
+            ws["reference_amplification"]["mean"] for ws in summary.values()),
+            title="Cube, equal data, trained to convergence: means over seeds")
+        print(f"wrote {args.out} and {figure}")
     return 0
 
 

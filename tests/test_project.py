@@ -368,6 +368,7 @@ def test_robustness_converged_benchmark_quick(tmp_path, capsys):
     assert not (tmp_path / "w" / "runs" / parts[0].stem).exists()  # a finished run keeps only its part
     summary = json.loads(out.read_text())
     assert "--quick" in summary["command"]
+    assert (tmp_path / "summary.png").stat().st_size > 0  # the trade-off figure, means over seeds
     w8 = summary["summary"]["w8"]
     assert set(w8["pareto"]["0"]) == {"invariance", "control", "oracle"}
     assert w8["ratios"]["oracle_robust: accuracy ratio"]["n"] == 1
