@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -635,9 +636,44 @@ def _check_image_format(argument: str, path: str) -> None:
                          f"{', '.join('.' + f for f in sorted(formats))}")
 
 
+#: The package's folder: warnings raised from files under it are the library's own.
+_PACKAGE = Path(__file__).resolve().parent
+
+
+@contextlib.contextmanager
+def _plain_warnings(command: str):
+    """The library's own warnings as one line, ``manifoldtrain COMMAND: warning: MESSAGE``,
+    instead of Python's ``file:line: UserWarning: MESSAGE`` with a line of our source; other
+    warnings (torch's, a plug-in's) keep Python's form, which says where they come from."""
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        try:
+            ours = Path(filename).resolve().is_relative_to(_PACKAGE)
+        except (OSError, ValueError):
+            ours = False
+        if ours and issubclass(category, UserWarning):
+            print(f"manifoldtrain{command}: warning: {message}", file=file if file is not None else sys.stderr)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (errors in arguments exit with 2)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    command = f" {argv[0]}" if argv and not argv[0].startswith("-") else ""
+    with _plain_warnings(command):
+        return _main(argv)
+
+
+def _main(argv: list[str]) -> int:
+    """:func:`main` with its warnings in words."""
     _current_folder_importable()
     try:
         plugins = _plugin_manifolds(argv)

@@ -122,3 +122,16 @@ def test_a_cube_blur_that_makes_derivatives_vanish_or_the_image_blank_warns():
         Cube(image_size=9, extent=0.5, sigma=1e-5)
     with pytest.warns(UserWarning, match=r"sigma: 5 is wider than the whole image.*nearly uniform"):
         Cube(image_size=9, extent=0.5, sigma=5.0)
+
+
+def test_the_command_line_gives_the_librarys_warnings_in_one_line(tmp_path, capsys):
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        assert main(["show", "cube", "--sigma", "0.0005", "--out", str(tmp_path / "s.png")]) == 0
+        err = capsys.readouterr().err
+        assert "manifoldtrain show: warning: sigma: 0.0005 is under a twentieth of a pixel" in err
+        assert "UserWarning" not in err and ".py:" not in err
+        # The hook is undone when the command returns.
+        before = warnings.showwarning
+        assert main(["show", "cube", "--out", str(tmp_path / "t.png")]) == 0
+        assert warnings.showwarning is before
