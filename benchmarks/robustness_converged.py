@@ -36,10 +36,13 @@ The summary, per width (mean, sd and per-seed values over seeds):
 
 * the most accurate invariance network (lowest *validation* RMSE among the invariance runs and
   value) and the most robust one (lowest *validation* amplification);
-* one oracle network, chosen on validation as the most robust oracle run, scored on both axes:
-  its test RMSE against the most accurate invariance network's, and its amplification and
-  adversarial error against the most robust invariance network's (ratios above 1 favour the
-  oracle network); the same for the most accurate oracle run;
+* one oracle network at a time scored on both axes: its test RMSE against the most accurate
+  invariance network's, and its amplification and adversarial error against the most robust
+  invariance network's (ratios above 1 favour the oracle network). Three oracle networks,
+  each chosen on validation: ``oracle_matched``, the most robust of those at least as accurate
+  as the most accurate invariance network (the paper's claim: better on both axes at once;
+  the most accurate oracle run if none is); ``oracle_robust``, the most robust; and
+  ``oracle_accurate``, the most accurate;
 * the Pareto front of each family on (test RMSE, amplification), and whether the chosen
   oracle network is dominated by any invariance network.
 
@@ -252,10 +255,14 @@ def summarize(parts: list[dict], budget: str = "0.3") -> dict:
             rob_i = min(inv, key=lambda r: r["validation_amplification"])
             rob_o = min(ora, key=lambda r: r["validation_amplification"])
             acc_o = min(ora, key=lambda r: r["validation_rmse"])
+            # The most robust oracle network at least as accurate as the most accurate invariance
+            # network (both on validation); if none is, the most accurate oracle network.
+            matched = [r for r in ora if r["validation_rmse"] <= acc_i["validation_rmse"]]
+            mat_o = min(matched, key=lambda r: r["validation_amplification"]) if matched else acc_o
             row = {"seed": seed, "complete": len(runs), "reference_amplification": runs[0]["reference_amplification"],
                    "invariance_accurate": _name(acc_i), "invariance_robust": _name(rob_i),
-                   "oracle_robust": _name(rob_o), "oracle_accurate": _name(acc_o)}
-            for tag, o in (("oracle_robust", rob_o), ("oracle_accurate", acc_o)):
+                   "oracle_robust": _name(rob_o), "oracle_accurate": _name(acc_o), "oracle_matched": _name(mat_o)}
+            for tag, o in (("oracle_matched", mat_o), ("oracle_robust", rob_o), ("oracle_accurate", acc_o)):
                 row[f"{tag}: accuracy ratio"] = acc_i["test_rmse"] / o["test_rmse"]
                 row[f"{tag}: amplification ratio"] = rob_i["amplification"] / o["amplification"]
                 row[f"{tag}: adversarial ratio @{budget}"] = (rob_i["adversarial_error"][budget]
@@ -302,8 +309,9 @@ def format_summary(summary: dict) -> str:
                          f"| {f('validation_amplification')} | {r['best_epoch']['mean']:.0f} |")
         for row in s["per_seed"]:
             lines.append(f"seed {row['seed']}: invariance most accurate {row['invariance_accurate']}, most robust "
-                         f"{row['invariance_robust']}; oracle most robust {row['oracle_robust']}, most accurate "
-                         f"{row['oracle_accurate']}; robust oracle dominated by {row['oracle_robust: dominated by']}")
+                         f"{row['invariance_robust']}; oracle matched {row['oracle_matched']} (dominated by "
+                         f"{row['oracle_matched: dominated by']}), most robust {row['oracle_robust']} (dominated by "
+                         f"{row['oracle_robust: dominated by']}), most accurate {row['oracle_accurate']}")
         for k, v in s["ratios"].items():
             lines.append(f"{k}: {v['mean']:.3g}" + (f" ± {v['sd']:.2g}" if v["sd"] is not None else "")
                          + f" (per seed {', '.join(f'{x:.3g}' for x in v['values'])})")

@@ -403,6 +403,10 @@ def test_robustness_converged_summary_chooses_on_validation_and_scores_one_netwo
     assert row["oracle_robust: accuracy ratio"] == 1.0 / 0.25  # the same network on both axes
     assert row["oracle_robust: amplification ratio"] == 1.0 / 0.5
     assert row["oracle_robust: dominated by"] == []
+    # Matched: the most robust oracle network at least as accurate (validation) as the most accurate invariance one.
+    assert row["oracle_matched"] == "oracle-hessian 1"
+    parts[4]["validation_rmse"] = 1.5  # now less accurate than value on validation: the other one is matched
+    assert mod["summarize"](parts)["w8"]["per_seed"][0]["oracle_matched"] == "oracle-hessian 0.3"
     assert [name for name, *_ in s["pareto"][0]["oracle"]] == ["oracle-hessian 0.3", "oracle-hessian 1"]
 
 
