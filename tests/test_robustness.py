@@ -486,6 +486,10 @@ def test_summary_scores_one_oracle_network_on_both_axes_chosen_on_the_selection_
     assert summary["w8: amplification, invariance-jacobian-w8-s0.3 / oracle-hessian-w8-s1"] == 1.0 / 0.5
     assert summary["w8: adversarial error at 0.3, invariance-jacobian-w8-s0.3 / oracle-hessian-w8-s1"] == 2.0
     assert summary["w8: oracle network dominated by"] == "none"
+    # A more robust oracle network that is less accurate than the most accurate invariance one is not the one.
+    runs.append(run("oracle-random", 1.0, "oracle", 3.0, 0.1, 3.0, 0.1))
+    assert "w8: amplification, invariance-jacobian-w8-s0.3 / oracle-hessian-w8-s1" in summarise(runs, SuiteConfig(widths=(8,)))
+    runs.pop()
     runs.append(run("invariance-jacobian", 1.0, "invariance", 0.4, 0.4, 9.0, 9.0))
     assert summarise(runs, SuiteConfig(widths=(8,)))["w8: oracle network dominated by"] == "invariance-jacobian-w8-s1"
     fronts = pareto_fronts(runs, SuiteConfig(widths=(8,)))

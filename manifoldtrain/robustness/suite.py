@@ -429,9 +429,11 @@ def summarise(runs: list[dict], config: SuiteConfig) -> dict:
     test samples past ``eval_samples``), the ratios are computed on the scoring samples; runs
     recorded without a selection split are chosen on their scores, and the summary says so.
     The most accurate invariance run (lowest selection RMSE) and the most robust one (lowest
-    selection amplification) face *the same* oracle network, the most robust oracle run: its
-    clean RMSE against the first's, its amplification and adversarial error (middle budget)
-    against the second's. Ratios are invariance / oracle: above 1 favours the oracle network.
+    selection amplification) face *the same* oracle network: the most robust oracle run among
+    those at least as accurate as that most accurate invariance run (the claim is "better on
+    both at once"), or the most accurate oracle run if none is. Its clean RMSE is compared with
+    the first's, its amplification and adversarial error (middle budget) with the second's.
+    Ratios are invariance / oracle: above 1 favours the oracle network.
     ``"w{width}: oracle network dominated by"`` lists the invariance runs at least as good on
     both clean RMSE and amplification (empty: none is)."""
     budget = f"{config.budgets[len(config.budgets) // 2]:g}" if config.budgets else None
@@ -446,7 +448,8 @@ def summarise(runs: list[dict], config: SuiteConfig) -> dict:
         rmse, amp = (("selection_rmse", "selection_amplification") if chosen else ("test_rmse", "amplification"))
         acc_i = min(inv, key=lambda r: r[rmse])
         rob_i = min(inv, key=lambda r: r[amp])
-        one = min(ora, key=lambda r: r[amp])
+        matched = [r for r in ora if r[rmse] <= acc_i[rmse]]
+        one = min(matched, key=lambda r: r[amp]) if matched else min(ora, key=lambda r: r[rmse])
         out[f"w{width}: chosen on"] = ("the selection split (test samples past eval_samples)" if chosen
                                        else "the scoring samples (no selection split recorded)")
         out[f"w{width}: clean RMSE, {name(acc_i)} / {name(one)}"] = acc_i["test_rmse"] / one["test_rmse"]
