@@ -66,7 +66,7 @@ def train_adam(model, objective, train, test, epochs, seed, folder=None) -> tupl
 
 
 def full_batch(model, objective, train, method: str, *, iterations: int, window: int, stall: float,
-               seed: int) -> dict:
+               seed: int, lbfgs_lr: float = 0.1) -> dict:
     """Full-batch ``method`` ("rprop" or "lbfgs") on ``objective`` until the loss stalls."""
     trainer = Trainer(model, objective, train, None, TrainConfig(epochs=1, seed=seed, progress=False))
     x, y = trainer.batch(torch.arange(len(trainer.train)))
@@ -80,7 +80,11 @@ def full_batch(model, objective, train, method: str, *, iterations: int, window:
     if method == "rprop":
         opt = torch.optim.Rprop(params, lr=1e-5, etas=(0.5, 1.2), step_sizes=(1e-9, 1e-3))
     else:
-        opt = torch.optim.LBFGS(params, lr=1.0, max_iter=1, history_size=50, line_search_fn="strong_wolfe")  # one iteration a step
+        # One iteration a step, our own stall test. lr scales the line search's first trial step:
+        # at 1 (torch's default) the first trial on the converged cube network is far too long and
+        # the strong-Wolfe search returned t = 0 at every iteration (50 of them, float32 and float64).
+        opt = torch.optim.LBFGS(params, lr=lbfgs_lr, max_iter=1, history_size=50, line_search_fn="strong_wolfe",
+                                tolerance_grad=0.0, tolerance_change=0.0)
 
     def closure():
         opt.zero_grad(set_to_none=True)
@@ -107,7 +111,7 @@ def full_batch(model, objective, train, method: str, *, iterations: int, window:
             break
     model.load_state_dict(best_state)
     start = curve[0]
-    return {"method": method, "objective": list(objective.names), "iterations": len(curve) - 1, "curve": curve[:: max(1, len(curve) // 50)],
+    return {"method": method, "objective": list(objective.names), **({"lr": lbfgs_lr} if method == "lbfgs" else {}), "iterations": len(curve) - 1, "curve": curve[:: max(1, len(curve) // 50)],
             "loss_start": start, "loss_end": best, "seconds": time.perf_counter() - t0}
 
 
@@ -128,7 +132,8 @@ def run_seed(work: Path, args, seed: int, cube: Cube) -> None:
 
     def write(run, model, extra):
         final = evaluate(model, test)
-        part = {"seed": seed, "run": run, "test_rmse": final.rmse, "test_rmse_d1": final.rmse_d1,
+        train_rmse = evaluate(model, train.subset(slice(0, args.n_test)), order=0).rmse
+        part = {"seed": seed, "run": run, "test_rmse": final.rmse, "train_rmse": train_rmse, "test_rmse_d1": final.rmse_d1,
                 "test_rmse_d2": final.rmse_d2, "n_train": args.n_train, "n_test": args.n_test, "hidden": list(hidden),
                 "epochs": list(args.epochs), **extra, "machine": machine_info()}
         write_json(part_path(work, seed, run), part)
@@ -151,7 +156,7 @@ def run_seed(work: Path, args, seed: int, cube: Cube) -> None:
         second_file.with_suffix(".tmp").replace(second_file)
         if not part_path(work, seed, "second").exists():
             write("second", model, {"seconds": time.perf_counter() - t0, "curve": curve})
-    fb = dict(iterations=args.iterations, window=args.window, stall=args.stall, seed=seed)
+    fb = dict(iterations=args.iterations, window=args.window, stall=args.stall, seed=seed, lbfgs_lr=args.lbfgs_lr)
     for run, phases in (("second+rprop", [(Objective.second_order(), "rprop")]),
                         ("second+lbfgs", [(Objective.second_order(), "lbfgs")]),
                         ("staged", [(Objective.first_order(), "rprop"), (Objective.value(), "rprop")])):
@@ -159,8 +164,10 @@ def run_seed(work: Path, args, seed: int, cube: Cube) -> None:
             continue
         model = fresh()
         model.load_state_dict(torch.load(second_file, weights_only=True))
+        before = {"start_test_rmse": evaluate(model, test, order=0).rmse,
+                  "start_train_rmse": evaluate(model, train.subset(slice(0, args.n_test)), order=0).rmse}
         done = [full_batch(model, objective, train, method, **fb) for objective, method in phases]
-        write(run, model, {"phases": done, "seconds": sum(p["seconds"] for p in done)})
+        write(run, model, {"phases": done, "seconds": sum(p["seconds"] for p in done), **before})
 
 
 def summarize(parts: list[dict]) -> dict:
@@ -188,6 +195,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--iterations", type=int, default=500, help="at most, per full-batch phase")
     ap.add_argument("--window", type=int, default=50)
+    ap.add_argument("--lbfgs-lr", type=float, default=0.1, help="L-BFGS's lr: the scale of its first trial step")
     ap.add_argument("--stall", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--summarize", action="store_true")
