@@ -644,24 +644,24 @@ _PACKAGE = Path(__file__).resolve().parent
 def _plain_warnings(command: str):
     """The library's own warnings as one line, ``manifoldtrain COMMAND: warning: MESSAGE``,
     instead of Python's ``file:line: UserWarning: MESSAGE`` with a line of our source; other
-    warnings (torch's, a plug-in's) keep Python's form, which says where they come from."""
-    shown = warnings.showwarning
+    warnings (torch's, a plug-in's) keep Python's form, which says where they come from. Only
+    the text changes (``warnings.formatwarning``): filters and recorders see every warning."""
+    formatted = warnings.formatwarning
 
-    def show(message, category, filename, lineno, file=None, line=None):
+    def format_warning(message, category, filename, lineno, line=None):
         try:
             ours = Path(filename).resolve().is_relative_to(_PACKAGE)
         except (OSError, ValueError):
             ours = False
         if ours and issubclass(category, UserWarning):
-            print(f"manifoldtrain{command}: warning: {message}", file=file if file is not None else sys.stderr)
-        else:
-            shown(message, category, filename, lineno, file, line)
+            return f"manifoldtrain{command}: warning: {message}\n"
+        return formatted(message, category, filename, lineno, line)
 
-    warnings.showwarning = show
+    warnings.formatwarning = format_warning
     try:
         yield
     finally:
-        warnings.showwarning = shown
+        warnings.formatwarning = formatted
 
 
 def main(argv: Sequence[str] | None = None) -> int:
