@@ -77,8 +77,9 @@ from manifoldtrain.experiment import make_data, run_experiment
 from manifoldtrain.objectives import JacobianInvarianceTerm, Objective
 from manifoldtrain.plotting import plot_tradeoff
 from manifoldtrain.records import command_line, machine_info, write_json
-from manifoldtrain.robustness import adversarial_error, amplification, evaluate_robustness, invariant_amplification
+from manifoldtrain.robustness import amplification, invariant_amplification
 from manifoldtrain.robustness.suite import SuiteConfig, SuiteObjective, pareto
+from manifoldtrain.robustness.suite import scores as suite_scores
 
 HERE = Path(__file__).resolve().parent
 
@@ -160,13 +161,9 @@ def run_one(work: Path, settings: dict, seed: int, width: int, name: str, streng
     manifold = experiment.manifold
     few = test.subset(slice(0, settings["eval_samples"]))
     t0 = time.perf_counter()
-    scores = evaluate_robustness(model, manifold, few, noise_levels=settings["noise_levels"], budgets=(),
-                                 seed=seed).to_dict()
-    adv = adversarial_error(model, manifold, test.subset(slice(0, settings["attack_samples"])), settings["budgets"],
-                            steps=settings["attack_steps"], seed=seed)
-    scores["adversarial_error"] = {f"{k:g}": v["rms"] for k, v in adv.items()}
-    scores["oracle_failures"] += sum(v["failed"] for v in adv.values())
-    scores["oracle_focal"] += sum(v["focal"] for v in adv.values())
+    scores = suite_scores(model, manifold, test, noise_levels=settings["noise_levels"], budgets=settings["budgets"],
+                          eval_samples=settings["eval_samples"], attack_samples=settings["attack_samples"],
+                          attack_steps=settings["attack_steps"], seed=seed)
     scores["test_rmse"] = res["test"]["rmse"]  # on all test samples
     val_few = validation.subset(slice(0, settings["eval_samples"]))
     part = {

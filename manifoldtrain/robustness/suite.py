@@ -51,7 +51,7 @@ from manifoldtrain.robustness.evaluation import (
 )
 
 __all__ = ["OBJECTIVES", "SuiteObjective", "robustness_objective", "SuiteConfig", "run_suite", "evaluate_run",
-           "format_runs", "summarise", "pareto_fronts", "pareto"]
+           "format_runs", "summarise", "pareto_fronts", "pareto", "scores"]
 
 
 def _second(*extra) -> Objective:
@@ -300,8 +300,8 @@ def _evaluation_settings(config: SuiteConfig) -> dict:
     return {k: getattr(config, k) for k in EVALUATION_SETTINGS}
 
 
-def _scores(model, manifold, test: JetDataset, *, noise_levels, budgets, eval_samples: int, attack_samples: int,
-            attack_steps: int, seed: int) -> dict:
+def scores(model, manifold, test: JetDataset, *, noise_levels, budgets, eval_samples: int, attack_samples: int,
+           attack_steps: int, seed: int) -> dict:
     """:class:`~manifoldtrain.robustness.RobustnessMetrics` as a dict: everything on the first
     ``eval_samples`` test samples, the adversarial error (the costly part) on the first
     ``attack_samples``."""
@@ -319,7 +319,7 @@ def _robustness(model, manifold, test: JetDataset, config: SuiteConfig) -> dict:
     amplification on the rest (``selection_rmse``, ``selection_amplification``; None when no
     test sample is left): the split that chooses among networks (:func:`summarise`), never the
     one that scores them."""
-    out = _scores(model, manifold, test, **_evaluation_settings(config))
+    out = scores(model, manifold, test, **_evaluation_settings(config))
     out["selection_rmse"] = out["selection_amplification"] = None
     rest = test.subset(slice(config.eval_samples, None))
     if len(rest):
@@ -578,7 +578,7 @@ def evaluate_run(
     model = model_from_checkpoint(state)
     if device is not None:
         model, test = model.to(device), test.to(device)
-    out = _scores(model, manifold, test, noise_levels=noise_levels, budgets=budgets, eval_samples=eval_samples,
+    out = scores(model, manifold, test, noise_levels=noise_levels, budgets=budgets, eval_samples=eval_samples,
                   attack_samples=attack_samples, attack_steps=attack_steps, seed=seed)
     amp = amplification(model, test.subset(slice(0, 1)), seed=seed)
     out["worst_case"] = {"input": test.inputs.value[0], "direction": amp.vectors[0], "amplification": float(amp.full[0])}
