@@ -214,6 +214,10 @@ def main(argv=None) -> int:
         for seed in args.seeds:
             run_seed(work, args, seed, cube)
     parts = [json.loads(p.read_text()) for p in sorted(work.glob("s*_*.json"))]
+    if not parts:  # nothing to summarise: say so, and leave any --out file as it is
+        print(f"accuracy_finish: no parts (s{{seed}}_{{run}}.json) in {work} yet; run without --summarize first",
+              file=sys.stderr)
+        return 1
     summary = summarize(parts)
     for run, s in summary.items():
         ratio = "" if s["value_over_mean"] is None else (

@@ -54,8 +54,8 @@ Usage::
     python benchmarks/robustness_converged.py --quick --work /tmp/rcq               # smoke run (seconds)
 
 The default settings are the ones of the published table (``benchmarks/README.md``), whose
-parts are committed in ``benchmarks/results/robustness_converged_parts``:
-``--work benchmarks/results/robustness_converged_parts`` continues them.
+parts are committed in ``benchmarks/results/robustness_converged/parts``:
+``--work benchmarks/results/robustness_converged`` continues them.
 """
 
 from __future__ import annotations
@@ -122,7 +122,8 @@ def suite_config(settings: dict, width: int, seed: int) -> SuiteConfig:
 
 def plan(settings: dict) -> list[tuple[int, int, str, float | None]]:
     """``(seed, width, objective, strength)`` of every run, seed-major (a seed completes first);
-    the controls only for the seeds of ``control_seeds`` (None: every seed)."""
+    the controls only for the seeds of ``control_seeds`` (None: every seed); only the runs named
+    in ``only`` (an objective, or objective-strength as in the part's name) when it is given."""
     out = []
     for seed in settings["seeds"]:
         for width in settings["widths"]:
@@ -132,6 +133,9 @@ def plan(settings: dict) -> list[tuple[int, int, str, float | None]]:
                 strengths = (None,) if key is None else settings[key]
                 strengths = (strengths,) if isinstance(strengths, float) else strengths
                 out += [(seed, width, name, s) for s in strengths]
+    only = settings.get("only")
+    if only is not None:
+        out = [r for r in out if r[2] in only or label(*r).split("-", 2)[2] in only]
     return out
 
 
@@ -195,17 +199,29 @@ def _in_progress(work: Path, run) -> bool:
     return curve.is_file() and time.time() - curve.stat().st_mtime < 300
 
 
+def _taken(work: Path, run) -> bool:
+    """Whether ``run`` is done or another process is on it: its part exists, its learning curve
+    was written in the last 5 minutes, or its log was opened in the last 5 minutes (a run writes
+    its first learning-curve point a little after it starts)."""
+    log = work / "logs" / (label(*run) + ".log")
+    return (part_path(work, *run).exists() or _in_progress(work, run)
+            or (log.is_file() and time.time() - log.stat().st_mtime < 300))
+
+
 def run_all(work: Path, settings: dict, jobs: int, threads: int, argv_settings: list[str]) -> None:
     todo = [r for r in plan(settings) if not part_path(work, *r).exists()]
-    busy = [r for r in todo if _in_progress(work, r)]
-    todo = [r for r in todo if r not in busy]
+    busy = [r for r in todo if _taken(work, r)]
     print(f"{len(plan(settings))} runs, {len(todo)} to run, {jobs} at a time"
           + (f"; left to another process that is training them: {[label(*r) for r in busy]}" if busy else ""),
           flush=True)
     running, failed = [], []
     while todo or running:
         while todo and len(running) < jobs:
+            # Checked again before each start: several sweeps may share a work folder (one per
+            # core, started at different times), each taking the runs no other has taken.
             seed, width, name, strength = todo.pop(0)
+            if _taken(work, (seed, width, name, strength)):
+                continue
             log = work / "logs" / (label(seed, width, name, strength) + ".log")
             log.parent.mkdir(parents=True, exist_ok=True)
             cmd = [sys.executable, str(Path(__file__).resolve()), "--work", str(work), "--threads", str(threads),
@@ -323,6 +339,14 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=None)
     ap.add_argument("--control-seeds", type=int, nargs="+", default=None,
                     help="train the controls (second, second-jacobian) for these seeds only (default: every seed)")
+    ap.add_argument("--only", nargs="+", default=None, metavar="RUN",
+                    help="train only these runs: an objective (oracle-hessian) or an objective and strength "
+                         "(oracle-hessian-1)")
+    ap.add_argument("--value-epochs", type=int, default=None,
+                    help=f"epoch budget of the value-based runs (default {FULL['epochs']['value']})")
+    ap.add_argument("--second-epochs", type=int, default=None,
+                    help=f"epoch budget of the second-order-based runs (default {FULL['epochs']['second']}); "
+                         "with another budget, use another --work: the summary mixes whatever parts it finds")
     ap.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
     ap.add_argument("--summarize", action="store_true", help="only summarise the parts that exist")
@@ -334,10 +358,14 @@ def main(argv=None) -> int:
     passed = []
     if args.quick:
         passed.append("--quick")
-    for key in ("widths", "seeds", "control_seeds"):
+    for key in ("widths", "seeds", "control_seeds", "only"):
         if getattr(args, key) is not None:
             settings[key] = tuple(getattr(args, key))
             passed += [f"--{key.replace('_', '-')}", *map(str, getattr(args, key))]
+    for key in ("value", "second"):
+        if getattr(args, f"{key}_epochs") is not None:
+            settings["epochs"] = {**settings["epochs"], key: getattr(args, f"{key}_epochs")}
+            passed += [f"--{key}-epochs", str(getattr(args, f"{key}_epochs"))]
     work = Path(args.work)
     if args.one:
         seed, width, name, strength = args.one

@@ -426,3 +426,30 @@ def test_accuracy_finish_benchmark_quick(tmp_path):
     assert [p["objective"] for p in parts["staged"]["phases"]] == [["value", "d1 (full)"], ["value"]]
     # The finishes start from the saved second-order network, loaded as plain weights.
     assert (tmp_path / "w" / "s0_second.pt").is_file()
+
+
+def test_accuracy_finish_summary_of_no_parts_is_an_error(tmp_path, capsys):
+    mod = runpy.run_path(str(ROOT / "benchmarks" / "accuracy_finish.py"))
+    out = tmp_path / "s.json"
+    out.write_text("mine")
+    assert mod["main"](["--work", str(tmp_path / "empty"), "--summarize", "--out", str(out)]) == 1
+    assert "no parts" in capsys.readouterr().err
+    assert out.read_text() == "mine"  # nothing summarised, nothing replaced
+
+
+def test_robustness_converged_plan_only_and_shared_work_folder(tmp_path):
+    mod = runpy.run_path(str(ROOT / "benchmarks" / "robustness_converged.py"))
+    settings = dict(mod["FULL"], widths=(128,), seeds=(0,), only=("second", "oracle-hessian-1"))
+    assert mod["plan"](settings) == [(0, 128, "second", None), (0, 128, "oracle-hessian", 1.0)]
+    run = (0, 128, "second", None)
+    assert not mod["_taken"](tmp_path, run)
+    log = tmp_path / "logs" / "s0-w128-second.log"
+    log.parent.mkdir()
+    log.write_text("")  # another sweep just started it
+    assert mod["_taken"](tmp_path, run)
+    import os
+    os.utime(log, (0, 0))  # a log from long ago, no learning curve: a stopped run, to resume
+    assert not mod["_taken"](tmp_path, run)
+    mod["part_path"](tmp_path, *run).parent.mkdir()
+    mod["part_path"](tmp_path, *run).write_text("{}")
+    assert mod["_taken"](tmp_path, run)
