@@ -15,39 +15,15 @@ from manifoldtrain.nn import ConvNetConfig, MLPConfig
 from manifoldtrain.objectives import DerivativeTerm, Objective, ValueTerm
 from manifoldtrain.training import TrainConfig
 
-TOML = """
-model_seed = 3
+from config_helpers import cube_toml
 
-[manifold]
-kind = "cube"
-image_size = 9
-extent = 0.5
-sigma = 0.08
-
-[data]
-n_train = 40
-n_test = 16
-seed = 2
-
-[model]
-kind = "mlp"
-hidden = [12, 12]
-activation = "gelu"
-
-[[objective.terms]]
-kind = "value"
-
-[[objective.terms]]
-kind = "derivative"
-order = 2
-weight = 0.5
-directions = 2
-
-[train]
-epochs = 3
-batch_size = 8
-progress = false
-"""
+TOML = cube_toml(
+    top={"model_seed": 3},
+    n_train=40, n_test=16, data={"seed": 2},
+    hidden=[12, 12], model={"activation": "gelu"},
+    terms=({"kind": "value"}, {"kind": "derivative", "order": 2, "weight": 0.5, "directions": 2}),
+    train={"epochs": 3, "batch_size": 8},
+)
 
 
 def test_toml_round_trip(tmp_path):
@@ -64,6 +40,36 @@ def test_toml_round_trip(tmp_path):
     save_config(full, tmp_path / "full.toml")
     assert load_config(tmp_path / "full.toml") == full
     assert load_config(tmp_path / "missing.toml".replace("missing", "c")) == config
+
+
+def test_cube_toml_writes_configs_the_loader_reads(tmp_path):
+    """The tests' config builder (tests/config_helpers.py): valid TOML, in table order, that
+    load_config reads as the settings it was given."""
+    text = cube_toml(
+        top={"model_seed": 5},
+        n_train=10, n_test=4, data={"seed": 1, "dtype": "float64"},
+        hidden=(6, 5), model={"activation": "gelu"},
+        terms=({"kind": "value"}, {"kind": "derivative", "order": 1, "weight": 0.5}),
+        train={"epochs": 2, "batch_size": 4, "learning_rate": 0.01, "progress": True},
+    )
+    table = tomllib.loads(text)
+    assert list(table) == ["model_seed", "manifold", "data", "model", "objective", "train"]
+    assert list(table["train"]) == ["epochs", "batch_size", "learning_rate", "progress"]
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    config = load_config(path)
+    assert config == config_from_dict(table)
+    assert config.model_seed == 5 and config.manifold == Cube(image_size=9, extent=0.5, sigma=0.08)
+    assert (config.data.n_train, config.data.n_test, config.data.seed, config.data.dtype) == (10, 4, 1, "float64")
+    assert config.model == MLPConfig(hidden=(6, 5), activation="gelu")
+    assert config.objective == Objective((ValueTerm(), DerivativeTerm(1, weight=0.5)))
+    assert (config.train.epochs, config.train.batch_size, config.train.learning_rate) == (2, 4, 0.01)
+    assert config.train.progress is True
+    # the defaults: one value term, two epochs in batches of 8, no progress bars
+    default = tomllib.loads(cube_toml(n_train=8, n_test=4, hidden=[4]))
+    assert default["objective"] == {"terms": [{"kind": "value"}]}
+    assert default["train"] == {"epochs": 2, "batch_size": 8, "progress": False}
+    assert config_from_dict(default).model == MLPConfig(hidden=(4,))
 
 
 @pytest.mark.parametrize(

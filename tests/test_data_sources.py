@@ -28,6 +28,7 @@ from manifoldtrain.objectives import LossScales, Objective
 from manifoldtrain.sources import DataSource, InMemorySource, OnTheFlySource, ShardedCacheSource, SubsetSource
 from manifoldtrain.training import CHECKPOINT_NAME, Trainer, TrainConfig, load_checkpoint
 
+from config_helpers import cube_toml
 from source_helpers import DyingSphere, overwrite
 from toy_manifolds import Sphere
 
@@ -432,45 +433,13 @@ def math_finite(v: float) -> bool:
 
 # ----------------------------------------------------------------- configs, runs, your own source
 
-TOML = """
-model_seed = 3
-
-[manifold]
-kind = "cube"
-image_size = 9
-extent = 0.5
-sigma = 0.08
-
-[data]
-n_train = 21
-n_test = 8
-seed = 2
-dtype = "float64"
-source = "shards"
-path = "PATH"
-
-[model]
-kind = "mlp"
-hidden = [12, 12]
-
-[[objective.terms]]
-kind = "value"
-
-[[objective.terms]]
-kind = "derivative"
-order = 1
-
-[[objective.terms]]
-kind = "derivative"
-order = 2
-
-[train]
-epochs = 2
-batch_size = 5
-learning_rate = 0.01
-validation = 0.25
-progress = false
-"""
+TOML = cube_toml(
+    top={"model_seed": 3},
+    n_train=21, n_test=8, data={"seed": 2, "dtype": "float64", "source": "shards", "path": "PATH"},
+    hidden=[12, 12],
+    terms=({"kind": "value"}, {"kind": "derivative", "order": 1}, {"kind": "derivative", "order": 2}),
+    train={"epochs": 2, "batch_size": 5, "learning_rate": 0.01, "validation": 0.25},
+)
 
 
 def _config(cache, **data):

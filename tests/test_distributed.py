@@ -22,6 +22,8 @@ from manifoldtrain.experiment import run_experiment
 from manifoldtrain.objectives import Objective
 from manifoldtrain.training import CHECKPOINT_NAME, Trainer, TrainConfig, load_checkpoint
 
+from config_helpers import cube_toml
+
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
                                 reason="needs torch.distributed with the gloo backend")
 
@@ -29,44 +31,13 @@ pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_availa
 # samples on two processes) and a last one of 1 (1 + 0: one process has nothing to do).
 # Value and full first- and second-order terms: no random directions, so two processes must
 # reproduce one to rounding; float64 for a tight tolerance; clipping after the reduction.
-TOML = """
-model_seed = 3
-
-[manifold]
-kind = "cube"
-image_size = 9
-extent = 0.5
-sigma = 0.08
-
-[data]
-n_train = 21
-n_test = 8
-seed = 2
-dtype = "float64"
-
-[model]
-kind = "mlp"
-hidden = [12, 12]
-
-[[objective.terms]]
-kind = "value"
-
-[[objective.terms]]
-kind = "derivative"
-order = 1
-
-[[objective.terms]]
-kind = "derivative"
-order = 2
-
-[train]
-epochs = 4
-batch_size = 5
-learning_rate = 0.01
-grad_clip = 1.0
-validation = 0.25
-progress = false
-"""
+TOML = cube_toml(
+    top={"model_seed": 3},
+    n_train=21, n_test=8, data={"seed": 2, "dtype": "float64"},
+    hidden=[12, 12],
+    terms=({"kind": "value"}, {"kind": "derivative", "order": 1}, {"kind": "derivative", "order": 2}),
+    train={"epochs": 4, "batch_size": 5, "learning_rate": 0.01, "grad_clip": 1.0, "validation": 0.25},
+)
 STOP_AT = 2  # the interrupted runs stop after this many epochs
 DEADLINE = 150.0  # seconds for the whole two-process session (it takes about 20)
 

@@ -15,31 +15,10 @@ from manifoldtrain.experiment import model_from_checkpoint, run_experiment
 from manifoldtrain.export import export_info, export_run, is_export
 from manifoldtrain.training import BEST_NAME, CHECKPOINT_NAME, load_checkpoint
 
+from config_helpers import cube_toml
 from conftest import ROOT
 
-TOML = """
-[manifold]
-kind = "cube"
-image_size = 9
-extent = 0.5
-sigma = 0.08
-
-[data]
-n_train = 24
-n_test = 8
-
-[model]
-kind = "mlp"
-hidden = [12]
-
-[[objective.terms]]
-kind = "value"
-
-[train]
-epochs = 2
-batch_size = 8
-progress = false
-"""
+TOML = cube_toml(n_train=24, n_test=8, hidden=[12], train={"epochs": 2, "batch_size": 8})
 
 # Runs torch.export.load where manifoldtrain cannot be imported: isolated mode (no PYTHONPATH,
 # no current folder), the repository's root off sys.path, and the package blocked in

@@ -21,41 +21,18 @@ from manifoldtrain.objectives import Objective
 from manifoldtrain.training import (BEST_NAME, CHECKPOINT_NAME, METRICS_NAME, Trainer, TrainConfig, load_checkpoint,
                                    write_metrics_csv)
 
+from config_helpers import cube_toml
 from conftest import requires_cuda
 
 SMALL = Cube(image_size=9, extent=0.5, sigma=0.08)
 
-TOML = """
-model_seed = 3
-
-[manifold]
-kind = "cube"
-image_size = 9
-extent = 0.5
-sigma = 0.08
-
-[data]
-n_train = 40
-n_test = 16
-seed = 2
-
-[model]
-kind = "mlp"
-hidden = [12, 12]
-
-[[objective.terms]]
-kind = "value"
-
-[[objective.terms]]
-kind = "derivative"
-order = 1
-
-[train]
-epochs = 4
-batch_size = 8
-learning_rate = 0.01
-progress = false
-"""
+TOML = cube_toml(
+    top={"model_seed": 3},
+    n_train=40, n_test=16, data={"seed": 2},
+    hidden=[12, 12],
+    terms=({"kind": "value"}, {"kind": "derivative", "order": 1}),
+    train={"epochs": 4, "batch_size": 8, "learning_rate": 0.01},
+)
 
 
 @pytest.fixture(scope="module")

@@ -28,31 +28,10 @@ from manifoldtrain.nn import MLPConfig, build_model
 from manifoldtrain.objectives import Objective
 from manifoldtrain.training import CHECKPOINT_NAME, Trainer, TrainConfig, load_checkpoint
 
+from config_helpers import cube_toml
 from conftest import ROOT
 
-TOML = """
-[manifold]
-kind = "cube"
-image_size = 9
-extent = 0.5
-sigma = 0.08
-
-[data]
-n_train = 16
-n_test = 8
-
-[model]
-kind = "mlp"
-hidden = [8]
-
-[[objective.terms]]
-kind = "value"
-
-[train]
-epochs = 2
-batch_size = 8
-progress = false
-"""
+TOML = cube_toml(n_train=16, n_test=8, hidden=[8], train={"epochs": 2, "batch_size": 8})
 
 
 def _config(**train):

@@ -34,38 +34,18 @@ from manifoldtrain.objectives import DerivativeTerm, LossScales, NoiseInvariance
 from manifoldtrain.robustness import evaluate_robustness, exact_oracle, taylor_oracle
 from manifoldtrain.training import TrainConfig, Trainer
 
+from config_helpers import cube_toml
+
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "troubleshooting.rst"
 BEGIN, END = ".. begin-cases (generated from tests/test_troubleshooting.py)", ".. end-cases"
 USER_TEXT = "the user's own notes: keep me\n"
 
 CUBE = ["--image-size", "9", "--extent", "0.5", "--sigma", "0.08"]
-TOML = """
-[manifold]
-kind = "cube"
-image_size = 9
-extent = 0.5
-sigma = 0.08
-
-[data]
-n_train = 8
-n_test = 4
-
-[model]
-kind = "mlp"
-hidden = [4]
-
-[[objective.terms]]
-kind = "value"
-
-[[objective.terms]]
-kind = "derivative"
-order = 1
-
-[train]
-epochs = 1
-batch_size = 8
-progress = false
-"""
+TOML = cube_toml(
+    n_train=8, n_test=4, hidden=[4],
+    terms=({"kind": "value"}, {"kind": "derivative", "order": 1}),
+    train={"epochs": 1, "batch_size": 8},
+)
 
 
 @dataclass
