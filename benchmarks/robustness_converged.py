@@ -210,7 +210,26 @@ def _taken(work: Path, run) -> bool:
             or (log.is_file() and time.time() - log.stat().st_mtime < 300))
 
 
+def budget_mismatches(work: Path, settings: dict) -> list[str]:
+    """The planned runs whose part exists but was trained for another epoch budget than
+    ``settings`` asks for (such a part would be kept, not retrained, and summarised as if it
+    were the asked-for budget)."""
+    out = []
+    for r in plan(settings):
+        path = part_path(work, *r)
+        if path.exists():
+            want = settings["epochs"][RUNS[r[2]][1]]
+            got = json.loads(path.read_text()).get("epochs")
+            if got != want:
+                out.append(f"{path.name}: {got} epochs, asked for {want}")
+    return out
+
+
 def run_all(work: Path, settings: dict, jobs: int, threads: int, argv_settings: list[str]) -> None:
+    wrong = budget_mismatches(work, settings)
+    if wrong:
+        raise SystemExit(f"--work {work} holds parts of another epoch budget ({'; '.join(wrong)}): "
+                         "give this budget a work folder of its own")
     todo = [r for r in plan(settings) if not part_path(work, *r).exists()]
     busy = [r for r in todo if _taken(work, r)]
     print(f"{len(plan(settings))} runs, {len(todo)} to run, {jobs} at a time"
@@ -295,10 +314,18 @@ def summarize(parts: list[dict], budget: str = "0.3") -> dict:
             if p["width"] != width:
                 continue
             table.setdefault(_name(p), []).append(p)
+        for name, v in table.items():
+            if len({p["epochs"] for p in v}) > 1:
+                raise ValueError(f"the parts of {name} at width {width} were trained for different epoch budgets "
+                                 f"{sorted({p['epochs'] for p in v})}: summarise each budget from its own work folder")
         rows = {k: {"family": v[0]["family"], "seeds": sorted(p["seed"] for p in v),
                     **{m: _stats([p[m] for p in v]) for m in ("test_rmse", "amplification", "invariance_part",
                                                                "sensitivity_part", "validation_rmse",
                                                                "validation_amplification", "best_epoch", "seconds")},
+                    "epochs": v[0]["epochs"],
+                    # Seeds whose lowest validation RMSE came in the last tenth of the budget: the
+                    # run may still be improving (not converged).
+                    "late_best": sum(p["best_epoch"] > 0.9 * p["epochs"] for p in v),
                     f"adversarial@{budget}": _stats([p["adversarial_error"][budget] for p in v]),
                     "noisy_rmse": {lvl: _stats([p["noisy_rmse"][lvl] for p in v]) for lvl in v[0]["noisy_rmse"]}}
                 for k, v in table.items()}
@@ -315,13 +342,17 @@ def format_summary(summary: dict) -> str:
         lines.append(f"\n## width {width[1:]}: reference amplification of an invariant network "
                      f"(median ||Y J^+||_2) {ref['mean']:.3g}")
         lines.append("| run | seeds | test RMSE | amplification | invariance part | sensitivity part | adv @0.3 | "
-                     "val RMSE | val amplif. | best epoch |")
+                     "val RMSE | val amplif. | best epoch / budget |")
         lines.append("|---|---|---|---|---|---|---|---|---|---|")
         for name, r in sorted(s["runs"].items(), key=lambda kv: ("invariance", "control", "oracle").index(kv[1]["family"])):
             f = lambda m: (f"{r[m]['mean']:.3g}" + (f" ± {r[m]['sd']:.2g}" if r[m]["sd"] is not None else ""))  # noqa: E731
             lines.append(f"| {name} | {len(r['seeds'])} | {f('test_rmse')} | {f('amplification')} | {f('invariance_part')} "
                          f"| {f('sensitivity_part')} | {f('adversarial@0.3')} | {f('validation_rmse')} "
-                         f"| {f('validation_amplification')} | {r['best_epoch']['mean']:.0f} |")
+                         f"| {f('validation_amplification')} | {r['best_epoch']['mean']:.0f} / {r['epochs']} |")
+        late = [f"{name} ({r['late_best']} of {len(r['seeds'])})" for name, r in s["runs"].items() if r["late_best"]]
+        if late:
+            lines.append("best validation epoch in the last tenth of the budget (may not be converged): "
+                         + ", ".join(late))
         for row in s["per_seed"]:
             lines.append(f"seed {row['seed']}: invariance most accurate {row['invariance_accurate']}, most robust "
                          f"{row['invariance_robust']}; oracle matched {row['oracle_matched']} (dominated by "

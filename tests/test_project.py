@@ -386,7 +386,7 @@ def test_robustness_converged_summary_chooses_on_validation_and_scores_one_netwo
         return dict(seed=seed, width=8, objective=name, strength=strength, family=family, test_rmse=rmse,
                     amplification=amp, invariance_part=amp, sensitivity_part=amp, validation_rmse=val_rmse,
                     validation_amplification=val_amp, adversarial_error={"0.3": amp}, noisy_rmse={"0.01": rmse},
-                    best_epoch=1, seconds=1.0, reference_amplification=1.0)
+                    best_epoch=1, epochs=10, seconds=1.0, reference_amplification=1.0)
 
     parts = [
         part("value", None, "invariance", 1.0, 5.0, 1.0, 5.0),
@@ -408,6 +408,16 @@ def test_robustness_converged_summary_chooses_on_validation_and_scores_one_netwo
     parts[4]["validation_rmse"] = 1.5  # now less accurate than value on validation: the other one is matched
     assert mod["summarize"](parts)["w8"]["per_seed"][0]["oracle_matched"] == "oracle-hessian 0.3"
     assert [name for name, *_ in s["pareto"][0]["oracle"]] == ["oracle-hessian 0.3", "oracle-hessian 1"]
+    # A run whose best validation epoch comes at the end of its budget is flagged as maybe unconverged.
+    assert s["runs"]["second"]["late_best"] == 0
+    parts[3]["best_epoch"] = 10
+    summary = mod["summarize"](parts)
+    assert summary["w8"]["runs"]["second"]["late_best"] == 1
+    assert "may not be converged): second (1 of 1)" in mod["format_summary"](summary)
+    # Parts of one run trained for different budgets are not averaged together.
+    parts.append(dict(parts[3], seed=1, epochs=20))
+    with pytest.raises(ValueError, match="second at width 8 .* different epoch budgets"):
+        mod["summarize"](parts)
 
 
 def test_accuracy_finish_benchmark_quick(tmp_path):
@@ -451,5 +461,9 @@ def test_robustness_converged_plan_only_and_shared_work_folder(tmp_path):
     os.utime(log, (0, 0))  # a log from long ago, no learning curve: a stopped run, to resume
     assert not mod["_taken"](tmp_path, run)
     mod["part_path"](tmp_path, *run).parent.mkdir()
-    mod["part_path"](tmp_path, *run).write_text("{}")
+    mod["part_path"](tmp_path, *run).write_text('{"epochs": 800}')
     assert mod["_taken"](tmp_path, run)
+    # A part of another epoch budget is not silently kept as if it were this one's.
+    assert mod["budget_mismatches"](tmp_path, settings) == []
+    with pytest.raises(SystemExit, match="s0-w128-second.json: 800 epochs, asked for 1600"):
+        mod["run_all"](tmp_path, dict(settings, epochs={"value": 1000, "second": 1600}), 1, 1, [])
