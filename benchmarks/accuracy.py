@@ -10,7 +10,10 @@ For each seed: one data set (the seed draws the points and splits them), one net
   ``Objective.second_order(directions=K)``, the unbiased cheap estimate (``1 + 3K`` jet rows
   instead of 28); compared with ``second`` (ratio ``second_rK / second``);
 * ``second_d2rK`` (K = 1, 2): the full first order with the second order along K random
-  pairs (``1 + 6 + 3K`` rows).
+  pairs (``1 + 6 + 3K`` rows);
+* ``second_gK`` (K = 2, 3): K random directions for the first order, and for the second order
+  the grid of all K x K pairs of K and K directions, ``Objective.second_order(directions=K,
+  grid=True)`` (``1 + 2K + K**2`` rows).
 
 DESIGN.md asks for every comparison both ways, and this script measures each:
 
@@ -59,7 +62,8 @@ from manifoldtrain.training import Trainer, TrainConfig
 OBJECTIVES = {"value": Objective.value(), "first": Objective.first_order(), "second": Objective.second_order(),
               **{f"second_r{k}": Objective.second_order(directions=k) for k in (1, 2, 4)},
               **{f"second_d2r{k}": Objective((ValueTerm(), DerivativeTerm(1), DerivativeTerm(2, 0.03, directions=k)))
-                 for k in (1, 2)}}
+                 for k in (1, 2)},
+              **{f"second_g{k}": Objective.second_order(directions=k, grid=True) for k in (2, 3)}}
 
 
 def run(cube, n_train, n_test, hidden, seeds, budgets, objectives=tuple(OBJECTIVES), batch_size=64, progress=False,
@@ -138,7 +142,8 @@ def plot(runs: list[dict], path: str, view: str) -> None:
     from manifoldtrain.plotting import save_figure
 
     colors = {"value": "tab:blue", "first": "tab:orange", "second": "tab:green", "second_r1": "tab:red",
-              "second_r2": "tab:purple", "second_r4": "tab:brown", "second_d2r1": "tab:pink", "second_d2r2": "tab:gray"}
+              "second_r2": "tab:purple", "second_r4": "tab:brown", "second_d2r1": "tab:pink", "second_d2r2": "tab:gray",
+              "second_g2": "tab:olive", "second_g3": "tab:cyan"}
     fig = Figure(figsize=(7.5, 4.6), layout="constrained")
     ax = fig.add_subplot()
     first_seed = min(x["seed"] for x in runs)

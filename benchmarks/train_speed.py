@@ -9,6 +9,7 @@ full step (batch gather, loss, backward, optimiser) for
 * ``second`` along ``k`` random pairs of directions, ``k = 1, 2, 4`` (both derivative terms
   random, unbiased: ``1 + 3k`` jet rows);
 * ``second`` with the full first order and a random second order (``1 + 6 + 3k`` rows);
+* ``second`` with the grid of ``k x k`` pairs, ``k = 2, 3`` (``1 + 2k + k**2`` rows);
 * the robustness objectives of :mod:`manifoldtrain.robustness.suite` at strength 0.03:
   ``invariance-noise`` (values plus one noisy forward and backward pass), ``invariance-jacobian``
   (values plus 2 random input directions in the jet pass), ``oracle-random`` (second order plus
@@ -69,6 +70,8 @@ def step_costs(train, hidden, batch_size, steps, seed=0, robust_only=False) -> l
         ("second", "random k=1", Objective.second_order(directions=1), taylor_rows),
         ("second", "random k=2", Objective.second_order(directions=2), taylor_rows),
         ("second", "random k=4", Objective.second_order(directions=4), taylor_rows),
+        ("second", "grid k=2", Objective.second_order(directions=2, grid=True), taylor_rows),
+        ("second", "grid k=3", Objective.second_order(directions=3, grid=True), taylor_rows),
         ("second", "full d1, random d2 k=1",
          Objective((ValueTerm(), DerivativeTerm(1), DerivativeTerm(2, 0.03, directions=1))), taylor_rows),
     ]

@@ -92,7 +92,7 @@ from manifoldtrain.evaluation import JetRMSE, check_metric_values
 from manifoldtrain.feed import SourceFeed
 from manifoldtrain.jet import Jet
 from manifoldtrain.network_jets import check_jet_model, taylor_rows
-from manifoldtrain.objectives import Objective
+from manifoldtrain.objectives import DerivativeTerm, Objective
 from manifoldtrain.objectives.objective import FORMER_NAME as OBJECTIVE_FORMER_NAME
 from manifoldtrain.selection import BestModel
 
@@ -149,9 +149,15 @@ _NEW_FIELD_DEFAULTS = {"validation": 0.0, "patience": None, "best_metric": BEST_
 
 
 def _older_objective(theirs):
-    """An objective recorded before :class:`Objective` moved to its own module."""
+    """An objective recorded before :class:`Objective` moved to its own module, or before
+    :attr:`DerivativeTerm.grid <manifoldtrain.objectives.DerivativeTerm.grid>` existed (those
+    runs trained with ``grid=False``)."""
     if isinstance(theirs, dict) and theirs.get("kind") == OBJECTIVE_FORMER_NAME:
-        return {**theirs, "kind": qualified_name(Objective)}
+        theirs = {**theirs, "kind": qualified_name(Objective)}
+    if isinstance(theirs, dict) and isinstance(theirs.get("terms"), list):
+        derivative = qualified_name(DerivativeTerm)
+        theirs = {**theirs, "terms": [{**t, "grid": False} if isinstance(t, dict) and t.get("kind") == derivative
+                                      and "grid" not in t else t for t in theirs["terms"]]}
     return theirs
 
 

@@ -48,6 +48,52 @@ def test_random_directions_are_unbiased_estimates_of_the_full_terms(k):
         assert se < 0.1 * exact  # the test has the power to see a bias of a few percent
 
 
+@pytest.mark.parametrize("k", [1, 2])
+def test_the_grid_of_pairs_is_an_unbiased_estimate_of_the_full_term(k):
+    """Every (u_a, v_b) of the grid is an independent pair: the mean over draws is the full term."""
+    model, x, y, scales = problem()
+    with torch.no_grad():
+        exact = float(Objective((DerivativeTerm(2),)).losses(model, x, y, scales)["d2 (full)"])
+        grid = Objective((DerivativeTerm(2, directions=k, grid=True),))
+        g = torch.Generator().manual_seed(k)
+        samples = [float(grid.losses(model, x, y, scales, generator=g)[f"d2 ({k}x{k} grid)"]) for _ in range(600)]
+    mean, se = statistics.fmean(samples), statistics.stdev(samples) / len(samples) ** 0.5
+    assert abs(mean - exact) < 4 * se, (mean, exact, se)
+    assert se < 0.1 * exact
+
+
+def test_the_full_grid_of_orthogonal_pairs_is_the_full_term():
+    """k = d: U and V are scaled rotations, so sum_ab (u_a^T E v_b)^2 = d^2 |E|_F^2 for every draw."""
+    model, x, y, scales = problem(d=4)
+    with torch.no_grad():
+        exact = float(Objective((DerivativeTerm(2),)).losses(model, x, y, scales)["d2 (full)"])
+        for seed in range(3):
+            got = float(Objective((DerivativeTerm(2, directions=4, grid=True),)).losses(
+                model, x, y, scales, generator=torch.Generator().manual_seed(seed))["d2 (4x4 grid)"])
+            assert got == pytest.approx(exact, rel=1e-10)
+        # Pairs (u_a, v_a) alone are not: the grid is what makes it exact.
+        pairs = float(Objective((DerivativeTerm(2, directions=4),)).losses(
+            model, x, y, scales, generator=torch.Generator().manual_seed(0))["d2 (4 random)"])
+        assert pairs != pytest.approx(exact, rel=1e-3)
+
+
+def test_grid_rows_and_settings():
+    # 2k first-order rows (u shared with the first-order term), k^2 mixed rows.
+    assert count_rows(Objective.second_order(directions=2, grid=True)) == (4, 4)
+    assert count_rows(Objective.second_order(directions=3, grid=True)) == (6, 9)
+    with pytest.raises(ValueError, match="grid: only for order 2 with random directions"):
+        DerivativeTerm(2, grid=True)
+    with pytest.raises(ValueError, match="grid: only for order 2"):
+        DerivativeTerm(1, directions=2, grid=True)
+    with pytest.raises(TypeError, match="grid: expected True or False, got 1"):
+        DerivativeTerm(2, directions=2, grid=1)
+    # TOML: the setting round-trips like any field of a term.
+    table = config_to_dict(config_from_dict({"objective": {"terms": [
+        {"kind": "value"}, {"kind": "derivative", "order": 2, "directions": 2, "grid": True}]}}))
+    assert table["objective"]["terms"][1]["grid"] is True
+    assert config_from_dict(table).objective.terms[1] == DerivativeTerm(2, directions=2, grid=True)
+
+
 def test_the_square_form_would_be_biased():
     """The old estimator (v^T E v along one direction) fails the same test: the test can fail."""
     from manifoldtrain.objectives import random_directions

@@ -258,6 +258,24 @@ def test_checkpoints_written_before_objective_moved_still_resume(small_data, tmp
         _trainer(small_data, epochs=2).load_state_dict(state)
 
 
+def test_checkpoints_written_before_the_grid_setting_still_resume(small_data, tmp_path):
+    """DerivativeTerm.grid came later: a checkpoint without it trained with grid=False, and
+    resumes; one that records grid=True does not resume a run without it."""
+    trainer = _trainer(small_data, tmp_path, epochs=2)
+    trainer.fit()
+    state = load_checkpoint(tmp_path / CHECKPOINT_NAME)
+    derivative = [t for t in state["objective"]["terms"] if t["kind"].endswith(":DerivativeTerm")]
+    assert derivative and all(t["grid"] is False for t in derivative)
+    for t in derivative:
+        del t["grid"]
+    resumed = _trainer(small_data, epochs=2)
+    resumed.load_state_dict(state)
+    assert resumed.epoch == 2
+    derivative[0]["grid"] = True
+    with pytest.raises(ValueError, match=r"objective.terms\[\d\].grid: True in the checkpoint, False now"):
+        _trainer(small_data, epochs=2).load_state_dict(state)
+
+
 # ----------------------------------------------------------------- metrics.csv, runs
 
 

@@ -89,6 +89,11 @@ def _check_directions(instance, attribute, value):
         check_int(attribute.name, value, minimum=1, maximum=MAX_DIRECTIONS)
 
 
+def _check_bool(instance, attribute, value):
+    if not isinstance(value, bool):
+        raise TypeError(f"{attribute.name}: expected True or False, got {value!r}")
+
+
 @attrs.frozen
 class DerivativeTerm(Term):
     """Derivatives of order 1 or 2 along the manifold against the target's.
@@ -104,6 +109,12 @@ class DerivativeTerm(Term):
         (order 1) or pairs of independent directions (order 2) per sample and step instead:
         an unbiased estimate of the full term (the same loss in expectation), at ``k`` or
         ``3k`` jet rows instead of ``d`` or ``d(d+1)/2``.
+    grid : bool
+        Order 2 with ``directions=k`` only: instead of ``k`` pairs ``(u_a, v_a)``, every pair
+        ``(u_a, v_b)`` of ``k`` directions ``u`` and ``k`` independent directions ``v``: ``k**2``
+        mixed derivatives from ``2k`` first-order rows (``2k + k**2`` jet rows, 1 + 2/k rows a
+        pair instead of 3). Each pair is still an independent ``u`` and ``v``, so the estimate
+        stays unbiased, and with ``k = d`` (orthogonal directions) it is the full term exactly.
     start : float
         Fraction of the training budget (0..1) after which the term joins the objective
         (default 0: from the start). A curriculum: cheaper terms converge first, and steps
@@ -119,10 +130,19 @@ class DerivativeTerm(Term):
     directions: int | None = attrs.field(default=None, validator=_check_directions)
     start: float = attrs.field(default=0.0, validator=attrs_validator(check_float, nonnegative=True, maximum=1.0))
     scale: float | None = attrs.field(default=None, validator=_check_scale)
+    grid: bool = attrs.field(default=False, validator=_check_bool)
+
+    def __attrs_post_init__(self):
+        if self.grid and (self.order != 2 or self.directions is None):
+            raise ValueError(f"grid: only for order 2 with random directions (order={self.order}, "
+                             f"directions={self.directions}); the grid is of the pairs of directions")
 
     @property
     def name(self) -> str:
-        kind = "full" if self.directions is None else f"{self.directions} random"
+        if self.directions is None:
+            kind = "full"
+        else:
+            kind = f"{self.directions}x{self.directions} grid" if self.grid else f"{self.directions} random"
         return f"d{self.order} ({kind})"
 
     @property
@@ -146,6 +166,11 @@ class DerivativeTerm(Term):
         if self.order == 1:
             return Rows(batch.along(u), state=(u,))
         v = batch.directions(k, 1)
+        if self.grid:  # every (u_a, v_b): a-major
+            a, b = torch.arange(k).repeat_interleave(k), torch.arange(k).repeat(k)
+            uu, vv = u[:, a], v[:, b]
+            pairs = torch.stack([a, k + b], dim=1)
+            return Rows((batch.along(u), batch.along(v)), batch.mixed(uu, vv), pairs, state=(uu, vv))
         pairs = torch.stack([torch.arange(k), torch.arange(k, 2 * k)], dim=1)
         return Rows((batch.along(u), batch.along(v)), batch.mixed(u, v), pairs, state=(u, v))
 
