@@ -122,6 +122,27 @@ def test_oracle_benchmarks_quick(script, tmp_path):
     assert "--quick" in json.loads(out.read_text())["command"]
 
 
+def test_random_pair_gradients_benchmark(tmp_path):
+    mod = runpy.run_path(str(ROOT / "benchmarks" / "random_pair_gradients.py"))
+    # The statistics on a case worked by hand: two steps G + e and G - e.
+    G, e = torch.tensor([3.0, 4.0]), torch.tensor([1.0, 0.0])
+    stats, second = mod["noise_stats"]([G + e, G - e], G, rows=4, full_second_moment=torch.tensor([10.0, 16.0]))
+    assert stats["relative_noise"] == pytest.approx(1 / 25) and stats["noise_times_rows"] == pytest.approx(4 / 25)
+    assert stats["relative_bias"] == 0 and torch.equal(second, torch.tensor([10.0, 16.0]))
+    assert stats["adam_second_moment_ratio_median"] == 1 and stats["signal_fraction"] == pytest.approx(25 / 26)
+    out = tmp_path / "out.json"
+    assert mod["main"](["--quick", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    for state in ("initial", "trained"):
+        rows = result["states"][state]["estimators"]
+        assert set(rows) == {"full", "1 random", "2 random", "2x2 grid"}
+        for r in rows.values():  # unbiased estimates: the mean step is G up to the spread of the steps
+            assert r["objective"]["relative_bias"] < 3 * r["objective"]["bias_standard_error"]
+        # The directions add noise to the second-order term's gradient, less with more of them.
+        d2 = [rows[n]["d2"]["relative_noise"] for n in ("full", "2 random", "1 random")]
+        assert d2 == sorted(d2)
+
+
 def test_train_speed_benchmark_quick(tmp_path):
     out = tmp_path / "speed.json"
     mod = runpy.run_path(str(ROOT / "benchmarks" / "train_speed.py"))
