@@ -274,13 +274,29 @@ def _name(r: dict) -> str:
     return r["objective"] + ("" if r["strength"] is None else f" {r['strength']:g}")
 
 
-def summarize(parts: list[dict], budget: str = "0.3") -> dict:
-    """Per width: selections on validation, ratios per seed and over seeds, Pareto fronts."""
+def expected_runs(settings: dict) -> set[str]:
+    """The invariance and oracle runs (as :func:`_name` spells them) that one seed of one width
+    must have before its choices and ratios mean anything: a seed missing one of them would
+    be chosen among fewer networks than the others."""
+    one = dict(settings, seeds=settings["seeds"][:1], widths=settings["widths"][:1])
+    return {_name({"objective": n, "strength": st}) for _, _, n, st in plan(one) if RUNS[n][0] != "control"}
+
+
+def summarize(parts: list[dict], budget: str = "0.3", expected: set[str] | None = None) -> dict:
+    """Per width: selections on validation, ratios per seed and over seeds, Pareto fronts.
+
+    With ``expected`` (:func:`expected_runs`), a seed that lacks any of those runs is left out
+    of the choices and ratios (listed under ``incomplete``); its parts still count in the
+    per-run table."""
     out: dict = {}
     for width in sorted({p["width"] for p in parts}):
-        per_seed, fronts = [], {}
+        per_seed, fronts, incomplete = [], {}, {}
         for seed in sorted({p["seed"] for p in parts if p["width"] == width}):
             runs = [p for p in parts if p["width"] == width and p["seed"] == seed]
+            missing = sorted(expected - {_name(r) for r in runs}) if expected is not None else []
+            if missing:
+                incomplete[seed] = missing
+                continue
             inv = [r for r in runs if r["family"] == "invariance"]
             ora = [r for r in runs if r["family"] == "oracle"]
             if not inv or not ora:
@@ -330,6 +346,7 @@ def summarize(parts: list[dict], budget: str = "0.3") -> dict:
                     "noisy_rmse": {lvl: _stats([p["noisy_rmse"][lvl] for p in v]) for lvl in v[0]["noisy_rmse"]}}
                 for k, v in table.items()}
         out[f"w{width}"] = {"per_seed": per_seed, "ratios": ratios, "runs": rows, "pareto": fronts,
+                            "incomplete": incomplete,
                             "reference_amplification": _stats([p["reference_amplification"] for p in parts
                                                                if p["width"] == width])}
     return out
@@ -353,6 +370,8 @@ def format_summary(summary: dict) -> str:
         if late:
             lines.append("best validation epoch in the last tenth of the budget (may not be converged): "
                          + ", ".join(late))
+        for seed, missing in s.get("incomplete", {}).items():
+            lines.append(f"seed {seed}: incomplete, left out of the choices and ratios (missing {', '.join(missing)})")
         for row in s["per_seed"]:
             lines.append(f"seed {row['seed']}: invariance most accurate {row['invariance_accurate']}, most robust "
                          f"{row['invariance_robust']}; oracle matched {row['oracle_matched']} (dominated by "
@@ -416,7 +435,7 @@ def main(argv=None) -> int:
         print(f"no parts in {work / 'parts'} yet")
         return 1
     budget = f"{settings['budgets'][len(settings['budgets']) // 2]:g}"
-    summary = summarize(parts, budget)
+    summary = summarize(parts, budget, expected_runs(settings))
     print(format_summary(summary))
     if args.out:
         write_json(args.out, {"summary": summary, "parts": len(parts), "command": command_line(argv, __file__), "settings": {

@@ -435,6 +435,17 @@ def test_robustness_converged_summary_chooses_on_validation_and_scores_one_netwo
     summary = mod["summarize"](parts)
     assert summary["w8"]["runs"]["second"]["late_best"] == 1
     assert "may not be converged): second (1 of 1)" in mod["format_summary"](summary)
+    # A seed that lacks one of the expected runs is left out of the choices and ratios.
+    expected = {"value", "invariance-noise 0.1", "invariance-jacobian 0.3", "oracle-hessian 1", "oracle-hessian 0.3"}
+    assert mod["summarize"](parts, expected=expected)["w8"]["incomplete"] == {}
+    partial = parts + [dict(parts[0], seed=1), dict(parts[4], seed=1)]
+    s2 = mod["summarize"](partial, expected=expected)["w8"]
+    assert [r["seed"] for r in s2["per_seed"]] == [0] and s2["incomplete"] == {
+        1: ["invariance-jacobian 0.3", "invariance-noise 0.1", "oracle-hessian 0.3"]}
+    assert "seed 1: incomplete, left out" in mod["format_summary"](mod["summarize"](partial, expected=expected))
+    assert mod["expected_runs"](mod["FULL"]) == {
+        "value", "invariance-noise 0.01", "invariance-noise 0.03", "invariance-noise 0.1", "invariance-jacobian 0.03",
+        "invariance-jacobian 0.1", "invariance-jacobian 0.3", "oracle-random 1", "oracle-hessian 0.3", "oracle-hessian 1"}
     # Parts of one run trained for different budgets are not averaged together.
     parts.append(dict(parts[3], seed=1, epochs=20))
     with pytest.raises(ValueError, match="second at width 8 .* different epoch budgets"):
