@@ -1307,6 +1307,15 @@ CASES: list[Case] = [
          "ValueError: objective.terms[0].directions: expected an int <= 65536, got 9223372036854775807", "CLEAR",
          toml('[[objective.terms]]\nkind = "derivative"\norder = 2\ndirections = 9223372036854775807\n', ValueError,
               r"objective.terms\[0\].directions: expected an int <= 65536")),
+    Case("grid-without-directions", "TOML", '[[objective.terms]] kind = "derivative" order = 2 grid = true',
+         "ValueError: objective.terms[0].grid: only for order 2 with random directions (order=2, directions=None); "
+         "the grid is of the pairs of directions", "CLEAR",
+         toml('[[objective.terms]]\nkind = "derivative"\norder = 2\ngrid = true\n', ValueError,
+              r"objective.terms\[0\].grid: only for order 2 with random directions")),
+    Case("grid-first-order", "API", "DerivativeTerm(1, directions=2, grid=True)",
+         "ValueError: grid: only for order 2 with random directions (order=1, directions=2); the grid is of the "
+         "pairs of directions", "CLEAR",
+         api(lambda w: DerivativeTerm(1, directions=2, grid=True), ValueError, r"grid: only for order 2")),
     *[Case(f"cube-{name.replace('_', '-')}-huge", "CLI", f"show cube --{name.replace('_', '-')} 1e308 --out s.png",
            f"--{name.replace('_', '-')}: expected a number <= 1000000.0, got 1e+308", "CLEAR",
            cli(["show", "cube", "--out", "{tmp}/s.png", f"--{name.replace('_', '-')}", "1e308"],
