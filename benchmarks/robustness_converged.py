@@ -286,8 +286,8 @@ def summarize(parts: list[dict], budget: str = "0.3", expected: set[str] | None 
     """Per width: selections on validation, ratios per seed and over seeds, Pareto fronts.
 
     With ``expected`` (:func:`expected_runs`), a seed that lacks any of those runs is left out
-    of the choices and ratios (listed under ``incomplete``); its parts still count in the
-    per-run table."""
+    of the choices, the ratios and the per-run table (listed under ``incomplete``), so that
+    every figure of a width is over the same seeds."""
     out: dict = {}
     for width in sorted({p["width"] for p in parts}):
         per_seed, fronts, incomplete = [], {}, {}
@@ -327,7 +327,7 @@ def summarize(parts: list[dict], budget: str = "0.3", expected: set[str] | None 
         # Each objective's figures over seeds.
         table = {}
         for p in parts:
-            if p["width"] != width:
+            if p["width"] != width or p["seed"] in incomplete:  # every row over the same seeds
                 continue
             table.setdefault(_name(p), []).append(p)
         for name, v in table.items():
@@ -348,7 +348,9 @@ def summarize(parts: list[dict], budget: str = "0.3", expected: set[str] | None 
         out[f"w{width}"] = {"per_seed": per_seed, "ratios": ratios, "runs": rows, "pareto": fronts,
                             "incomplete": incomplete,
                             "reference_amplification": _stats([p["reference_amplification"] for p in parts
-                                                               if p["width"] == width])}
+                                                               if p["width"] == width and p["seed"] not in incomplete]
+                                                              or [p["reference_amplification"] for p in parts
+                                                                  if p["width"] == width])}
     return out
 
 
@@ -446,7 +448,7 @@ def main(argv=None) -> int:
                  for w, ws in summary.items() for r, v in ws["runs"].items()]
         plot_tradeoff(means, figure, reference=statistics.fmean(
             ws["reference_amplification"]["mean"] for ws in summary.values()),
-            title="Cube, equal data, trained to convergence: means over seeds")
+            title="Cube, equal data, chosen on validation: means over complete seeds")
         print(f"wrote {args.out} and {figure}")
     return 0
 

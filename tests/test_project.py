@@ -443,6 +443,10 @@ def test_robustness_converged_summary_chooses_on_validation_and_scores_one_netwo
     assert [r["seed"] for r in s2["per_seed"]] == [0] and s2["incomplete"] == {
         1: ["invariance-jacobian 0.3", "invariance-noise 0.1", "oracle-hessian 0.3"]}
     assert "seed 1: incomplete, left out" in mod["format_summary"](mod["summarize"](partial, expected=expected))
+    assert s2["runs"]["value"]["seeds"] == [0]  # every row over the same (complete) seeds
+    only_partial = mod["summarize"](partial[-2:], expected=expected)["w8"]  # no complete seed at all
+    assert only_partial["runs"] == {} and only_partial["reference_amplification"]["n"] == 2
+    assert "width 8" in mod["format_summary"]({"w8": only_partial})
     assert mod["expected_runs"](mod["FULL"]) == {
         "value", "invariance-noise 0.01", "invariance-noise 0.03", "invariance-noise 0.1", "invariance-jacobian 0.03",
         "invariance-jacobian 0.1", "invariance-jacobian 0.3", "oracle-random 1", "oracle-hessian 0.3", "oracle-hessian 1"}
