@@ -60,9 +60,9 @@ from manifoldtrain.training import Trainer, TrainConfig
 ROLES = ("value", "d1", "d2")
 
 
-def _flat_grad(model: torch.nn.Module, loss: torch.Tensor) -> torch.Tensor:
+def _flat_grad(model: torch.nn.Module, loss: torch.Tensor, retain_graph: bool = False) -> torch.Tensor:
     params = [p for p in model.parameters() if p.requires_grad]
-    return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)])
+    return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params, retain_graph=retain_graph)])
 
 
 def gradients(model, objective: Objective, x, y, scales: LossScales, generator=None, only: str | None = None):
@@ -135,12 +135,10 @@ def measure(args) -> dict:
         for name, (objective, rows) in estimators.items():
             draws = torch.Generator().manual_seed(args.seed + 1)
             steps = {role: [] for role in ("objective", *ROLES)}
-            params = [p for p in model.parameters() if p.requires_grad]
             for idx in picks:
                 losses = objective.losses(model, x[idx], y[idx], scales, generator=draws)
-                per_term = [torch.autograd.grad(losses[t], params, retain_graph=True) for t in objective.names]
-                for role, g in zip(ROLES, per_term):
-                    steps[role].append(torch.cat([gi.reshape(-1) for gi in g]))
+                for role, term in zip(ROLES, objective.names):
+                    steps[role].append(_flat_grad(model, losses[term], retain_graph=True))
                 steps["objective"].append(sum(steps[role][-1] for role in ROLES))
             rows_out[name] = {}
             for role, reference in (("objective", G), *G_terms.items()):
