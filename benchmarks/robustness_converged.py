@@ -53,6 +53,8 @@ Usage::
     python benchmarks/robustness_converged.py --work rc --jobs 2                    # the full protocol (days on 2 cores)
     python benchmarks/robustness_converged.py --work rc --widths 128 --jobs 2       # one width (~2 hours on 2 cores)
     python benchmarks/robustness_converged.py --work rc --summarize --out S.json     # the tables of the parts so far
+    python benchmarks/robustness_converged.py --work rc1600 --second-epochs 1600 --reuse rc --jobs 2
+                                                  # another second-order budget, the value-based runs taken from rc
     python benchmarks/robustness_converged.py --quick --work /tmp/rcq               # smoke run (seconds)
 
 The default settings are the ones of the published table (``benchmarks/README.md``), whose
@@ -223,6 +225,57 @@ def budget_mismatches(work: Path, settings: dict) -> list[str]:
             if got != want:
                 out.append(f"{path.name}: {got} epochs, asked for {want}")
     return out
+
+
+#: The settings that, besides the seed, width, objective and strength in its name and the epoch
+#: budget of its kind, decide what one run trains and how it is scored.
+RUN_SETTINGS = ("n_train", "n_test", "validation", "eval_samples", "attack_samples", "attack_steps", "budgets",
+                "noise_levels")
+
+
+def _plain(value):
+    return json.loads(json.dumps(value))  # tuples as lists, as a part stores them
+
+
+def same_run(part: dict, settings: dict) -> list[str]:
+    """The settings in which ``part`` was trained or scored otherwise than ``settings`` would
+    train and score the same run (empty: the run would be the same one)."""
+    mine = part.get("settings", {})
+    budget = RUNS[part["objective"]][1]
+    out = [k for k in RUN_SETTINGS if _plain(mine.get(k)) != _plain(settings[k])]
+    if mine.get("epochs", {}).get(budget) != settings["epochs"][budget]:
+        out.append(f"epochs[{budget}]")
+    return out
+
+
+def reuse_parts(work: Path, settings: dict, sources: list[Path]) -> list[str]:
+    """Copy into ``work`` the parts of planned runs that ``work`` lacks and a source folder holds
+    for the same run (:func:`same_run`): a sweep at another second-order budget takes the
+    value-based runs, whose budget it shares, from the default sweep instead of training them
+    again. Each copy records where it came from (``reused_from``); returns the names copied.
+    A source part of another epoch budget is passed over (this sweep trains its own); one of
+    another setting is refused, naming the settings that differ."""
+    copied = []
+    for r in plan(settings):
+        target = part_path(work, *r)
+        if target.exists():
+            continue
+        for src in sources:
+            path = part_path(Path(src), *r)
+            if not path.exists():
+                continue
+            part = json.loads(path.read_text())
+            differ = same_run(part, settings)
+            other = [d for d in differ if not d.startswith("epochs[")]
+            if other:
+                raise SystemExit(f"--reuse {src}: {path.name} was trained or scored with other settings "
+                                 f"({', '.join(other)}) than this sweep's")
+            if differ:
+                continue  # another epoch budget (the one this sweep changes): trained here
+            write_json(target, {**part, "reused_from": str(path)})
+            copied.append(target.name)
+            break
+    return copied
 
 
 def run_all(work: Path, settings: dict, jobs: int, threads: int, argv_settings: list[str]) -> None:
@@ -401,6 +454,9 @@ def main(argv=None) -> int:
     ap.add_argument("--second-epochs", type=int, default=None,
                     help=f"epoch budget of the second-order-based runs (default {FULL['epochs']['second']}); "
                          "with another budget, use another --work: the summary mixes whatever parts it finds")
+    ap.add_argument("--reuse", nargs="+", default=None, metavar="WORK",
+                    help="before training, copy the parts of the same runs (same settings and epoch budget) from "
+                         "these work folders: e.g. a --second-epochs sweep takes the value-based runs from the default one")
     ap.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
     ap.add_argument("--summarize", action="store_true", help="only summarise the parts that exist")
@@ -425,6 +481,10 @@ def main(argv=None) -> int:
         seed, width, name, strength = args.one
         run_one(work, settings, int(seed), int(width), name, None if strength == "none" else float(strength))
         return 0
+    if args.reuse and not args.summarize:
+        copied = reuse_parts(work, settings, [Path(w) for w in args.reuse])
+        print(f"reused {len(copied)} parts from {' '.join(args.reuse)}" + (f": {' '.join(copied)}" if copied else ""),
+              flush=True)
     if not args.summarize:
         if args.quick:
             for r in plan(settings):

@@ -503,3 +503,29 @@ def test_robustness_converged_plan_only_and_shared_work_folder(tmp_path):
     assert mod["budget_mismatches"](tmp_path, settings) == []
     with pytest.raises(SystemExit, match="s0-w128-second.json: 800 epochs, asked for 1600"):
         mod["run_all"](tmp_path, dict(settings, epochs={"value": 1000, "second": 1600}), 1, 1, [])
+
+
+def test_robustness_converged_reuse_takes_only_the_same_runs(tmp_path):
+    import json
+
+    mod = runpy.run_path(str(ROOT / "benchmarks" / "robustness_converged.py"))
+    base = dict(mod["FULL"], widths=(128,), seeds=(0,), only=("value", "second"))
+    src = tmp_path / "src"
+    for name in ("value", "second"):
+        budget = mod["RUNS"][name][1]
+        part = {"objective": name, "strength": None, "epochs": base["epochs"][budget],
+                "settings": mod["_plain"](base)}
+        mod["write_json"](mod["part_path"](src, 0, 128, name, None), part)
+    longer = dict(base, epochs={"value": 1000, "second": 1600})
+    work = tmp_path / "w"
+    # The value run is the same run at either second-order budget; the second-order run is not.
+    assert mod["reuse_parts"](work, longer, [src]) == ["s0-w128-value.json"]
+    copied = json.loads(mod["part_path"](work, 0, 128, "value", None).read_text())
+    assert copied["reused_from"].endswith("s0-w128-value.json") and copied["epochs"] == 1000
+    assert not mod["part_path"](work, 0, 128, "second", None).exists()
+    assert mod["budget_mismatches"](work, longer) == []
+    # A part of the same name scored otherwise is refused, naming the setting.
+    other = tmp_path / "other"
+    with pytest.raises(SystemExit, match=r"s0-w128-value.json was trained or scored with other settings \(n_train\)"):
+        mod["reuse_parts"](other, dict(longer, n_train=2000), [src])
+    assert mod["same_run"](copied, longer) == []
