@@ -192,6 +192,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="a tiny smoke run (seconds)")
     ap.add_argument("--out", default=None, help="write the result (JSON) here")
     args = ap.parse_args(argv)
+    for name in ("n_train", "hidden", "directions", "grids", "batch_size", "steps", "chunk", "threads"):
+        values = getattr(args, name)
+        if min(values if isinstance(values, list) else [values]) < 1:
+            ap.error(f"--{name.replace('_', '-')}: expected integers >= 1, got {values}")
+    if args.epochs < 0:
+        ap.error(f"--epochs: expected an integer >= 0, got {args.epochs}")
     if args.quick:
         args.n_train, args.hidden, args.directions, args.grids, args.steps, args.epochs, args.batch_size = (
             40, [16], [1, 2], [2], 4, 1, 8)

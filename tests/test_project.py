@@ -122,7 +122,7 @@ def test_oracle_benchmarks_quick(script, tmp_path):
     assert "--quick" in json.loads(out.read_text())["command"]
 
 
-def test_random_pair_gradients_benchmark(tmp_path):
+def test_random_pair_gradients_benchmark(tmp_path, capsys):
     mod = runpy.run_path(str(ROOT / "benchmarks" / "random_pair_gradients.py"))
     # The statistics on a case worked by hand: two steps G + e and G - e.
     G, e = torch.tensor([3.0, 4.0]), torch.tensor([1.0, 0.0])
@@ -141,6 +141,13 @@ def test_random_pair_gradients_benchmark(tmp_path):
         # The directions add noise to the second-order term's gradient, less with more of them.
         d2 = [rows[n]["d2"]["relative_noise"] for n in ("full", "2 random", "1 random")]
         assert d2 == sorted(d2)
+    # Bad options are refused naming the option, before any work.
+    for bad, message in ((["--directions", "0"], "--directions: expected integers >= 1, got [0]"),
+                         (["--grids", "2", "-1"], "--grids: expected integers >= 1, got [2, -1]"),
+                         (["--epochs", "-1"], "--epochs: expected an integer >= 0, got -1")):
+        with pytest.raises(SystemExit):
+            mod["main"](bad)
+        assert message in capsys.readouterr().err
 
 
 def test_train_speed_benchmark_quick(tmp_path):
@@ -448,8 +455,9 @@ def test_robustness_converged_summary_chooses_on_validation_and_scores_one_netwo
     assert only_partial["runs"] == {} and only_partial["reference_amplification"]["n"] == 2
     assert "width 8" in mod["format_summary"]({"w8": only_partial})
     assert mod["expected_runs"](mod["FULL"]) == {
-        "value", "invariance-noise 0.01", "invariance-noise 0.03", "invariance-noise 0.1", "invariance-jacobian 0.03",
-        "invariance-jacobian 0.1", "invariance-jacobian 0.3", "oracle-random 1", "oracle-hessian 0.3", "oracle-hessian 1"}
+        "value", "invariance-noise 0.01", "invariance-noise 0.03", "invariance-noise 0.1", "invariance-noise 0.3",
+        "invariance-jacobian 0.03", "invariance-jacobian 0.1", "invariance-jacobian 0.3", "invariance-jacobian 1",
+        "oracle-random 1", "oracle-hessian 0.3", "oracle-hessian 1"}
     # Parts of one run trained for different budgets are not averaged together.
     parts.append(dict(parts[3], seed=1, epochs=20))
     with pytest.raises(ValueError, match="second at width 8 .* different epoch budgets"):
