@@ -430,6 +430,8 @@ def test_robustness_converged_summary_chooses_on_validation_and_scores_one_netwo
     assert row["oracle_robust"] == "oracle-hessian 1"
     assert row["oracle_robust: accuracy ratio"] == 1.0 / 0.25  # the same network on both axes
     assert row["oracle_robust: amplification ratio"] == 1.0 / 0.5
+    assert row["oracle_robust: amplification ratio to the invariant limit"] == 1.0 / 0.5  # reference 1.0
+    assert s["ratios"]["oracle_matched: amplification ratio to the invariant limit"]["n"] == 1
     assert row["oracle_robust: dominated by"] == []
     # Matched: the most robust oracle network at least as accurate (validation) as the most accurate invariance one.
     assert row["oracle_matched"] == "oracle-hessian 1"
