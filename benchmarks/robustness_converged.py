@@ -95,7 +95,7 @@ HERE = Path(__file__).resolve().parent
 FULL = dict(
     n_train=1000, n_test=200, validation=0.2, widths=(128, 256, 512), seeds=(0, 1, 2),
     epochs={"value": 1000, "second": 800},
-    noise_strengths=(0.01, 0.03, 0.1, 0.3), jacobian_strengths=(0.03, 0.1, 0.3, 1.0),
+    noise_strengths=(0.01, 0.03, 0.1, 0.3, 1.0), jacobian_strengths=(0.03, 0.1, 0.3, 1.0),
     oracle_random_strengths=(1.0,), oracle_hessian_strengths=(0.3, 1.0), control_strength=0.1, control_seeds=None,
     eval_samples=100, attack_samples=30, attack_steps=5, budgets=(0.1, 0.3, 1.0), noise_levels=(0.003, 0.01, 0.03),
 )

@@ -458,7 +458,8 @@ def test_robustness_converged_summary_chooses_on_validation_and_scores_one_netwo
     assert "width 8" in mod["format_summary"]({"w8": only_partial})
     assert mod["expected_runs"](mod["FULL"]) == {
         "value", "invariance-noise 0.01", "invariance-noise 0.03", "invariance-noise 0.1", "invariance-noise 0.3",
-        "invariance-jacobian 0.03", "invariance-jacobian 0.1", "invariance-jacobian 0.3", "invariance-jacobian 1",
+        "invariance-noise 1", "invariance-jacobian 0.03", "invariance-jacobian 0.1", "invariance-jacobian 0.3",
+        "invariance-jacobian 1",
         "oracle-random 1", "oracle-hessian 0.3", "oracle-hessian 1"}
     # Parts of one run trained for different budgets are not averaged together.
     parts.append(dict(parts[3], seed=1, epochs=20))
