@@ -334,8 +334,9 @@ def _name(r: dict) -> str:
 def expected_runs(settings: dict) -> set[str]:
     """The invariance and oracle runs (as :func:`_name` spells them) that one seed of one width
     must have before its choices and ratios mean anything: a seed missing one of them would
-    be chosen among fewer networks than the others."""
-    one = dict(settings, seeds=settings["seeds"][:1], widths=settings["widths"][:1])
+    be chosen among fewer networks than the others. Whatever ``only`` trains now, a seed is
+    complete with every run of the plan."""
+    one = dict(settings, seeds=settings["seeds"][:1], widths=settings["widths"][:1], only=None)
     return {_name({"objective": n, "strength": st}) for _, _, n, st in plan(one) if RUNS[n][0] != "control"}
 
 

@@ -461,6 +461,7 @@ def test_robustness_converged_summary_chooses_on_validation_and_scores_one_netwo
         "invariance-noise 1", "invariance-jacobian 0.03", "invariance-jacobian 0.1", "invariance-jacobian 0.3",
         "invariance-jacobian 1",
         "oracle-random 1", "oracle-hessian 0.3", "oracle-hessian 1"}
+    assert mod["expected_runs"](dict(mod["FULL"], only=("second",))) == mod["expected_runs"](mod["FULL"])
     # Parts of one run trained for different budgets are not averaged together.
     parts.append(dict(parts[3], seed=1, epochs=20))
     with pytest.raises(ValueError, match="second at width 8 .* different epoch budgets"):
