@@ -259,6 +259,9 @@ def reuse_parts(work: Path, settings: dict, sources: list[Path]) -> list[str]:
     again. Each copy records where it came from (``reused_from``); returns the names copied.
     A source part of another epoch budget is passed over (this sweep trains its own); one of
     another setting is refused, naming the settings that differ."""
+    missing = [str(src) for src in sources if not (Path(src) / "parts").is_dir()]
+    if missing:
+        raise SystemExit(f"--reuse: no parts folder in {', '.join(missing)} (expected a sweep's --work folder)")
     copied = []
     for r in plan(settings):
         target = part_path(work, *r)

@@ -541,3 +541,5 @@ def test_robustness_converged_reuse_takes_only_the_same_runs(tmp_path):
     with pytest.raises(SystemExit, match=r"s0-w128-value.json was trained or scored with other settings \(n_train\)"):
         mod["reuse_parts"](other, dict(longer, n_train=2000), [src])
     assert mod["same_run"](copied, longer) == []
+    with pytest.raises(SystemExit, match="--reuse: no parts folder in .*nowhere"):
+        mod["reuse_parts"](other, longer, [tmp_path / "nowhere"])
