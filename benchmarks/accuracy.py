@@ -36,6 +36,12 @@ Usage::
     python benchmarks/accuracy.py --epochs 1000 1000 800 --out benchmarks/results/accuracy_converged.json
     python benchmarks/accuracy.py --epochs 1000 1000 800 --device cuda --threads 1 --out ...   # on a GPU
     python benchmarks/accuracy.py --quick                                 # smoke run
+    # issue 24, item 4: a deeper network, another weight of the second-order term
+    python benchmarks/accuracy.py --epochs 1000 1000 800 --hidden 256 256 256 256 256 256 --out ...
+    python benchmarks/accuracy.py --epochs 1000 1000 800 --objectives second --d2-weight 0.1 --out ...
+
+``--hidden`` and ``--d2-weight`` are recorded in the results' ``meta``; ``--combine`` refuses
+files that differ in them (or in the data sizes).
 """
 
 from __future__ import annotations
@@ -59,16 +65,27 @@ from manifoldtrain.nn import MLPConfig, build_model
 from manifoldtrain.objectives import DerivativeTerm, Objective, ValueTerm
 from manifoldtrain.training import Trainer, TrainConfig
 
-OBJECTIVES = {"value": Objective.value(), "first": Objective.first_order(), "second": Objective.second_order(),
-              **{f"second_r{k}": Objective.second_order(directions=k) for k in (1, 2, 4)},
-              **{f"second_d2r{k}": Objective((ValueTerm(), DerivativeTerm(1), DerivativeTerm(2, 0.03, directions=k)))
-                 for k in (1, 2)},
-              **{f"second_g{k}": Objective.second_order(directions=k, grid=True) for k in (2, 3)}}
+D2_WEIGHT = 0.03  # Objective.second_order's default weight of the second-order term
+
+
+def build_objectives(d2_weight: float = D2_WEIGHT) -> dict[str, Objective]:
+    """The objectives by name, every second-order term at weight ``d2_weight`` (``--d2-weight``)."""
+    second = (1.0, 1.0, d2_weight)
+    return {"value": Objective.value(), "first": Objective.first_order(), "second": Objective.second_order(second),
+            **{f"second_r{k}": Objective.second_order(second, directions=k) for k in (1, 2, 4)},
+            **{f"second_d2r{k}": Objective((ValueTerm(), DerivativeTerm(1),
+                                            DerivativeTerm(2, d2_weight, directions=k))) for k in (1, 2)},
+            **{f"second_g{k}": Objective.second_order(second, directions=k, grid=True) for k in (2, 3)}}
+
+
+OBJECTIVES = build_objectives()
 
 
 def run(cube, n_train, n_test, hidden, seeds, budgets, objectives=tuple(OBJECTIVES), batch_size=64, progress=False,
-        checkpoint_dir=None, device="cpu") -> list[dict]:
+        checkpoint_dir=None, device="cpu", d2_weight=D2_WEIGHT) -> list[dict]:
     """Train each objective for each seed; ``budgets[name]`` is ``(epochs, seconds or None)``.
+
+    ``hidden``: the MLP's hidden widths; ``d2_weight``: the weight of every second-order term.
 
     ``device``: where the data are rendered and the network trains (the same poses
     and seeds on every device; the jets agree to float64 rounding before they are stored in
@@ -77,6 +94,7 @@ def run(cube, n_train, n_test, hidden, seeds, budgets, objectives=tuple(OBJECTIV
     With ``checkpoint_dir`` each run checkpoints into ``checkpoint_dir/s{seed}_{name}`` about 40
     times along its budget and continues from there when run again (a stopped run loses at
     most 1/40 of its work; the continued run is the uninterrupted one, see ``Trainer.fit``)."""
+    built = build_objectives(d2_weight)
     runs = []
     for seed in seeds:
         # Rendered on the device, then kept on the CPU like any data set: the Trainer copies the
@@ -95,7 +113,7 @@ def run(cube, n_train, n_test, hidden, seeds, budgets, objectives=tuple(OBJECTIV
                               seed=seed, progress=progress, **evals, **keep)
             t0 = time.perf_counter()
             folder = Path(checkpoint_dir) / f"s{seed}_{name}" if checkpoint_dir and not seconds else None
-            trainer = Trainer(model, OBJECTIVES[name], train, test, cfg, checkpoint_dir=folder)
+            trainer = Trainer(model, built[name], train, test, cfg, checkpoint_dir=folder)
             history = trainer.fit()
             final = evaluate(model, test)
             curve = [(r["seconds"], r["test"]["rmse"]) for r in history.records if "test" in r]
@@ -208,6 +226,11 @@ def main(argv=None) -> int:
     parser.add_argument("--device", type=device_argument, default="cpu",
                         help="cpu (default), cuda or cuda:N: where data and training live")
     parser.add_argument("--no-figure", action="store_true", help="write the JSON only (no learning-curve .png)")
+    parser.add_argument("--hidden", type=int, nargs="+", default=None, metavar="WIDTH",
+                        help="hidden layer widths of the tanh MLP (default 256 256 256; 16 with --quick), "
+                             "e.g. six layers: 256 256 256 256 256 256")
+    parser.add_argument("--d2-weight", type=float, default=D2_WEIGHT,
+                        help=f"weight of every second-order term (default {D2_WEIGHT}, Objective.second_order's)")
     args = parser.parse_args(argv)
     device = args.device
     if args.combine:
@@ -223,6 +246,10 @@ def main(argv=None) -> int:
         views = {p["meta"].get("view", "wall-clock") for p in parts}  # files from before the views had none
         if len(views) != 1:
             parser.error(f"--combine: the files mix views {sorted(views)}")
+        for key, default in (("hidden", None), ("d2_weight", D2_WEIGHT), ("n_train", None), ("n_test", None)):
+            values = {json.dumps(p["meta"].get(key, default)) for p in parts}  # no d2_weight: before it could change
+            if len(values) != 1:
+                parser.error(f"--combine: the files mix {key} {sorted(values)}")
         runs = sorted((r for p in parts for r in p["runs"]),
                       key=lambda r: (r["seed"], list(OBJECTIVES).index(r["objective"])))
         keys = [(r["seed"], r["objective"]) for r in runs]
@@ -240,6 +267,12 @@ def main(argv=None) -> int:
     else:
         cube, n_train, n_test, hidden, seeds = Cube(), 2000, 1000, (256, 256, 256), [0, 1, 2]
     seeds = seeds if args.seeds is None else args.seeds
+    if args.hidden is not None:
+        if any(w < 1 for w in args.hidden):
+            parser.error(f"--hidden: every width must be a positive integer, got {args.hidden}")
+        hidden = tuple(args.hidden)
+    if not (args.d2_weight > 0 and args.d2_weight < float("inf")):
+        parser.error(f"--d2-weight must be a positive finite number, got {args.d2_weight}")
     n_train = n_train if args.n_train is None else args.n_train
     n_test = n_test if args.n_test is None else args.n_test
     if n_train < 1 or n_test < 1:
@@ -261,14 +294,15 @@ def main(argv=None) -> int:
     if folder is not None and folder.exists() and not folder.is_dir():
         parser.error(f"--checkpoint-dir: {args.checkpoint_dir} exists and is not a folder")
     runs = run(cube, n_train, n_test, hidden, seeds, budgets, objectives=args.objectives,
-               checkpoint_dir=args.checkpoint_dir, device=device)
+               checkpoint_dir=args.checkpoint_dir, device=device, d2_weight=args.d2_weight)
     report(summarize(runs))
     if args.out:
         meta = {"command": command_line(argv, __file__),
                 "view": view, "n_train": n_train, "n_test": n_test, "hidden": list(hidden), "seeds": seeds,
                 "budgets": {k: {"epochs": e, "seconds": s} for k, (e, s) in budgets.items() if k in args.objectives},
-                "objectives": {k: list(v.names) + [f"weights {[t.weight for t in v.terms]}"] for k, v in OBJECTIVES.items()
-                               if k in args.objectives},
+                "d2_weight": args.d2_weight,
+                "objectives": {k: list(v.names) + [f"weights {[t.weight for t in v.terms]}"]
+                               for k, v in build_objectives(args.d2_weight).items() if k in args.objectives},
                 **machine_info(device)}
         write(args.out, meta, runs, figure=not args.no_figure)
     return 0

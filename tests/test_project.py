@@ -235,6 +235,31 @@ def test_accuracy_benchmark_converged_view_combines_parts(tmp_path):
         mod["main"](["--combine", str(parts[0]), str(parts[0])])
 
 
+def test_accuracy_benchmark_network_and_d2_weight_are_settings(tmp_path, capsys):
+    mod = runpy.run_path(str(ROOT / "benchmarks" / "accuracy.py"))
+    built = mod["build_objectives"](0.1)
+    assert [t.weight for t in built["second"].terms] == [1.0, 1.0, 0.1]
+    assert built["second_d2r1"].terms[2].weight == 0.1 and built["second_g2"].terms[2].weight == 0.1
+    assert [t.weight for t in mod["OBJECTIVES"]["second"].terms] == [1.0, 1.0, mod["D2_WEIGHT"]]
+    parts = []
+    for extra in ([], ["--hidden", "6", "5", "--d2-weight", "0.1"]):
+        parts.append(tmp_path / f"p{len(parts)}.json")
+        argv = ["--quick", "--epochs", "1", "1", "1", "--objectives", "second", "--no-figure", "--out", str(parts[-1])]
+        assert mod["main"](argv + extra) == 0
+    meta = json.loads(parts[1].read_text())["meta"]
+    assert meta["hidden"] == [6, 5] and meta["d2_weight"] == 0.1
+    assert meta["objectives"]["second"][-1] == "weights [1.0, 1.0, 0.1]"
+    capsys.readouterr()
+    with pytest.raises(SystemExit):  # other networks and weights are not seeds of one experiment
+        mod["main"](["--combine", *map(str, parts)])
+    assert "--combine: the files mix hidden" in capsys.readouterr().err
+    for bad, message in ((["--hidden", "4", "0"], "--hidden: every width must be a positive integer"),
+                         (["--d2-weight", "0"], "--d2-weight must be a positive finite number")):
+        with pytest.raises(SystemExit):
+            mod["main"](["--quick", *bad])
+        assert message in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "content, message",
     [(None, r"--combine: cannot read \S*part\.json"), ("{", r"--combine: cannot read \S*part\.json"),
