@@ -262,7 +262,9 @@ def test_demo_says_when_the_machine_is_busy(tmp_path, capsys, monkeypatch):
         assert fit(None, 2, 2) == 2 and fit(0.2, 2, 2) == 2 and fit(1.0, 2, 2) == 1 and fit(2.0, 16, 16) == 14
         assert fit(9.0, 8, 4) == 1
         # --threads given: used as given, busy or not.
-        status = main(["demo", "--quick", "--out", str(tmp_path / "d2"), "--no-progress", "--threads", "2"])
+        # (One objective from here on: the threads do not depend on it, and each one trains for seconds.)
+        status = main(["demo", "--quick", "--out", str(tmp_path / "d2"), "--no-progress", "--threads", "2",
+                       "--objectives", "value"])
         torch.set_num_threads(threads)  # --threads set it for the process
         assert status == 0
         text = capsys.readouterr().out
@@ -270,7 +272,7 @@ def test_demo_says_when_the_machine_is_busy(tmp_path, capsys, monkeypatch):
         assert json.loads((tmp_path / "d2" / "results.json").read_text())["machine"]["torch_threads"] == 2
         # OMP_NUM_THREADS chooses too: the note, but the threads are kept.
         monkeypatch.setenv("OMP_NUM_THREADS", "2")
-        assert main(["demo", "--quick", "--out", str(tmp_path / "d3"), "--no-progress"]) == 0
+        assert main(["demo", "--quick", "--out", str(tmp_path / "d3"), "--no-progress", "--objectives", "value"]) == 0
         text = capsys.readouterr().out
         assert "note: this machine is busy" in text and "instead of" not in text
         assert json.loads((tmp_path / "d3" / "results.json").read_text())["machine"]["torch_threads"] == 2

@@ -433,7 +433,7 @@ def visibility_margin(cube: Cube, points: torch.Tensor) -> torch.Tensor:
     return (shoelace(theta).abs() / grad.norm(dim=-1).clamp_min(1e-300)).min(-1).values
 
 
-@settings(max_examples=4, deadline=None)
+@settings(max_examples=3, deadline=None)
 @given(st.integers(0, 2**32))
 @example(247289)
 def test_arbitrary_rotations_any_number_of_visible_faces(seed):
@@ -444,8 +444,6 @@ def test_arbitrary_rotations_any_number_of_visible_faces(seed):
     pixel next to a projected corner, and it is torch.func's nested jvp through the image that
     is ill-conditioned there: under relative perturbations of 1e-13 of the pose its value at
     that pixel moves by 2.8e-8 (1.1e-10 of the scale), the analytic jets' by 3.6e-11."""
-    from hypothesis import assume
-
     from manifoldtrain.testing import check_default_jets, check_finite_differences
 
     points = WIDE.sample(2, torch.Generator().manual_seed(seed), dtype=torch.float64)
@@ -453,9 +451,14 @@ def test_arbitrary_rotations_any_number_of_visible_faces(seed):
     assert (WIDE.input(points, zero) - WIDE.reference_input(points, zero)).abs().max() < 1e-13
     check_default_jets(WIDE, points, rtol=(1e-12, 1e-10, 1e-9))
     # Finite differences (steps up to 1e-2 per coordinate) are only meaningful where no face
-    # turns edge-on within the stencil; see test_edge_on_face_is_not_differentiable.
-    assume(bool((visibility_margin(WIDE, points) > 0.05).all()))
-    check_finite_differences(WIDE, points, rtol=(1e-12, 1e-8, 1e-7))
+    # turns edge-on within the stencil; see test_edge_on_face_is_not_differentiable. The poses
+    # too close to edge-on are left out of this check, not the example (an assume() here threw
+    # away 3 in 5 examples after their costly check above; both of the pinned seed's pass).
+    clear = visibility_margin(WIDE, points) > 0.05
+    if seed == 247289:
+        assert bool(clear.all())
+    if clear.any():
+        check_finite_differences(WIDE, points[clear], rtol=(1e-12, 1e-8, 1e-7))
 
 
 def test_edge_on_face_is_not_differentiable():
