@@ -65,7 +65,7 @@ from manifoldtrain.nn import MLPConfig, build_model
 from manifoldtrain.objectives import DerivativeTerm, Objective, ValueTerm
 from manifoldtrain.training import Trainer, TrainConfig
 
-D2_WEIGHT = 0.03  # Objective.second_order's default weight of the second-order term
+D2_WEIGHT = Objective.second_order().terms[2].weight  # the library default (0.03), read, not repeated
 
 
 def build_objectives(d2_weight: float = D2_WEIGHT) -> dict[str, Objective]:
