@@ -268,9 +268,11 @@ def main(argv=None) -> int:
         cube, n_train, n_test, hidden, seeds = Cube(), 2000, 1000, (256, 256, 256), [0, 1, 2]
     seeds = seeds if args.seeds is None else args.seeds
     if args.hidden is not None:
-        if any(w < 1 for w in args.hidden):
-            parser.error(f"--hidden: every width must be a positive integer, got {args.hidden}")
         hidden = tuple(args.hidden)
+        try:  # the library's own check of widths (positive, at most nn.MAX_WIDTH), before any data is rendered
+            MLPConfig(hidden=hidden)
+        except ValueError as err:
+            parser.error(f"--hidden: {str(err).removeprefix('hidden: ')}")
     if not (args.d2_weight > 0 and args.d2_weight < float("inf")):
         parser.error(f"--d2-weight must be a positive finite number, got {args.d2_weight}")
     n_train = n_train if args.n_train is None else args.n_train

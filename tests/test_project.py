@@ -253,7 +253,8 @@ def test_accuracy_benchmark_network_and_d2_weight_are_settings(tmp_path, capsys)
     with pytest.raises(SystemExit):  # other networks and weights are not seeds of one experiment
         mod["main"](["--combine", *map(str, parts)])
     assert "--combine: the files mix hidden" in capsys.readouterr().err
-    for bad, message in ((["--hidden", "4", "0"], "--hidden: every width must be a positive integer"),
+    for bad, message in ((["--hidden", "4", "0"], "--hidden: expected a non-empty list of positive ints, got [4, 0]"),
+                         (["--hidden", "4", str(10**9)], "--hidden: expected widths <= "),
                          (["--d2-weight", "0"], "--d2-weight must be a positive finite number")):
         with pytest.raises(SystemExit):
             mod["main"](["--quick", *bad])
