@@ -56,7 +56,7 @@ from pathlib import Path
 
 import torch
 
-from manifoldtrain.data import generate_jets
+from manifoldtrain.data import generate_jets, split_index
 from manifoldtrain.evaluation import evaluate
 from manifoldtrain.devices import device_argument
 from manifoldtrain.records import command_line, machine_info, write_text_atomic
@@ -99,8 +99,17 @@ def run(cube, n_train, n_test, hidden, seeds, budgets, objectives=tuple(OBJECTIV
     for seed in seeds:
         # Rendered on the device, then kept on the CPU like any data set: the Trainer copies the
         # training jets to the model's device once, evaluate() moves test batches.
-        data = generate_jets(cube, n_train + n_test, seed=1000 + seed, progress=progress, device=device).to("cpu")
+        # Jets up to the order the objectives read (values alone for value training: a 56000-sample
+        # value run needs 0.4 GB, not 11 GB); the test set at order 2 always, for the derivative
+        # errors every run reports: the same samples, rendered alone (generate_jets' index).
+        order = max(built[name].max_order for name in objectives)
+        data = generate_jets(cube, n_train + n_test, seed=1000 + seed, order=order, progress=progress,
+                             device=device).to("cpu")
         train, test = data.split(n_test, seed=seed)
+        del data
+        if order < 2:
+            test = generate_jets(cube, n_train + n_test, seed=1000 + seed, progress=progress, device=device,
+                                 index=split_index(n_train + n_test, n_test, seed)[1]).to("cpu")
         for name in objectives:
             epochs, seconds = budgets[name]
             model = build_model(MLPConfig(hidden=hidden), train.inputs.value, train.targets.value, seed=seed).to(device)

@@ -57,6 +57,27 @@ def _max_difference(a: dict, b: dict) -> float:
     return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
 
 
+def test_one_side_of_a_split_rendered_alone_is_that_side_of_the_whole(cube64):
+    """generate_jets(index=) against the obvious path: render all, then subset; also at a
+    higher order than the rest of the data, the use it exists for (accuracy.py's value-only
+    runs keep an order-2 test set)."""
+    from manifoldtrain.data import split_index
+
+    train, test = cube64.split(12, seed=4)
+    train_index, test_index = split_index(30, 12, seed=4)
+    assert sorted(train_index.tolist() + test_index.tolist()) == list(range(30))
+    alone = generate_jets(SMALL, 30, seed=1, dtype=torch.float64, progress=False, index=test_index)
+    assert alone.meta == test.meta and torch.equal(alone.points, test.points)
+    for name, x in _arrays(test).items():
+        torch.testing.assert_close(_arrays(alone)[name], x, rtol=1e-12, atol=1e-12, msg=name)
+    low = generate_jets(SMALL, 30, seed=1, dtype=torch.float64, order=0, progress=False).split(12, seed=4)[0]
+    torch.testing.assert_close(low.targets.value, train.targets.value, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match=r"index: expected entries in \[0, 30\)"):
+        generate_jets(SMALL, 30, index=torch.tensor([30]), progress=False)
+    with pytest.raises(TypeError, match="index: expected dtype int64"):
+        generate_jets(SMALL, 30, index=torch.tensor([1.0]), progress=False)
+
+
 # ----------------------------------------------------------------- the sharded cache
 
 

@@ -235,6 +235,22 @@ def test_accuracy_benchmark_converged_view_combines_parts(tmp_path):
         mod["main"](["--combine", str(parts[0]), str(parts[0])])
 
 
+def test_accuracy_benchmark_value_runs_render_values_only_and_score_the_same(tmp_path):
+    """A value-only run renders order-0 training jets and its order-2 test set alone; it must
+    train and score the value network as the run that renders everything at order 2."""
+    mod = runpy.run_path(str(ROOT / "benchmarks" / "accuracy.py"))
+    results = []
+    for objectives in (["value"], ["value", "second"]):
+        out = tmp_path / f"{len(objectives)}.json"
+        assert mod["main"](["--quick", "--epochs", "3", "2", "1", "--objectives", *objectives, "--out", str(out),
+                            "--no-figure"]) == 0
+        results.append(next(r for r in json.loads(out.read_text())["runs"] if r["objective"] == "value"))
+    alone, together = results
+    for key in ("test_rmse", "test_rmse_d1", "test_rmse_d2", "train_rmse"):
+        assert alone[key] == pytest.approx(together[key], rel=1e-5), key
+    assert math.isfinite(alone["test_rmse_d2"])
+
+
 def test_accuracy_benchmark_network_and_d2_weight_are_settings(tmp_path, capsys):
     mod = runpy.run_path(str(ROOT / "benchmarks" / "accuracy.py"))
     built = mod["build_objectives"](0.1)

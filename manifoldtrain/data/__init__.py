@@ -69,13 +69,14 @@ generation have the same fingerprint.
 
 from manifoldtrain.data.cache import cached_jets, load_jets, save_jets
 from manifoldtrain.data.dataset import (JetDataset, check_cache_matches, check_dataset, fingerprint, generate_jets,
+                                        split_index,
                                         manifold_description)
 from manifoldtrain.data.format import (DEFAULT_SHARD_SIZE, FORMAT, FORMAT_VERSION, SHARD_META, SHARDS_FORMAT, SHARDS_VERSION,
                                        check_cache_target, is_jet_cache, shard_name)
 from manifoldtrain.data.shards import JetCache, ShardReport, generate_shards, save_shards
 from manifoldtrain.data.statistics import LossScales, streamed_scales
 
-__all__ = ["JetDataset", "generate_jets", "load_jets", "save_jets", "cached_jets", "fingerprint", "is_jet_cache",
+__all__ = ["JetDataset", "generate_jets", "split_index", "load_jets", "save_jets", "cached_jets", "fingerprint", "is_jet_cache",
            "check_cache_target", "JetCache", "generate_shards", "save_shards", "ShardReport", "DEFAULT_SHARD_SIZE",
            "check_dataset", "check_cache_matches", "manifold_description", "LossScales", "streamed_scales", "shard_name", "FORMAT",
            "FORMAT_VERSION", "SHARDS_FORMAT", "SHARDS_VERSION", "SHARD_META"]

@@ -107,14 +107,31 @@ class JetDataset:
         the same split.
         """
         check_int("n_test", n_test, minimum=0, maximum=len(self))
-        check_int("seed", seed, minimum=0)
-        perm = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
-        test, train = perm[:n_test].sort().values, perm[n_test:].sort().values
+        train, test = split_index(len(self), n_test, seed)
         return self.subset(train), self.subset(test)
 
     def to(self, *args, **kwargs) -> JetDataset:
         """Move or cast every array, as :meth:`torch.Tensor.to`."""
         return JetDataset(self.points.to(*args, **kwargs), self.inputs.to(*args, **kwargs), self.targets.to(*args, **kwargs), dict(self.meta))
+
+
+def split_index(n: int, n_test: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(train, test)``: the sorted indices :meth:`JetDataset.split` gives ``n`` samples.
+
+    ``test`` is a random ``n_test`` of ``range(n)`` drawn with
+    ``torch.Generator().manual_seed(seed)``, ``train`` the rest; both are int64 ``[k]``.
+    With :func:`generate_jets`' ``index`` it renders one side of a split alone (e.g. a test
+    set at a higher order than the training set).
+
+    >>> train, test = split_index(5, 2, seed=0)
+    >>> sorted(train.tolist() + test.tolist())
+    [0, 1, 2, 3, 4]
+    """
+    check_int("n", n, minimum=0)
+    check_int("n_test", n_test, minimum=0, maximum=n)
+    check_int("seed", seed, minimum=0)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[n_test:].sort().values, perm[:n_test].sort().values
 
 
 def generate_jets(
@@ -128,6 +145,7 @@ def generate_jets(
     batch_size: int = 256,
     device: torch.device | str | None = None,
     progress: bool = True,
+    index: torch.Tensor | None = None,
 ) -> JetDataset:
     """Draw ``n`` points with ``seed`` and compute their jets in batches, with a progress bar.
 
@@ -135,6 +153,12 @@ def generate_jets(
     (default float32, relative error ~1e-7 on the stored jets), on ``device`` (default CPU).
     Jets holding NaN or infinite values (in ``dtype``) are refused with a ValueError naming
     the sample and its point.
+
+    ``index`` (int64 ``[k]``, entries in ``[0, n)``) computes the jets of those of the ``n``
+    drawn points alone, at the cost of ``k`` samples (e.g. one side of :func:`split_index`):
+    the result is ``generate_jets(manifold, n, ...).subset(index)``, the same points and meta,
+    with jets equal to float64 rounding before they are stored in ``dtype`` (the batches
+    differ, so an entry may differ in its last bit of ``dtype``).
     """
     from tqdm.auto import tqdm
 
@@ -145,11 +169,19 @@ def generate_jets(
     check_int("batch_size", batch_size, minimum=1)
     dtype_name("dtype", dtype)
     dtype_name("compute_dtype", compute_dtype)
+    if index is not None:
+        check_tensor("index", index, shape=[None], float_dtype=False, finite=False)
+        if index.dtype != torch.int64:
+            raise TypeError(f"index: expected dtype int64, got {index.dtype}")
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= n):
+            raise ValueError(f"index: expected entries in [0, {n}) (n), got {int(index.min())} to {int(index.max())}")
     points = manifold.sample(n, torch.Generator().manual_seed(seed), dtype=compute_dtype, device=device)
+    if index is not None:
+        points = points[index.to(points.device)]
     check_finite_points(points.to(dtype), f"{type(manifold).__name__}.sample gave")
     parts_in: list[list[torch.Tensor]] = []
     parts_out: list[list[torch.Tensor]] = []
-    with tqdm(total=n, desc=f"jets of {type(manifold).__name__}", unit="sample", disable=not progress, leave=False) as bar:
+    with tqdm(total=len(points), desc=f"jets of {type(manifold).__name__}", unit="sample", disable=not progress, leave=False) as bar:
         for k, chunk in enumerate(points.split(batch_size)):
             x, y = manifold.jets(chunk, order)
             parts_in.append([c.to(dtype) for c in x.components()])
