@@ -551,12 +551,13 @@ def test_robustness_converged_plan_only_and_shared_work_folder(tmp_path):
     os.utime(log, (0, 0))  # a log from long ago, no learning curve: a stopped run, to resume
     assert not mod["_taken"](tmp_path, run)
     mod["part_path"](tmp_path, *run).parent.mkdir()
-    mod["part_path"](tmp_path, *run).write_text('{"epochs": 800}')
+    default = settings["epochs"]["second"]
+    mod["part_path"](tmp_path, *run).write_text(json.dumps({"epochs": default}))
     assert mod["_taken"](tmp_path, run)
     # A part of another epoch budget is not silently kept as if it were this one's.
     assert mod["budget_mismatches"](tmp_path, settings) == []
-    with pytest.raises(SystemExit, match="s0-w128-second.json: 800 epochs, asked for 1600"):
-        mod["run_all"](tmp_path, dict(settings, epochs={"value": 1000, "second": 1600}), 1, 1, [])
+    with pytest.raises(SystemExit, match=f"s0-w128-second.json: {default} epochs, asked for {2 * default}"):
+        mod["run_all"](tmp_path, dict(settings, epochs={"value": 1000, "second": 2 * default}), 1, 1, [])
 
 
 def test_robustness_converged_reuse_takes_only_the_same_runs(tmp_path):
@@ -570,7 +571,7 @@ def test_robustness_converged_reuse_takes_only_the_same_runs(tmp_path):
         part = {"objective": name, "strength": None, "epochs": base["epochs"][budget],
                 "settings": mod["_plain"](base)}
         mod["write_json"](mod["part_path"](src, 0, 128, name, None), part)
-    longer = dict(base, epochs={"value": 1000, "second": 1600})
+    longer = dict(base, epochs={"value": 1000, "second": 2 * base["epochs"]["second"]})
     work = tmp_path / "w"
     # The value run is the same run at either second-order budget; the second-order run is not.
     assert mod["reuse_parts"](work, longer, [src]) == ["s0-w128-value.json"]
