@@ -14,7 +14,10 @@ Per width and seed it trains
 * ``value``;
 * ``invariance-noise`` and ``invariance-jacobian`` over a sweep of strengths (the conventional
   baseline: noise augmentation with the clean target, and the Jacobian penalty of Hoffman et
-  al. 2019);
+  al. 2019); with ``--adversarial-strengths``, ``invariance-adversarial`` too (adversarial
+  training with the clean target, Madry et al. 2018: 3 steps of projected gradient ascent in
+  the L2 ball of that radius per training step; not in the default plan yet, so that the
+  default reproduces the published table until its runs are in);
 * the controls: ``second`` (second-order derivative training alone) and ``second-jacobian``
   (second order plus the Jacobian penalty at ``--control-strength``), so the oracle term's own
   effect is visible against both derivative training and derivative training with invariance;
@@ -97,13 +100,14 @@ HERE = Path(__file__).resolve().parent
 FULL = dict(
     n_train=1000, n_test=200, validation=0.2, widths=(128, 256, 512), seeds=(0, 1, 2),
     epochs={"value": 1000, "second": 1600},
-    noise_strengths=(0.01, 0.03, 0.1, 0.3, 1.0), jacobian_strengths=(0.03, 0.1, 0.3, 1.0),
+    noise_strengths=(0.01, 0.03, 0.1, 0.3, 1.0), jacobian_strengths=(0.03, 0.1, 0.3, 1.0), adversarial_strengths=(),
     oracle_random_strengths=(1.0,), oracle_hessian_strengths=(0.3, 1.0), control_strength=0.1, control_seeds=None,
     eval_samples=100, attack_samples=30, attack_steps=5, budgets=(0.1, 0.3, 1.0), noise_levels=(0.003, 0.01, 0.03),
 )
 QUICK = dict(
     FULL, n_train=40, n_test=8, widths=(8,), seeds=(0,), epochs={"value": 2, "second": 1},
-    noise_strengths=(0.03,), jacobian_strengths=(0.1,), oracle_random_strengths=(1.0,), oracle_hessian_strengths=(1.0,),
+    noise_strengths=(0.03,), jacobian_strengths=(0.1,), adversarial_strengths=(0.3,), oracle_random_strengths=(1.0,),
+    oracle_hessian_strengths=(1.0,),
     eval_samples=4, attack_samples=2, attack_steps=1, budgets=(0.3,), noise_levels=(0.01,),
 )
 #: objective -> (family in the summary, which epoch budget, which strengths)
@@ -111,6 +115,7 @@ RUNS = {
     "value": ("invariance", "value", None),
     "invariance-noise": ("invariance", "value", "noise_strengths"),
     "invariance-jacobian": ("invariance", "value", "jacobian_strengths"),
+    "invariance-adversarial": ("invariance", "value", "adversarial_strengths"),
     "second": ("control", "second", None),
     "second-jacobian": ("control", "second", "control_strength"),
     "oracle-random": ("oracle", "second", "oracle_random_strengths"),
@@ -126,8 +131,8 @@ def suite_config(settings: dict, width: int, seed: int) -> SuiteConfig:
     control = SuiteObjective("second-jacobian", _second_jacobian, family="invariance")  # a strength; family unused here
     return SuiteConfig(
         n_train=settings["n_train"], n_test=settings["n_test"], widths=(width,), seed=seed, progress=False,
-        objectives=("value", "second", "invariance-noise", "invariance-jacobian", "oracle-random", "oracle-hessian",
-                    control))
+        objectives=("value", "second", "invariance-noise", "invariance-jacobian", "invariance-adversarial", "oracle-random",
+                    "oracle-hessian", control))
 
 
 def plan(settings: dict) -> list[tuple[int, int, str, float | None]]:
@@ -462,6 +467,9 @@ def main(argv=None) -> int:
     ap.add_argument("--only", nargs="+", default=None, metavar="RUN",
                     help="train only these runs: an objective (oracle-hessian) or an objective and strength "
                          "(oracle-hessian-1)")
+    ap.add_argument("--adversarial-strengths", type=float, nargs="+", default=None, metavar="EPS",
+                    help="also train invariance-adversarial at these L2 radii (default: none; e.g. 0.1 0.3 1); a "
+                         "seed counts as complete only with these runs too, so summarise with the same option")
     ap.add_argument("--value-epochs", type=int, default=None,
                     help=f"epoch budget of the value-based runs (default {FULL['epochs']['value']})")
     ap.add_argument("--second-epochs", type=int, default=None,
@@ -481,7 +489,7 @@ def main(argv=None) -> int:
     passed = []
     if args.quick:
         passed.append("--quick")
-    for key in ("widths", "seeds", "control_seeds", "only"):
+    for key in ("widths", "seeds", "control_seeds", "only", "adversarial_strengths"):
         if getattr(args, key) is not None:
             settings[key] = tuple(getattr(args, key))
             passed += [f"--{key.replace('_', '-')}", *map(str, getattr(args, key))]

@@ -185,7 +185,8 @@ def plot_history(records: list[dict], path: str | os.PathLike, *, title: str = "
 
 
 _OBJECTIVE_COLORS = {"value": "tab:blue", "second": "tab:green", "invariance-noise": "tab:orange",
-                     "invariance-jacobian": "tab:red", "oracle-random": "tab:purple", "oracle-hessian": "tab:brown"}
+                     "invariance-jacobian": "tab:red", "invariance-adversarial": "tab:pink", "oracle-random": "tab:purple",
+                     "oracle-hessian": "tab:brown"}
 
 
 def plot_tradeoff(runs: list[dict], path: str | os.PathLike, *, title: str = "",

@@ -25,7 +25,8 @@ from manifoldtrain.manifolds import Cube, PhaseRetrieval
 from manifoldtrain.nn import ACTIVATIONS, ConvNetConfig, MLPConfig
 from manifoldtrain.data.sources import DataSource, InMemorySource, OnTheFlySource, ShardedCacheSource
 from manifoldtrain.objectives import (
-    DerivativeTerm, HessianOracleTerm, JacobianInvarianceTerm, NoiseInvarianceTerm, OracleTerm, Term, ValueTerm,
+    AdversarialInvarianceTerm, DerivativeTerm, HessianOracleTerm, JacobianInvarianceTerm, NoiseInvarianceTerm, OracleTerm,
+    Term, ValueTerm,
 )
 
 __all__ = ["Registry", "MANIFOLDS", "MODELS", "ACTIVATIONS", "TERMS", "SOURCES", "settings_table", "manifold_of",
@@ -46,11 +47,12 @@ MODELS.register("convnet", ConvNetConfig)
 #: module that builds the networks owns its table, and this one names it beside the others.
 
 #: Objective terms by name: ``value``, ``derivative``, ``invariance-noise``,
-#: ``invariance-jacobian``, ``oracle``, ``oracle-hessian``.
+#: ``invariance-adversarial``, ``invariance-jacobian``, ``oracle``, ``oracle-hessian``.
 TERMS = Registry("term", Term)
 TERMS.register("value", ValueTerm)
 TERMS.register("derivative", DerivativeTerm)
 TERMS.register("invariance-noise", NoiseInvarianceTerm)
+TERMS.register("invariance-adversarial", AdversarialInvarianceTerm)
 TERMS.register("invariance-jacobian", JacobianInvarianceTerm)
 TERMS.register("oracle", OracleTerm)
 TERMS.register("oracle-hessian", HessianOracleTerm)

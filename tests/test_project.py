@@ -431,7 +431,7 @@ def test_robustness_converged_benchmark_quick(tmp_path, capsys):
     out = tmp_path / "summary.json"
     assert mod["main"](["--quick", "--work", str(tmp_path / "w"), "--out", str(out)]) == 0
     parts = sorted((tmp_path / "w" / "parts").glob("*.json"))
-    assert len(parts) == len(mod["plan"](mod["QUICK"])) == 7
+    assert len(parts) == len(mod["plan"](mod["QUICK"])) == 8  # invariance-adversarial too
     part = json.loads(parts[0].read_text())
     assert {"test_rmse", "amplification", "validation_rmse", "validation_amplification", "reference_amplification",
             "adversarial_error", "best_epoch"} <= set(part)

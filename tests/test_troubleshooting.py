@@ -784,7 +784,7 @@ CASES: list[Case] = [
         "toml-unknown-term", "TOML",
         "[[objective.terms]] kind = \"third\"",
         "ValueError: objective.terms[0].kind: unknown term 'third'; expected one of ['derivative', 'invariance-"
-        "jacobian', 'invariance-noise', 'oracle', ...",
+        "adversarial', 'invariance-jacobian', 'invariance-noise', ...",
         "CLEAR",
         toml('[[objective.terms]]\nkind = "third"\n', (TypeError, ValueError), r"third"),
     ),

@@ -4,8 +4,8 @@
 :class:`Batch`), the training data's statistics (:class:`LossScales`) and the
 :class:`Objective`; :mod:`manifoldtrain.objectives.fitting` the fitting terms
 (:class:`ValueTerm`, :class:`DerivativeTerm`); :mod:`manifoldtrain.objectives.robust` the
-robustness terms (:class:`NoiseInvarianceTerm`, :class:`JacobianInvarianceTerm`: the
-conventional invariance baseline; :class:`OracleTerm`, :class:`HessianOracleTerm`: oracle
+robustness terms (:class:`NoiseInvarianceTerm`, :class:`AdversarialInvarianceTerm`,
+:class:`JacobianInvarianceTerm`: the conventional invariance baseline; :class:`OracleTerm`, :class:`HessianOracleTerm`: oracle
 training).
 
 Balancing the orders
@@ -29,9 +29,11 @@ from manifoldtrain.data.statistics import LossScales
 from manifoldtrain.objectives.core import Batch, Rows, Term, random_directions
 from manifoldtrain.objectives.fitting import DerivativeTerm, ValueTerm
 from manifoldtrain.objectives.objective import Objective
-from manifoldtrain.objectives.robust import HessianOracleTerm, JacobianInvarianceTerm, NoiseInvarianceTerm, OracleTerm
+from manifoldtrain.objectives.robust import (
+    AdversarialInvarianceTerm, HessianOracleTerm, JacobianInvarianceTerm, NoiseInvarianceTerm, OracleTerm,
+)
 
 __all__ = [
     "Term", "Rows", "Batch", "ValueTerm", "DerivativeTerm", "Objective", "LossScales", "random_directions",
-    "NoiseInvarianceTerm", "JacobianInvarianceTerm", "OracleTerm", "HessianOracleTerm",
+    "NoiseInvarianceTerm", "AdversarialInvarianceTerm", "JacobianInvarianceTerm", "OracleTerm", "HessianOracleTerm",
 ]

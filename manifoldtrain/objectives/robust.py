@@ -4,6 +4,9 @@ Each term perturbs the input by :math:`\\delta` and says what the network's answ
 
 * :class:`NoiseInvarianceTerm`: noise augmentation with the clean target,
   :math:`\\lVert N(x + \\delta) - y \\rVert^2`, i.e. the answer must not change;
+* :class:`AdversarialInvarianceTerm`: its worst case, adversarial training with the clean
+  target (Madry et al., 2018): :math:`\\max_{\\lVert \\delta \\rVert_2 \\le \\epsilon}
+  \\lVert N(x + \\delta) - y \\rVert^2` by projected gradient ascent;
 * :class:`JacobianInvarianceTerm`: its first-order form, the Jacobian penalty
   :math:`\\lVert N'(x)\\, \\delta \\rVert^2` along random directions (Hoffman et al., 2019, who
   project on random *output* directions with a ``vjp``; here the directions are in the input
@@ -34,7 +37,10 @@ O(\\sigma^4)` (:math:`\\Delta N_i` the Laplacian of output :math:`i`), so the tw
 ``strength`` is :math:`\\sigma`, a noise level per input entry (the noise level of the
 evaluation protocol): :math:`\\delta` has L2 norm about :math:`\\sigma \\sqrt{N}` (41
 :math:`\\sigma` on the 41x41 cube). For :class:`HessianOracleTerm` it is the **L2 norm** of
-:math:`\\delta = \\sigma v` itself, not a per-entry level. At equal ``strength`` the two
+:math:`\\delta = \\sigma v` itself, not a per-entry level, and for
+:class:`AdversarialInvarianceTerm` the L2 radius of the ball, like the budgets of
+:func:`~manifoldtrain.robustness.adversarial_error`: the worst-case terms and the attack share
+their units. At equal ``strength`` the two
 oracle terms' means are :math:`\\sigma^2 \\lVert E \\rVert_F^2 / m` and
 :math:`\\sigma^2 \\lVert E \\rVert_2^2 / m` (one direction), which differ by
 :math:`\\lVert E \\rVert_F^2 / \\lVert E \\rVert_2^2`: 1.25-2.0 (median 1.5) on a random
@@ -57,8 +63,10 @@ variance is measured, its effect on training is not.
 Every term is divided by the variance of the training targets, like
 :class:`~manifoldtrain.objectives.ValueTerm`, so that weight 1 weighs it like the value loss.
 Costs per sample and step, in passes of the network (``benchmarks/train_speed.py`` measures them):
-noise ``k`` forward and backward passes; Jacobian and oracle ``k`` jet rows in the shared pass
-(order 2: ``2k``); Hessian-aligned ``k`` rows plus ``iterations x k`` ``vjp`` and ``jvp``.
+noise ``k`` forward and backward passes; adversarial ``steps`` forward and input-gradient passes
+(on detached parameters) plus one forward and backward; Jacobian and oracle ``k`` jet rows in
+the shared pass (order 2: ``2k``); Hessian-aligned ``k`` rows plus ``iterations x k`` ``vjp``
+and ``jvp``.
 """
 
 from __future__ import annotations
@@ -69,10 +77,11 @@ import torch
 from manifoldtrain._validation import attrs_validator, check_float, check_int
 from manifoldtrain.objectives.core import Batch, LossScales, Rows, Term
 from manifoldtrain.objectives.fitting import MAX_WEIGHT
-from manifoldtrain.robustness.operator import ErrorOperator, spectral_norm
+from manifoldtrain.robustness.operator import ErrorOperator, detached, spectral_norm
 from manifoldtrain.robustness.oracle import LinearisedOracle
 
-__all__ = ["NoiseInvarianceTerm", "JacobianInvarianceTerm", "OracleTerm", "HessianOracleTerm", "gaussian_perturbations"]
+__all__ = ["NoiseInvarianceTerm", "AdversarialInvarianceTerm", "JacobianInvarianceTerm", "OracleTerm", "HessianOracleTerm",
+           "gaussian_perturbations", "pgd_perturbations"]
 
 
 def gaussian_perturbations(batch: Batch, k: int, strength: float) -> torch.Tensor:
@@ -145,6 +154,86 @@ class NoiseInvarianceTerm(_RobustTerm):
         noisy = x.unsqueeze(1) + gaussian_perturbations(batch, self.samples, self.strength)
         out = batch.model(noisy.reshape(-1, *x.shape[1:])).reshape(len(x), self.samples, *batch.targets.shape)
         return (out - batch.targets.value.unsqueeze(1)).pow(2).mean()
+
+
+def pgd_perturbations(fn, x: torch.Tensor, y: torch.Tensor, radius: float, steps: int,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+    """Perturbations :math:`\\delta` ``[n, *input_shape]`` with :math:`\\lVert \\delta \\rVert_2 \\le`
+    ``radius`` per sample that make :math:`\\lVert f(x + \\delta) - y \\rVert^2` large: projected
+    gradient ascent (Madry et al., 2018) from a random start uniform in radius along a Gaussian
+    direction (drawn on the CPU with ``generator``), ``steps`` normalised gradient steps of length
+    :math:`2.5\\, \\epsilon / \\text{steps}`, each projected back on the ball. The ascent
+    is on ``fn``'s input only: pass a function with detached parameters
+    (:func:`~manifoldtrain.robustness.operator.detached`). Returned detached.
+
+    Examples
+    --------
+    >>> import torch
+    >>> A = torch.tensor([[3.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    >>> x, y = torch.zeros(1, 2, dtype=torch.float64), torch.zeros(1, 2, dtype=torch.float64)
+    >>> d = pgd_perturbations(lambda t: t @ A.T, x, y, 0.5, 10, torch.Generator().manual_seed(0))
+    >>> round(float(d.norm()), 6), round(float(d[0, 0].abs()), 3)  # on the sphere, along A's top direction
+    (0.5, 0.5)
+    """
+    n = x.shape[0]
+    ball = lambda t: t.reshape(n, *([1] * (x.dim() - 1)))  # noqa: E731
+    norm = lambda t: t.reshape(n, -1).norm(dim=1)  # noqa: E731
+    g = torch.randn(x.shape, generator=generator, dtype=torch.float64)
+    r = torch.rand(n, generator=generator, dtype=torch.float64)
+    g, r = g.to(dtype=x.dtype, device=x.device), r.to(dtype=x.dtype, device=x.device)
+    delta = g * ball(radius * r / norm(g).clamp_min(1e-30))
+    step = 2.5 * radius / max(steps, 1)
+    x = x.detach()
+    for _ in range(steps):
+        with torch.enable_grad():
+            delta = delta.detach().requires_grad_(True)
+            loss = (fn(x + delta) - y.detach()).pow(2).sum()
+            (grad,) = torch.autograd.grad(loss, delta)
+        delta = delta.detach() + step * grad / ball(norm(grad).clamp_min(1e-30))
+        delta = delta * ball((radius / norm(delta).clamp_min(1e-30)).clamp(max=1.0))
+    return delta.detach()
+
+
+@attrs.frozen
+class AdversarialInvarianceTerm(_RobustTerm):
+    """Adversarial training with the clean target: :math:`\\lVert N(x + \\delta^*) - y \\rVert^2`,
+    :math:`\\delta^*` the worst perturbation in the L2 ball of radius :math:`\\epsilon` that
+    ``steps`` of projected gradient ascent find (:func:`pgd_perturbations`, on the network with
+    its parameters detached; the loss then trains the network at :math:`x + \\delta^*`).
+
+    The conventional baseline at its strongest: the noise term's invariance asked in the worst
+    case instead of on average. Like every invariance term it asks the answer not to change,
+    which is wrong along the manifold; against :class:`HessianOracleTerm` (the worst case of
+    the error against the oracle) it is the comparison at equal effort on the worst direction.
+
+    Attributes
+    ----------
+    strength : float
+        :math:`\\epsilon` (> 0): the **L2 radius** of the ball, in input units (not a level per
+        input entry; the budgets of :func:`~manifoldtrain.robustness.adversarial_error` are the same units).
+    weight : float
+    steps : int
+        Gradient-ascent steps per training step (default 3; each a forward and an input-gradient
+        pass). 0 trains on the random start alone: noise of norm up to :math:`\\epsilon`.
+    start : float
+    scale : float or None
+        Divides the mean squared error (default: the training targets' variance).
+    """
+
+    strength: float = _strength()
+    weight: float = _weight()
+    steps: int = attrs.field(default=3, validator=attrs_validator(check_int, minimum=0))
+    start: float = _start()
+    scale: float | None = attrs.field(default=None, validator=_check_scale)
+
+    @property
+    def name(self) -> str:
+        return "invariance-adversarial"
+
+    def loss(self, batch: Batch, rows: Rows | None) -> torch.Tensor:
+        x, y = batch.inputs.value, batch.targets.value
+        delta = pgd_perturbations(detached(batch.model), x, y, self.strength, self.steps, batch.generator)
+        return (batch.model(x + delta) - y).pow(2).mean()
 
 
 @attrs.frozen

@@ -12,6 +12,8 @@ the family whose strengths it sweeps); the bundled ones, by name (:data:`OBJECTI
 
 * ``value``: values only;
 * ``invariance-noise``: values, plus noise augmentation with the clean target at ``strength``;
+* ``invariance-adversarial``: values, plus adversarial training with the clean target in the L2
+  ball of radius ``strength`` (3 gradient-ascent steps per training step);
 * ``invariance-jacobian``: values, plus the Jacobian penalty at ``strength`` (2 directions);
 * ``oracle-random``: second-order derivative training (:meth:`Objective.second_order`), plus the
   oracle term along 2 random perturbations at ``strength``;
@@ -41,7 +43,8 @@ from manifoldtrain._validation import attrs_validator, check_float, check_int, c
 from manifoldtrain.data import JetDataset
 from manifoldtrain.nn import check_hidden
 from manifoldtrain.objectives import (
-    HessianOracleTerm, JacobianInvarianceTerm, NoiseInvarianceTerm, Objective, OracleTerm, ValueTerm,
+    AdversarialInvarianceTerm, HessianOracleTerm, JacobianInvarianceTerm, NoiseInvarianceTerm, Objective, OracleTerm,
+    ValueTerm,
 )
 from manifoldtrain.records import write_json
 from manifoldtrain.manifold import Manifold
@@ -135,6 +138,8 @@ OBJECTIVES: dict[str, SuiteObjective] = {o.name: o for o in (
     SuiteObjective("value", lambda s: Objective.value()),
     SuiteObjective("second", lambda s: Objective.second_order()),
     SuiteObjective("invariance-noise", lambda s: Objective((ValueTerm(), NoiseInvarianceTerm(s))), "invariance"),
+    SuiteObjective("invariance-adversarial", lambda s: Objective((ValueTerm(), AdversarialInvarianceTerm(s, steps=3))),
+                   "invariance"),
     SuiteObjective("invariance-jacobian", lambda s: Objective((ValueTerm(), JacobianInvarianceTerm(s, directions=2))),
                    "invariance"),
     SuiteObjective("oracle-random", lambda s: _second(OracleTerm(s, directions=2)), "oracle"),
