@@ -10,7 +10,7 @@ import attrs
 import numpy as np
 import torch
 
-from manifoldtrain._validation import attrs_validator, check_float, check_int, check_tensor
+from manifoldtrain._validation import attrs_validator, check_float, check_int
 from manifoldtrain.jet import Jet, num_pairs, triu_pairs
 from manifoldtrain.manifold import Manifold
 from manifoldtrain.manifolds import _gaussian as G
@@ -971,7 +971,7 @@ ho^2/2}`.
             return images, targets
 
         # Moments of the Gaussian along each edge; the densities at the ends are separable.
-        a, dvec, h, ka, kb = field.a, field.dvec, field.h, field.ka, field.kb
+        a, dvec, h, ka = field.a, field.dvec, field.h, field.ka
         gx, gy = self.pixel_grid(dtype, device)
         qx, qy = gx[0] / sigma, gy[:, 0] / sigma
 
