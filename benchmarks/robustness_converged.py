@@ -14,10 +14,9 @@ Per width and seed it trains
 * ``value``;
 * ``invariance-noise`` and ``invariance-jacobian`` over a sweep of strengths (the conventional
   baseline: noise augmentation with the clean target, and the Jacobian penalty of Hoffman et
-  al. 2019); with ``--adversarial-strengths``, ``invariance-adversarial`` too (adversarial
-  training with the clean target, Madry et al. 2018: 3 steps of projected gradient ascent in
-  the L2 ball of that radius per training step; not in the default plan yet, so that the
-  default reproduces the published table until its runs are in);
+  al. 2019), and ``invariance-adversarial`` (adversarial training with the clean target,
+  Madry et al. 2018: 3 steps of projected gradient ascent in the L2 ball of that radius per
+  training step; L2 0.1, 0.3 and 1, the units of the attack budgets);
 * the controls: ``second`` (second-order derivative training alone) and ``second-jacobian``
   (second order plus the Jacobian penalty at ``--control-strength``), so the oracle term's own
   effect is visible against both derivative training and derivative training with invariance;
@@ -100,7 +99,7 @@ HERE = Path(__file__).resolve().parent
 FULL = dict(
     n_train=1000, n_test=200, validation=0.2, widths=(128, 256, 512), seeds=(0, 1, 2),
     epochs={"value": 1000, "second": 1600},
-    noise_strengths=(0.01, 0.03, 0.1, 0.3, 1.0), jacobian_strengths=(0.03, 0.1, 0.3, 1.0), adversarial_strengths=(),
+    noise_strengths=(0.01, 0.03, 0.1, 0.3, 1.0), jacobian_strengths=(0.03, 0.1, 0.3, 1.0), adversarial_strengths=(0.1, 0.3, 1.0),
     oracle_random_strengths=(1.0,), oracle_hessian_strengths=(0.3, 1.0), control_strength=0.1, control_seeds=None,
     eval_samples=100, attack_samples=30, attack_steps=5, budgets=(0.1, 0.3, 1.0), noise_levels=(0.003, 0.01, 0.03),
 )
@@ -467,9 +466,10 @@ def main(argv=None) -> int:
     ap.add_argument("--only", nargs="+", default=None, metavar="RUN",
                     help="train only these runs: an objective (oracle-hessian) or an objective and strength "
                          "(oracle-hessian-1)")
-    ap.add_argument("--adversarial-strengths", type=float, nargs="+", default=None, metavar="EPS",
-                    help="also train invariance-adversarial at these L2 radii (default: none; e.g. 0.1 0.3 1); a "
-                         "seed counts as complete only with these runs too, so summarise with the same option")
+    ap.add_argument("--adversarial-strengths", type=float, nargs="*", default=None, metavar="EPS",
+                    help=f"the L2 radii of invariance-adversarial (default {' '.join(map(str, FULL['adversarial_strengths']))}; "
+                         "none given: no adversarial runs); a seed counts as complete only with every planned run, so "
+                         "summarise with the same option")
     ap.add_argument("--value-epochs", type=int, default=None,
                     help=f"epoch budget of the value-based runs (default {FULL['epochs']['value']})")
     ap.add_argument("--second-epochs", type=int, default=None,

@@ -501,7 +501,7 @@ def test_robustness_converged_summary_chooses_on_validation_and_scores_one_netwo
     assert mod["expected_runs"](mod["FULL"]) == {
         "value", "invariance-noise 0.01", "invariance-noise 0.03", "invariance-noise 0.1", "invariance-noise 0.3",
         "invariance-noise 1", "invariance-jacobian 0.03", "invariance-jacobian 0.1", "invariance-jacobian 0.3",
-        "invariance-jacobian 1",
+        "invariance-jacobian 1", "invariance-adversarial 0.1", "invariance-adversarial 0.3", "invariance-adversarial 1",
         "oracle-random 1", "oracle-hessian 0.3", "oracle-hessian 1"}
     assert mod["expected_runs"](dict(mod["FULL"], only=("second",))) == mod["expected_runs"](mod["FULL"])
     # Parts of one run trained for different budgets are not averaged together.
@@ -558,6 +558,18 @@ def test_robustness_converged_plan_only_and_shared_work_folder(tmp_path):
     assert mod["budget_mismatches"](tmp_path, settings) == []
     with pytest.raises(SystemExit, match=f"s0-w128-second.json: {default} epochs, asked for {2 * default}"):
         mod["run_all"](tmp_path, dict(settings, epochs={"value": 1000, "second": 2 * default}), 1, 1, [])
+
+
+def test_robustness_converged_plans_the_adversarial_baseline_by_default():
+    mod = runpy.run_path(str(ROOT / "benchmarks" / "robustness_converged.py"))
+    one = dict(mod["FULL"], widths=(128,), seeds=(0,))
+    adversarial = [r for r in mod["plan"](one) if r[2] == "invariance-adversarial"]
+    assert [r[3] for r in adversarial] == [0.1, 0.3, 1.0]
+    assert {"invariance-adversarial 0.3", "invariance-noise 0.03", "oracle-hessian 1"} <= mod["expected_runs"](one)
+    # --adversarial-strengths with no values: none planned, and a seed is complete without them.
+    none = dict(one, adversarial_strengths=())
+    assert not [r for r in mod["plan"](none) if r[2] == "invariance-adversarial"]
+    assert not any(n.startswith("invariance-adversarial") for n in mod["expected_runs"](none))
 
 
 def test_robustness_converged_reuse_takes_only_the_same_runs(tmp_path):
