@@ -311,6 +311,17 @@ def test_pgd_perturbations_stay_in_the_ball_and_beat_random_ones(seed, radius, s
         assert float(found.sum()) >= 0.9 * float(errors.max(0).values.sum()), (found, errors.max(0).values)
 
 
+def test_pgd_perturbations_check_their_arguments():
+    model = small_model(1)
+    x, y = torch.zeros(4, 5, dtype=F64), torch.zeros(4, 3, dtype=F64)
+    with pytest.raises(ValueError, match="radius"):
+        pgd_perturbations(model, x, y, float("nan"), 2)
+    with pytest.raises(ValueError, match="steps"):
+        pgd_perturbations(model, x, y, 0.1, -1)
+    with pytest.raises(ValueError, match=r"x, y: expected tensors .* the same n"):
+        pgd_perturbations(model, x, y[:3], 0.1, 2)
+
+
 def test_pgd_perturbations_follow_the_input_dtype_and_leave_the_parameters_alone():
     model = small_model(1).float()
     x, y = torch.randn(4, 5), torch.randn(4, 3)

@@ -175,6 +175,12 @@ def pgd_perturbations(fn, x: torch.Tensor, y: torch.Tensor, radius: float, steps
     >>> round(float(d.norm()), 6), round(float(d[0, 0].abs()), 3)  # on the sphere, along A's top direction
     (0.5, 0.5)
     """
+    check_float("radius", radius, positive=True)
+    check_int("steps", steps, minimum=0)
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor) or x.dim() < 1 or y.dim() < 1 \
+            or len(x) != len(y):
+        raise ValueError(f"x, y: expected tensors [n, *input_shape] and [n, *output_shape] with the same n, got "
+                         f"{getattr(x, 'shape', type(x).__name__)} and {getattr(y, 'shape', type(y).__name__)}")
     n = x.shape[0]
     ball = lambda t: t.reshape(n, *([1] * (x.dim() - 1)))  # noqa: E731
     norm = lambda t: t.reshape(n, -1).norm(dim=1)  # noqa: E731
