@@ -77,7 +77,7 @@ import torch
 from manifoldtrain._validation import attrs_validator, check_float, check_int
 from manifoldtrain.objectives.core import Batch, LossScales, Rows, Term
 from manifoldtrain.objectives.fitting import MAX_WEIGHT
-from manifoldtrain.robustness.operator import ErrorOperator, detached, spectral_norm
+from manifoldtrain.robustness.operator import ErrorOperator, detached, l2_ball_step, spectral_norm
 from manifoldtrain.robustness.oracle import LinearisedOracle
 
 __all__ = ["NoiseInvarianceTerm", "AdversarialInvarianceTerm", "JacobianInvarianceTerm", "OracleTerm", "HessianOracleTerm",
@@ -195,8 +195,7 @@ def pgd_perturbations(fn, x: torch.Tensor, y: torch.Tensor, radius: float, steps
             delta = delta.detach().requires_grad_(True)
             loss = (fn(x + delta) - y.detach()).pow(2).sum()
             (grad,) = torch.autograd.grad(loss, delta)
-        delta = delta.detach() + step * grad / ball(norm(grad).clamp_min(1e-30))
-        delta = delta * ball((radius / norm(delta).clamp_min(1e-30)).clamp(max=1.0))
+        delta = l2_ball_step(delta.detach(), grad, step, radius)
     return delta.detach()
 
 

@@ -27,7 +27,7 @@ from manifoldtrain._validation import attrs_validator, check_int, check_levels
 from manifoldtrain.data import JetDataset, check_dataset
 from manifoldtrain.evaluation import Metric
 from manifoldtrain.manifold import Manifold, check_is_manifold
-from manifoldtrain.robustness.operator import ErrorOperator, detached, spectral_norm
+from manifoldtrain.robustness.operator import ErrorOperator, detached, l2_ball_step, spectral_norm
 from manifoldtrain.robustness.oracle import LinearisedOracle, exact_oracle, move_within_domain
 
 __all__ = [
@@ -274,9 +274,7 @@ def adversarial_error(
                     break
                 oracle = LinearisedOracle(xj, yj)
                 grad = pull(err)[0] - oracle.first_transpose(err.unsqueeze(1))[:, 0]
-                grad = grad / ball(flat(grad).norm(dim=1).clamp_min(1e-30))
-                delta = delta + 0.25 * eps * grad
-                delta = delta * ball((eps / flat(delta).norm(dim=1).clamp_min(1e-30)).clamp(max=1.0))
+                delta = l2_ball_step(delta, grad, 0.25 * eps, eps)
                 # Follow the nearest point with one Gauss-Newton step from the last one (the
                 # perturbation moved a little); every kept perturbation is re-scored exactly below.
                 dtheta = LinearisedOracle(xj, yj).coordinates((x + delta - xj.value).unsqueeze(1))[:, 0]

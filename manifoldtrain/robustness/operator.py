@@ -31,7 +31,20 @@ from manifoldtrain._validation import check_cpu_generator, check_int, check_tens
 from manifoldtrain.jet import Jet
 from manifoldtrain.robustness.oracle import LinearisedOracle
 
-__all__ = ["ErrorOperator", "SpectralNorm", "spectral_norm", "detached"]
+__all__ = ["ErrorOperator", "SpectralNorm", "spectral_norm", "detached", "l2_ball_step"]
+
+
+def l2_ball_step(delta: torch.Tensor, grad: torch.Tensor, step: float, radius: float) -> torch.Tensor:
+    """One step of projected gradient ascent in the L2 ball, per sample: ``delta`` moves by
+    ``step`` along ``grad`` normalised (``[n, *input_shape]`` both), then is projected back on the
+    ball of ``radius``. The step of both the attack
+    (:func:`~manifoldtrain.robustness.adversarial_error`) and adversarial training
+    (:func:`~manifoldtrain.objectives.robust.pgd_perturbations`)."""
+    n = delta.shape[0]
+    ball = lambda t: t.reshape(n, *([1] * (delta.dim() - 1)))  # noqa: E731
+    norm = lambda t: t.reshape(n, -1).norm(dim=1).clamp_min(1e-30)  # noqa: E731
+    delta = delta + step * grad / ball(norm(grad))
+    return delta * ball((radius / norm(delta)).clamp(max=1.0))
 
 
 def detached(model: torch.nn.Module):
