@@ -4,12 +4,13 @@ Trains the same network on the same cube data three ways, through the one Traine
 
 * invariance (the conventional baseline): values plus the Jacobian penalty, i.e. "the answer
   must not change under noise";
+* adversarial (its strongest form): values plus adversarial training with the clean target
+  in an L2 ball (Madry et al. 2018);
 * oracle: second-order derivative training plus the oracle term along the top direction of
   the error operator E = N'(x) - Y J^+ ("the answer must change as the exact oracle says");
-* oracle, with the worst-case amplification of every network recorded during training (a
-  Trainer metric, :class:`manifoldtrain.robustness.Robustness`).
 
-then scores each with :func:`manifoldtrain.robustness.evaluate_robustness` (clean RMSE,
+records the worst-case amplification of each network during training (a Trainer metric,
+:class:`manifoldtrain.robustness.Robustness`), then scores each with :func:`manifoldtrain.robustness.evaluate_robustness` (clean RMSE,
 amplification and its invariance / sensitivity parts, noisy RMSE and adversarial error
 against the exact oracle) and draws the worst-case perturbation of each network.
 
@@ -28,7 +29,8 @@ from manifoldtrain.data import generate_jets
 from manifoldtrain.evaluation import JetRMSE
 from manifoldtrain.manifolds import Cube
 from manifoldtrain.nn import MLPConfig, build_model
-from manifoldtrain.objectives import DerivativeTerm, HessianOracleTerm, JacobianInvarianceTerm, Objective, ValueTerm
+from manifoldtrain.objectives import (AdversarialInvarianceTerm, DerivativeTerm, HessianOracleTerm, JacobianInvarianceTerm,
+                                      Objective, ValueTerm)
 from manifoldtrain.plotting import plot_worst_case
 from manifoldtrain.robustness import Robustness, amplification, evaluate_robustness
 from manifoldtrain.training import Trainer, TrainConfig
@@ -48,6 +50,7 @@ def main(argv=None) -> None:
     strength = 0.03  # Jacobian term: noise level per pixel; Hessian oracle term: the L2 norm of its perturbation
     objectives = {
         "invariance": Objective((ValueTerm(), JacobianInvarianceTerm(strength, directions=2))),
+        "adversarial": Objective((ValueTerm(), AdversarialInvarianceTerm(0.3, steps=3))),  # the L2 radius 0.3
         "oracle": Objective((ValueTerm(), DerivativeTerm(1), DerivativeTerm(2, weight=0.03),
                              HessianOracleTerm(strength, directions=1, iterations=2))),
     }
@@ -59,7 +62,7 @@ def main(argv=None) -> None:
         trainer = Trainer(model, objective, train, test, config, metrics=metrics)
         trainer.fit()
         report = evaluate_robustness(model, cube, test, noise_levels=(0.01,), budgets=(0.3,), steps=3)
-        print(f"{name:>10}: clean RMSE {report.test_rmse:.3e}, amplification {report.amplification:.3g} "
+        print(f"{name:>11}: clean RMSE {report.test_rmse:.3e}, amplification {report.amplification:.3g} "
               f"(invariance part {report.invariance_part:.3g}, sensitivity part {report.sensitivity_part:.3g}), "
               f"noisy RMSE at 0.01 {report.noisy_rmse[0.01]:.3e}, adversarial error at 0.3 {report.adversarial_error[0.3]:.3e}")
         worst = amplification(model, test.subset(slice(0, 1)))

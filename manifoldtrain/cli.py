@@ -493,7 +493,7 @@ def _add_robustness(sub, manifold: type) -> None:
         "robustness",
         help="compare value, invariance and oracle training (the quick robustness benchmark), or score a trained run",
         description="Without --run: train value, invariance (a sweep of strengths) and oracle networks on the same data "
-                    "and budget and compare their accuracy and robustness (about 6 minutes on 2 cores with the defaults); "
+                    "and budget and compare their accuracy and robustness (about 7 minutes on 2 cores with the defaults); "
                     "writes OUT/results.json, OUT/tradeoff.png and OUT/worst_case.png. With --run: every robustness "
                     "figure of one trained run on its test set, written to RUN/robustness.json and RUN/worst_case.png.",
     )

@@ -438,8 +438,9 @@ def test_suite_results_figures_and_resume(tmp_path):
     from manifoldtrain.robustness.suite import SuiteObjective
 
     # An objective of one's own joins the comparison on the invariance side.
+    # Its strengths are a sweep of its own (as invariance-adversarial's L2 radii), not the family's.
     mine = SuiteObjective("noise-x2", lambda s: Objective((ValueTerm(), NoiseInvarianceTerm(s, weight=2.0))),
-                          family="invariance")
+                          family="invariance", strengths=(0.05,))
     config = SuiteConfig(manifold="toy_manifolds:SettingsSphere", n_train=40, n_test=6, widths=(8,), depth=1, seconds_per_run=0.3,
                          objectives=("value", "invariance-jacobian", mine, "oracle-hessian"),
                          invariance_strengths=(0.03,), noise_levels=(0.01,), budgets=(0.02,), eval_samples=4,
@@ -448,19 +449,21 @@ def test_suite_results_figures_and_resume(tmp_path):
     results = run_suite(tmp_path / "rob", config, echo=lines.append)
     runs = results["runs"]
     assert [r["objective"] for r in runs] == ["value", "invariance-jacobian", "noise-x2", "oracle-hessian"]
+    assert [r["strength"] for r in runs] == [None, 0.03, 0.05, 1.0]
+    assert results["config"]["objectives"][2]["strengths"] == [0.05]
     assert [r["family"] for r in runs] == [None, "invariance", "invariance", "oracle"]
     invariance = [r for r in runs if r["family"] == "invariance"]
     # Chosen on the selection split (test samples 4 and 5), scored on the first four.
     assert all(r["selection_rmse"] is not None and r["selection_amplification"] > 0 for r in runs)
     best = min(invariance, key=lambda r: r["selection_rmse"])
     (key,) = [k for k in results["summary"] if "clean RMSE" in k]
-    assert key.startswith(f"w8: clean RMSE, {best['objective']}-w8-s0.03 / oracle-hessian-w8-s1")
+    assert key.startswith(f"w8: clean RMSE, {best['objective']}-w8-s{best['strength']:g} / oracle-hessian-w8-s1")
     assert results["summary"][key] == best["test_rmse"] / runs[-1]["test_rmse"]
     assert results["summary"]["w8: chosen on"].startswith("the selection split")
     assert results["reference_amplification"] > 0
     assert results["pareto"]["w8 oracle"] == ["oracle-hessian-w8-s1"]
-    assert set(results["pareto"]["w8 invariance"]) <= {"invariance-jacobian-w8-s0.03", "noise-x2-w8-s0.03"}
-    assert (tmp_path / "rob" / "runs" / "noise-x2-w8-s0.03" / "checkpoint.pt").is_file()
+    assert set(results["pareto"]["w8 invariance"]) <= {"invariance-jacobian-w8-s0.03", "noise-x2-w8-s0.05"}
+    assert (tmp_path / "rob" / "runs" / "noise-x2-w8-s0.05" / "checkpoint.pt").is_file()
     for r in runs:
         assert {"objective", "width", "strength", "test_rmse", "amplification", "invariance_part", "sensitivity_part",
                 "noisy_rmse", "adversarial_error"} <= set(r)
@@ -515,6 +518,12 @@ def test_suite_config_errors():
         SuiteConfig(objectives=(["value"],))
     with pytest.raises(TypeError, match="name: expected a str, got NoneType"):
         SuiteObjective(None, value)
+    with pytest.raises(ValueError, match="strengths: 'mine' has no family, so it trains once without a strength"):
+        SuiteObjective("mine", value, strengths=(0.1,))
+    with pytest.raises(ValueError, match=r"strengths: expected at least one strength, each > 0, got \(0.0,\)"):
+        SuiteObjective("mine", value, family="invariance", strengths=(0.0,))
+    # The bundled adversarial baseline sweeps its own L2 radii, whatever the noise levels.
+    assert [s for o, _, s in SuiteConfig(invariance_strengths=(0.01,)).runs() if o == "invariance-adversarial"] == [0.1, 0.3]
     with pytest.raises(TypeError, match="the oracle objective 'oracle-random' trains at a strength"):
         robustness_objective("oracle-random", None)
     # The bundled objectives stay callables strength -> Objective, as they were.

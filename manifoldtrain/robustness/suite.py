@@ -13,7 +13,8 @@ the family whose strengths it sweeps); the bundled ones, by name (:data:`OBJECTI
 * ``value``: values only;
 * ``invariance-noise``: values, plus noise augmentation with the clean target at ``strength``;
 * ``invariance-adversarial``: values, plus adversarial training with the clean target in the L2
-  ball of radius ``strength`` (3 gradient-ascent steps per training step);
+  ball of radius ``strength`` (3 gradient-ascent steps per training step), at radii 0.1 and 0.3
+  (its own sweep, in the units of the adversarial budgets, not ``invariance_strengths``);
 * ``invariance-jacobian``: values, plus the Jacobian penalty at ``strength`` (2 directions);
 * ``oracle-random``: second-order derivative training (:meth:`Objective.second_order`), plus the
   oracle term along 2 random perturbations at ``strength``;
@@ -100,6 +101,11 @@ class SuiteObjective:
         the conventional baseline; ``"oracle"``: one at each of ``oracle_strengths``, compared
         as oracle training; ``None`` (default): one run without a strength, in the table but
         in neither side of the summary (:func:`summarise`).
+    strengths : tuple of float or None
+        Its own sweep, instead of its family's, for an objective whose strength is in other
+        units than the family's (``invariance-adversarial``: L2 radii, where
+        ``SuiteConfig.invariance_strengths`` are noise levels per input entry). ``None``
+        (default): the family's sweep. Only with a family; each > 0.
 
     Examples
     --------
@@ -108,11 +114,25 @@ class SuiteObjective:
     ...                       family="invariance")
     >>> SuiteConfig(objectives=("value", mine, "oracle-hessian")).runs()[:3]
     [('value', 128, None), ('noise-x2', 128, 0.03), ('noise-x2', 128, 0.3)]
+    >>> SuiteConfig(objectives=("value", "invariance-adversarial")).runs()
+    [('value', 128, None), ('invariance-adversarial', 128, 0.1), ('invariance-adversarial', 128, 0.3)]
     """
 
     name: str = attrs.field(validator=_check_run_name)
     build: Callable[[float | None], Objective] = attrs.field(validator=_check_callable)
     family: str | None = attrs.field(default=None, validator=_check_family)
+    strengths: tuple[float, ...] | None = attrs.field(
+        default=None, converter=lambda v: None if v is None else check_levels("strengths", v))
+
+    @strengths.validator
+    def _check_strengths(self, attribute, value):
+        if value is None:
+            return
+        if self.family is None:
+            raise ValueError(f"strengths: {self.name!r} has no family, so it trains once without a strength; "
+                             f"got strengths {value!r}")
+        if not value or any(v <= 0 for v in value):
+            raise ValueError(f"strengths: expected at least one strength, each > 0, got {value!r}")
 
     def __call__(self, strength: float | None) -> Objective:
         """:meth:`objective` (the values of :data:`OBJECTIVES` were callables ``strength -> Objective``)."""
@@ -139,7 +159,7 @@ OBJECTIVES: dict[str, SuiteObjective] = {o.name: o for o in (
     SuiteObjective("second", lambda s: Objective.second_order()),
     SuiteObjective("invariance-noise", lambda s: Objective((ValueTerm(), NoiseInvarianceTerm(s))), "invariance"),
     SuiteObjective("invariance-adversarial", lambda s: Objective((ValueTerm(), AdversarialInvarianceTerm(s, steps=3))),
-                   "invariance"),
+                   "invariance", strengths=(0.1, 0.3)),
     SuiteObjective("invariance-jacobian", lambda s: Objective((ValueTerm(), JacobianInvarianceTerm(s, directions=2))),
                    "invariance"),
     SuiteObjective("oracle-random", lambda s: _second(OracleTerm(s, directions=2)), "oracle"),
@@ -183,7 +203,7 @@ def _check_positive_levels(instance, attribute, value):
 
 @attrs.frozen
 class SuiteConfig:
-    """Settings of the robustness comparison (defaults: the quick version, about 6 minutes on 2 cores).
+    """Settings of the robustness comparison (defaults: the quick version, about 7 minutes on 2 cores).
 
     Attributes
     ----------
@@ -203,7 +223,8 @@ class SuiteConfig:
     objectives : tuple of str or SuiteObjective
         Names from :data:`OBJECTIVES`, or objectives of your own (:class:`SuiteObjective`).
     invariance_strengths : tuple of float
-        The sweep of noise levels (per input entry) of the invariance runs.
+        The sweep of noise levels (per input entry) of the invariance runs (except those with a
+        sweep of their own, :attr:`SuiteObjective.strengths`: ``invariance-adversarial``).
     oracle_strengths : tuple of float
         Strengths of the oracle terms: a noise level per input entry for ``oracle-random``, the
         L2 norm of the perturbation for ``oracle-hessian`` (see :mod:`manifoldtrain.objectives.robust`).
@@ -230,7 +251,8 @@ class SuiteConfig:
     batch_size: int = attrs.field(default=64, validator=attrs_validator(check_int, minimum=1))
     learning_rate: float = attrs.field(default=1e-3, validator=attrs_validator(check_float, positive=True))
     objectives: tuple[str, ...] = attrs.field(
-        default=("value", "invariance-noise", "invariance-jacobian", "oracle-random", "oracle-hessian"),
+        default=("value", "invariance-noise", "invariance-jacobian", "invariance-adversarial", "oracle-random",
+                 "oracle-hessian"),
         converter=tuple, validator=_check_objectives)
     invariance_strengths: tuple[float, ...] = attrs.field(
         default=(0.03, 0.3), converter=lambda v: check_levels("invariance_strengths", v), validator=_check_positive_levels)
@@ -257,14 +279,16 @@ class SuiteConfig:
         """``(objective, width, strength)`` of every run, in order."""
         strengths = {"invariance": self.invariance_strengths, "oracle": self.oracle_strengths, None: (None,)}
         return [(o.name, width, s) for width in self.widths for o in map(_resolve, self.objectives)
-                for s in strengths[o.family]]
+                for s in (strengths[o.family] if o.strengths is None else o.strengths)]
 
     def to_dict(self) -> dict:
         """The settings as JSON-able data: objectives of :data:`OBJECTIVES` by name, one's own as
-        ``{"name", "family", "build"}`` (the builder by ``module:qualname``)."""
+        ``{"name", "family", "build"}`` (the builder by ``module:qualname``), with ``"strengths"``
+        when it sweeps its own."""
         out = attrs.asdict(self, recurse=False)
         out["manifold"] = manifold_table(self.manifold)
         out["objectives"] = [v if isinstance(v, str) else {"name": v.name, "family": v.family, "build": _describe(v.build)}
+                             | ({} if v.strengths is None else {"strengths": list(v.strengths)})
                              for v in self.objectives]
         return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
 
