@@ -449,6 +449,26 @@ def test_robustness_converged_benchmark_quick(tmp_path, capsys):
     assert "width 8: reference amplification" in capsys.readouterr().out
 
 
+def test_robustness_curve_benchmark_quick(tmp_path, capsys):
+    import json
+
+    mod = runpy.run_path(str(ROOT / "benchmarks" / "robustness_curve.py"))
+    out = tmp_path / "curve.json"
+    result = mod["main"](["--quick", "--out", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["epoch"] for r in rows] == [1, 2] == [r["epoch"] for r in result["rows"]]  # the quick budget, every epoch
+    assert all(r["test_amplification"] > 0 and r["validation_rmse"] > 0 for r in rows)
+    assert result["best_epoch"] in (1, 2) and "--quick" in result["command"]
+    # The chosen epoch is the one of lowest validation RMSE, as robustness_converged.py keeps.
+    assert result["best_epoch"] == min(rows, key=lambda r: r["validation_rmse"])["epoch"]
+    with pytest.raises(SystemExit):  # never replaces a file
+        mod["main"](["--quick", "--out", str(out)])
+    assert "exists" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        mod["main"](["--quick", "--objective", "nope", "--out", str(tmp_path / "x.json")])
+    assert "--objective: expected one of" in capsys.readouterr().err
+
+
 def test_robustness_converged_summary_chooses_on_validation_and_scores_one_network():
     mod = runpy.run_path(str(ROOT / "benchmarks" / "robustness_converged.py"))
 
