@@ -10,9 +10,10 @@ Trains the same network on the same cube data three ways, through the one Traine
   the error operator E = N'(x) - Y J^+ ("the answer must change as the exact oracle says");
 
 records the worst-case amplification of each network during training (a Trainer metric,
-:class:`manifoldtrain.robustness.Robustness`), then scores each with :func:`manifoldtrain.robustness.evaluate_robustness` (clean RMSE,
-amplification and its invariance / sensitivity parts, noisy RMSE and adversarial error
-against the exact oracle) and draws the worst-case perturbation of each network.
+:class:`manifoldtrain.robustness.Robustness`), then scores each with
+:func:`manifoldtrain.robustness.evaluate_robustness` (clean RMSE, amplification and its
+invariance / sensitivity parts, noisy RMSE and adversarial error against the exact oracle)
+and draws the worst-case perturbation of each network.
 
 Run: ``python examples/robust_training.py [--seconds 60] [--out worst_case.png] [--quick]``
 """
