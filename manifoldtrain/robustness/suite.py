@@ -84,6 +84,11 @@ def _check_callable(instance, attribute, value):
         raise TypeError(f"{attribute.name}: expected a callable strength -> Objective, got {type(value).__name__}")
 
 
+def _check_positive_levels(instance, attribute, value):
+    if not value or any(v <= 0 for v in value):
+        raise ValueError(f"{attribute.name}: expected at least one strength, each > 0, got {value!r}")
+
+
 @attrs.frozen
 class SuiteObjective:
     """One objective of the robustness comparison.
@@ -131,8 +136,7 @@ class SuiteObjective:
         if self.family is None:
             raise ValueError(f"strengths: {self.name!r} has no family, so it trains once without a strength; "
                              f"got strengths {value!r}")
-        if not value or any(v <= 0 for v in value):
-            raise ValueError(f"strengths: expected at least one strength, each > 0, got {value!r}")
+        _check_positive_levels(self, attribute, value)
 
     def __call__(self, strength: float | None) -> Objective:
         """:meth:`objective` (the values of :data:`OBJECTIVES` were callables ``strength -> Objective``)."""
@@ -194,11 +198,6 @@ def _check_objectives(instance, attribute, value):
 
 def _levels(name, default):
     return attrs.field(default=default, converter=lambda v: check_levels(name, v))
-
-
-def _check_positive_levels(instance, attribute, value):
-    if not value or any(v <= 0 for v in value):
-        raise ValueError(f"{attribute.name}: expected at least one strength, each > 0, got {value!r}")
 
 
 @attrs.frozen
