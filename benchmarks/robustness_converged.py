@@ -157,18 +157,31 @@ def label(seed, width, name, strength) -> str:
     return f"s{seed}-w{width}-{name}" + ("" if strength is None else f"-{strength:g}")
 
 
-def run_one(work: Path, settings: dict, seed: int, width: int, name: str, strength: float | None) -> dict:
-    """Train one network (resuming its checkpoint), score it, write its part; return the part."""
-    family, budget, _ = RUNS[name]
+def run_setup(settings: dict, seed: int, width: int, name: str, strength: float | None,
+              eval_every: int | None = None):
+    """The experiment, training set and test set of the run ``(seed, width, name, strength)``.
+
+    The one place that says what a run is (its objective, epoch budget, validation split and
+    data), so that :func:`run_one` and ``robustness_curve.py`` (which retrains a run with
+    more records) cannot drift apart. ``eval_every`` defaults to a fiftieth of the budget."""
+    _, budget, _ = RUNS[name]
+    epochs = settings["epochs"][budget]
     config = suite_config(settings, width, seed)
     experiment = config.experiment(name, width, strength)
     experiment = attrs.evolve(experiment, train=attrs.evolve(
-        experiment.train, epochs=settings["epochs"][budget], time_budget=None, validation=settings["validation"],
-        eval_every=max(1, settings["epochs"][budget] // 50)))
+        experiment.train, epochs=epochs, time_budget=None, validation=settings["validation"],
+        eval_every=max(1, epochs // 50) if eval_every is None else eval_every))
     # Order-2 jets for every run (a value run trains on values only): the validation split
     # then carries the first-order jets that its amplification needs.
     data_config = attrs.evolve(config.experiment("second", width, None), train=experiment.train)
     train, test = make_data(data_config, progress=False)
+    return experiment, train, test
+
+
+def run_one(work: Path, settings: dict, seed: int, width: int, name: str, strength: float | None) -> dict:
+    """Train one network (resuming its checkpoint), score it, write its part; return the part."""
+    family = RUNS[name][0]
+    experiment, train, test = run_setup(settings, seed, width, name, strength)
     run_dir = work / "runs" / label(seed, width, name, strength)
     res = run_experiment(experiment, run_dir, data=(train, test), progress=False)
     from manifoldtrain.experiment import model_from_checkpoint, run_checkpoint

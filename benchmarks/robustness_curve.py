@@ -4,7 +4,7 @@
 training at L2 0.3 (the most robust invariance network) that is around epoch 70-100 of 1000, so
 a reviewer may ask whether the rule handicaps the baseline: would a later epoch be more robust?
 This script retrains one run of ``robustness_converged.py`` exactly (the same data, split,
-initial weights, objective, epoch budget and schedule: its ``run_one`` settings) and records,
+initial weights, objective, epoch budget and schedule: its ``run_setup``) and records,
 every ``--every`` epochs, the clean test RMSE, the validation RMSE and the worst-case
 amplification (median ||E||_2, with its invariance and sensitivity parts) on the first
 ``eval_samples`` (100) test samples, then writes them to ``--out`` (JSON) with the epoch the
@@ -31,7 +31,6 @@ import attrs
 import torch
 
 from manifoldtrain.evaluation import JetRMSE
-from manifoldtrain.experiment import make_data
 from manifoldtrain.nn import build_model
 from manifoldtrain.records import command_line, machine_info, write_json
 from manifoldtrain.robustness import Robustness
@@ -40,18 +39,13 @@ from manifoldtrain.training import Trainer
 HERE = Path(__file__).resolve().parent
 
 
-def curve(settings: dict, seed: int, width: int, name: str, strength: float | None, every: int, runs: dict,
-          suite_config) -> dict:
+def curve(settings: dict, seed: int, width: int, name: str, strength: float | None, every: int,
+          run_setup) -> dict:
     """Train the run of ``robustness_converged.py`` called ``(seed, width, name, strength)``
-    with the robustness figures recorded every ``every`` epochs; return the records."""
-    _, budget, _ = runs[name]
-    config = suite_config(settings, width, seed)
-    experiment = config.experiment(name, width, strength)
-    experiment = attrs.evolve(experiment, train=attrs.evolve(
-        experiment.train, epochs=settings["epochs"][budget], time_budget=None, validation=settings["validation"],
-        eval_every=every, progress=False))
-    data_config = attrs.evolve(config.experiment("second", width, None), train=experiment.train)
-    train, test = make_data(data_config, progress=False)  # the data of run_one: order-2 jets for every run
+    (built by its ``run_setup``) with the robustness figures recorded every ``every`` epochs;
+    return the records."""
+    experiment, train, test = run_setup(settings, seed, width, name, strength, eval_every=every)
+    experiment = attrs.evolve(experiment, train=attrs.evolve(experiment.train, progress=False))
     inputs, targets = train.inputs.value, train.targets.value
     model = build_model(experiment.model, inputs, targets, seed=experiment.model_seed).to(inputs.dtype)
     trainer = Trainer(model, experiment.objective, train, test, experiment.train,
@@ -64,7 +58,7 @@ def curve(settings: dict, seed: int, width: int, name: str, strength: float | No
             for r in history.records if r.get("test") and "amplification" in r["test"]]
     return {"seed": seed, "width": width, "objective": name, "strength": strength, "every": every,
             "best_epoch": trainer.best["epoch"] if trainer.best is not None else None,
-            "epochs": settings["epochs"][budget], "seconds": time.perf_counter() - t0, "rows": rows,
+            "epochs": experiment.train.epochs, "seconds": time.perf_counter() - t0, "rows": rows,
             "settings": {k: (dict(v) if isinstance(v, dict) else v) for k, v in settings.items()},
             "machine": machine_info()}
 
@@ -93,7 +87,7 @@ def main(argv=None) -> dict:
         ap.error(f"--out: {out} exists; this script does not replace a file (remove it or name another)")
     settings = dict(mod["QUICK"] if args.quick else mod["FULL"])
     result = curve(settings, args.seed, args.width, args.objective, strength, 1 if args.quick else args.every,
-                   runs, mod["suite_config"])
+                   mod["run_setup"])
     result["command"] = command_line(argv, __file__)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, result)
