@@ -140,12 +140,18 @@ def run(cube, n_train, n_test, hidden, seeds, budgets, objectives=tuple(OBJECTIV
     return runs
 
 
+def _sd(values: list[float]) -> float:
+    """The sample standard deviation (n - 1), as every benchmark here reports it; 0 for one value."""
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
 def summarize(runs: list[dict]) -> dict:
+    """Means and sample standard deviations over seeds, and value/other ratios per seed."""
     out = {}
     names = [n for n in OBJECTIVES if any(r["objective"] == n for r in runs)]
     for name in names:
         rs = [r for r in runs if r["objective"] == name]
-        out[name] = {k: (statistics.mean(r[k] for r in rs), statistics.pstdev(r[k] for r in rs))
+        out[name] = {k: (statistics.mean(r[k] for r in rs), _sd([r[k] for r in rs]))
                      for k in ("test_rmse", "best_test_rmse", "test_rmse_d1", "test_rmse_d2", "epochs", "seconds")}
     by = {(r["seed"], r["objective"]): r for r in runs}
     for other in ("second", "first"):
@@ -154,12 +160,12 @@ def summarize(runs: list[dict]) -> dict:
             continue
         for key in ("test_rmse", "best_test_rmse"):
             ratios = [by[s, "value"][key] / by[s, other][key] for s in seeds]
-            out[f"ratio_value_to_{other}_{key}"] = (statistics.mean(ratios), statistics.pstdev(ratios), ratios)
+            out[f"ratio_value_to_{other}_{key}"] = (statistics.mean(ratios), _sd(ratios), ratios)
     for name in names:
         seeds = sorted(s for s, o in by if o == name and (s, "second") in by)
         if name.startswith("second_") and seeds:
             ratios = [by[s, name]["test_rmse"] / by[s, "second"]["test_rmse"] for s in seeds]
-            out[f"ratio_{name}_to_second_test_rmse"] = (statistics.mean(ratios), statistics.pstdev(ratios), ratios)
+            out[f"ratio_{name}_to_second_test_rmse"] = (statistics.mean(ratios), _sd(ratios), ratios)
     return out
 
 

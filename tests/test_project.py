@@ -4,6 +4,7 @@ import json
 import math
 import re
 import runpy
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -183,6 +184,19 @@ def test_accuracy_benchmark_quick(tmp_path):
         assert r["best_test_rmse"] == min(rmse for _, rmse in r["curve"])
     assert result["meta"]["view"] == "wall-clock"
     assert (tmp_path / "acc.png").exists()
+
+
+def test_accuracy_summary_reports_the_sample_sd_over_seeds():
+    """Every benchmark's "mean ± sd" over seeds is the sample sd (n - 1); accuracy.py's too."""
+    summarize = runpy.run_path(str(ROOT / "benchmarks" / "accuracy.py"))["summarize"]
+    keys = ("test_rmse", "best_test_rmse", "test_rmse_d1", "test_rmse_d2", "epochs", "seconds")
+    runs = [dict(dict.fromkeys(keys, 1.0), seed=s, objective=o, test_rmse=v)
+            for s, o, v in [(0, "value", 4.0), (0, "second", 1.0), (1, "value", 6.0), (1, "second", 1.0),
+                            (2, "value", 11.0), (2, "second", 1.0)]]
+    summary = summarize(runs)
+    assert summary["value"]["test_rmse"] == (pytest.approx(7.0), pytest.approx(statistics.stdev([4.0, 6.0, 11.0])))
+    assert summary["ratio_value_to_second_test_rmse"][:2] == (pytest.approx(7.0), pytest.approx(3.605551275))
+    assert summarize(runs[:2])["value"]["test_rmse"][1] == 0.0  # one seed: no spread
 
 
 @pytest.mark.parametrize("script", ["accuracy.py", "accuracy_vs_data.py", "render.py"])
