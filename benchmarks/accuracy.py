@@ -81,6 +81,19 @@ def build_objectives(d2_weight: float = D2_WEIGHT) -> dict[str, Objective]:
 OBJECTIVES = build_objectives()
 
 
+def benchmark_cube(quick: bool = False) -> Cube:
+    """The cube of the runs: the paper's (``Cube()``), or a tiny one for ``--quick``."""
+    return Cube(image_size=11, extent=0.6, sigma=0.08) if quick else Cube()
+
+
+def test_set(cube, n_train: int, n_test: int, seed: int, order: int = 2, progress: bool = False,
+             device="cpu"):
+    """Seed ``seed``'s test set, rendered alone: the poses ``data.split(n_test, seed=seed)`` gives
+    the test side of the ``n_train + n_test`` poses drawn with ``1000 + seed``, at ``order``."""
+    return generate_jets(cube, n_train + n_test, seed=1000 + seed, order=order, progress=progress, device=device,
+                         index=split_index(n_train + n_test, n_test, seed)[1]).to("cpu")
+
+
 def run(cube, n_train, n_test, hidden, seeds, budgets, objectives=tuple(OBJECTIVES), batch_size=64, progress=False,
         checkpoint_dir=None, device="cpu", d2_weight=D2_WEIGHT) -> list[dict]:
     """Train each objective for each seed; ``budgets[name]`` is ``(epochs, seconds or None)``.
@@ -108,8 +121,7 @@ def run(cube, n_train, n_test, hidden, seeds, budgets, objectives=tuple(OBJECTIV
         train, test = data.split(n_test, seed=seed)
         del data
         if order < 2:
-            test = generate_jets(cube, n_train + n_test, seed=1000 + seed, progress=progress, device=device,
-                                 index=split_index(n_train + n_test, n_test, seed)[1]).to("cpu")
+            test = test_set(cube, n_train, n_test, seed, progress=progress, device=device)
         for name in objectives:
             epochs, seconds = budgets[name]
             model = build_model(MLPConfig(hidden=hidden), train.inputs.value, train.targets.value, seed=seed).to(device)
@@ -278,9 +290,9 @@ def main(argv=None) -> int:
         return 0
     torch.set_num_threads(args.threads)
     if args.quick:
-        cube, n_train, n_test, hidden, seeds = Cube(image_size=11, extent=0.6, sigma=0.08), 48, 16, (16,), [0]
+        cube, n_train, n_test, hidden, seeds = benchmark_cube(quick=True), 48, 16, (16,), [0]
     else:
-        cube, n_train, n_test, hidden, seeds = Cube(), 2000, 1000, (256, 256, 256), [0, 1, 2]
+        cube, n_train, n_test, hidden, seeds = benchmark_cube(), 2000, 1000, (256, 256, 256), [0, 1, 2]
     seeds = seeds if args.seeds is None else args.seeds
     if args.hidden is not None:
         hidden = tuple(args.hidden)

@@ -199,6 +199,38 @@ def test_accuracy_summary_reports_the_sample_sd_over_seeds():
     assert summarize(runs[:2])["value"]["test_rmse"][1] == 0.0  # one seed: no spread
 
 
+def test_accuracy_tails_rescores_the_runs_of_accuracy_py(tmp_path):
+    """accuracy_tails.py loads the networks accuracy.py left, reproduces their recorded test
+    RMSE, and its tail figures are those of the per-pose errors."""
+    acc = runpy.run_path(str(ROOT / "benchmarks" / "accuracy.py"))
+    ck, res = tmp_path / "ck", tmp_path / "q.json"
+    assert acc["main"](["--quick", "--epochs", "4", "4", "3", "--objectives", "value", "second", "--threads", "1",
+                        "--checkpoint-dir", str(ck), "--no-figure", "--out", str(res)]) == 0
+    tails = runpy.run_path(str(ROOT / "benchmarks" / "accuracy_tails.py"))
+    out = tmp_path / "t.json"
+    argv = ["--quick", "--results", str(res), "--checkpoint-dir", str(ck), "--n-common", "200"]
+    assert tails["main"](argv + ["--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    runs = {r["objective"]: r for r in json.loads(res.read_text())["runs"]}
+    nets = {x["objective"]: x for x in result["networks"]}
+    for name, x in nets.items():
+        assert x["rescored_own_test_rmse"] == pytest.approx(runs[name]["test_rmse"], rel=1e-4)
+        assert sum(b["n"] for b in x["common"]["bands"].values()) == 200
+        assert 0 < x["common"]["worst_share"] < 1
+    assert result["ratios"]["own"]["per_seed"] == [pytest.approx(runs["value"]["test_rmse"] / runs["second"]["test_rmse"])]
+    assert result["ratios"]["common"]["per_seed"] == [
+        pytest.approx(nets["value"]["common"]["rmse"] / nets["second"]["common"]["rmse"])]
+    with pytest.raises(SystemExit):  # its own output is not replaced
+        tails["main"](argv + ["--out", str(out)])
+    with pytest.raises(SystemExit, match="does not fit this data"):  # the paper's cube: not these networks
+        tails["main"](argv[1:])
+    figures = tails["tail_figures"](torch.tensor([100.0] + [1.0] * 199, dtype=torch.float64),
+                                    torch.linspace(0, 1, 200, dtype=torch.float64))
+    assert figures["rmse"] == pytest.approx((299 / 200) ** 0.5)
+    assert figures["worst_share"] == pytest.approx(101 / 299)  # the worst 1%: two poses of 200
+    assert figures["rmse_without_worst"] == pytest.approx(1.0) and figures["median_pose_rms"] == pytest.approx(1.0)
+
+
 @pytest.mark.parametrize("script", ["accuracy.py", "accuracy_vs_data.py", "render.py"])
 @pytest.mark.parametrize("device, message", [("gpu", r"--device: expected 'cpu', 'cuda' or 'cuda:N', got 'gpu'"),
                                              ("cuda:7", r"--device: 'cuda:7' asked for")])
