@@ -14,9 +14,10 @@ it
 * on one common test set of ``--n-common`` poses drawn with ``--common-seed`` (no run's
   training or test poses: those are drawn with ``1000 + seed``), with the error's tail: the
   share of the squared error in the worst 1% of the poses, the RMSE without them, the median
-  per-pose error, and the RMSE in three bands of the pose domain by translation
-  ``|t| / translation_radius`` (ball volume 51%, 35%, 14%: the outer band holds the poses
-  whose cube nears the image border).
+  per-pose error, and the RMSE in bands of the pose domain: by translation
+  ``|t| / translation_radius`` (0-0.8, 0.8-0.95, 0.95-1: 51%, 35% and 14% of the ball's
+  volume) and, crossed with those, by rotation angle ``|angle| / max_angle`` (0-0.8, 0.8-1:
+  80% and 20% of the poses), from the interior of the pose domain to its outer corner.
 
 The value / second-order ratios are then given per seed on each of them, with mean and
 sample standard deviation over the seeds that have both networks.
@@ -50,6 +51,7 @@ from manifoldtrain.records import command_line, machine_info, write_json
 
 HERE = Path(__file__).resolve().parent
 BANDS = ((0.0, 0.8), (0.8, 0.95), (0.95, 1.0))  # |t| / translation_radius
+ANGLE_BANDS = ((0.0, 0.8), (0.8, 1.0))  # |angle| / max_angle
 WORST = 0.01  # the tail: the worst 1% of the poses
 
 
@@ -65,15 +67,22 @@ def per_pose_sq_error(model: torch.nn.Module, inputs: torch.Tensor, targets: tor
     return torch.cat(out)
 
 
-def tail_figures(err: torch.Tensor, radius: torch.Tensor) -> dict:
-    """RMSE, its tail and its bands from per-pose squared errors ``err [n]`` and ``radius [n]``
-    (``|t| / translation_radius``)."""
+def _band(x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    return (x >= lo) & ((x < hi) if hi < 1.0 else (x <= hi + 1e-9))
+
+
+def tail_figures(err: torch.Tensor, radius: torch.Tensor, angle: torch.Tensor) -> dict:
+    """RMSE, its tail and its bands from per-pose squared errors ``err [n]``, ``radius [n]``
+    (``|t| / translation_radius``) and ``angle [n]`` (``|angle| / max_angle``)."""
     srt = err.sort(descending=True).values
     k = max(1, round(WORST * err.numel()))
-    bands = {}
-    for lo, hi in BANDS:
-        sel = (radius >= lo) & ((radius < hi) if hi < 1.0 else (radius <= hi))
-        bands[f"{lo:g}-{hi:g}"] = {"n": int(sel.sum()), "rmse": float(err[sel].mean().sqrt()) if sel.any() else None}
+
+    def rmse(sel):
+        return {"n": int(sel.sum()), "rmse": float(err[sel].mean().sqrt()) if sel.any() else None}
+
+    bands = {f"t{lo:g}-{hi:g}": rmse(_band(radius, lo, hi)) for lo, hi in BANDS}
+    bands.update({f"a{alo:g}-{ahi:g},t{lo:g}-{hi:g}": rmse(_band(angle, alo, ahi) & _band(radius, lo, hi))
+                  for alo, ahi in ANGLE_BANDS for lo, hi in BANDS})
     return {"rmse": float(err.mean().sqrt()), "worst_share": float(srt[:k].sum() / srt.sum()),
             "rmse_without_worst": float(srt[k:].mean().sqrt()), "median_pose_rms": float(err.median().sqrt()),
             "bands": bands}
@@ -161,6 +170,7 @@ def main(argv=None) -> int:
     own = {s: acc["test_set"](cube, n_train, n_test, s) for s in seeds}
     common = generate_jets(cube, args.n_common, seed=args.common_seed, order=0, progress=False)
     radius = common.points[:, 3:].norm(dim=1).double() / cube.translation_radius
+    angle = common.points[:, :3].norm(dim=1).double() / cube.max_angle
     like = common.inputs.value, common.targets.value
     print(f"cube, {n_train} training / {n_test} test samples, MLP {hidden}; common test set: {args.n_common} "
           f"poses (seed {args.common_seed}); runs {', '.join(f's{s}_{o}' for s, o in keys)}", flush=True)
@@ -177,7 +187,7 @@ def main(argv=None) -> int:
             raise SystemExit(f"s{s}_{o}: its own test set scores {rescored:.6e}, its results file records "
                              f"{r['test_rmse']:.6e}: not this run's network or data (cube, --quick, n_train/n_test)")
         err = per_pose_sq_error(model, *like)
-        figures = tail_figures(err, radius)
+        figures = tail_figures(err, radius, angle)
         check = evaluate(model, common, order=0).rmse  # the library's RMSE, the same number
         assert abs(check - figures["rmse"]) <= 1e-5 * check, (check, figures["rmse"])
         cross = {str(t): evaluate(model, own[t], order=0).rmse for t in seeds}
@@ -186,7 +196,7 @@ def main(argv=None) -> int:
         print(f"s{s} {o:<7} own {rescored:.3e} | common {figures['rmse']:.3e}, worst 1% share "
               f"{figures['worst_share']:.2f}, without them {figures['rmse_without_worst']:.3e}, median "
               f"{figures['median_pose_rms']:.2e} | bands "
-              + ", ".join(f"{b} {v['rmse']:.2e}" for b, v in figures["bands"].items()), flush=True)
+              + ", ".join(f"{b} {v['rmse']:.2e}" for b, v in figures["bands"].items() if "," not in b), flush=True)
 
     by = {(x["seed"], x["objective"]): x for x in scored}
     print("\ncross: rows networks, columns test sets of seeds " + " ".join(f"{t:>9}" for t in seeds))
@@ -201,6 +211,8 @@ def main(argv=None) -> int:
     if both:
         print(f"\nvalue / second order, seeds {both}:")
         for name, get in measures.items():
+            if any(get(by[s, o]) is None for s in both for o in ("value", "second")):
+                continue  # an empty band
             per = [get(by[s, "value"]) / get(by[s, "second"]) for s in both]
             ratios[name] = {"per_seed": per, "mean": statistics.fmean(per), "sd": _sd(per)}
             sd = ratios[name]["sd"]
@@ -210,7 +222,8 @@ def main(argv=None) -> int:
         write_json(args.out, {"meta": {"command": command_line(argv, __file__), "results": list(args.results),
                                        "n_train": n_train, "n_test": n_test, "hidden": hidden,
                                        "n_common": args.n_common, "common_seed": args.common_seed,
-                                       "bands": [list(b) for b in BANDS], "worst": WORST,
+                                       "bands": [list(b) for b in BANDS],
+                                       "angle_bands": [list(b) for b in ANGLE_BANDS], "worst": WORST,
                                        "seconds": time.perf_counter() - t0, **machine_info()},
                               "ratios": ratios, "networks": scored})
         print(f"wrote {args.out}")

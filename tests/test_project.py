@@ -215,7 +215,9 @@ def test_accuracy_tails_rescores_the_runs_of_accuracy_py(tmp_path):
     nets = {x["objective"]: x for x in result["networks"]}
     for name, x in nets.items():
         assert x["rescored_own_test_rmse"] == pytest.approx(runs[name]["test_rmse"], rel=1e-4)
-        assert sum(b["n"] for b in x["common"]["bands"].values()) == 200
+        bands = x["common"]["bands"]
+        assert sum(b["n"] for k, b in bands.items() if "," not in k) == 200  # translation bands
+        assert sum(b["n"] for k, b in bands.items() if "," in k) == 200  # angle x translation cells
         assert 0 < x["common"]["worst_share"] < 1
     assert result["ratios"]["own"]["per_seed"] == [pytest.approx(runs["value"]["test_rmse"] / runs["second"]["test_rmse"])]
     assert result["ratios"]["common"]["per_seed"] == [
@@ -225,7 +227,8 @@ def test_accuracy_tails_rescores_the_runs_of_accuracy_py(tmp_path):
     with pytest.raises(SystemExit, match="does not fit this data"):  # the paper's cube: not these networks
         tails["main"](argv[1:])
     figures = tails["tail_figures"](torch.tensor([100.0] + [1.0] * 199, dtype=torch.float64),
-                                    torch.linspace(0, 1, 200, dtype=torch.float64))
+                                    torch.linspace(0, 1, 200, dtype=torch.float64),
+                                    torch.linspace(1, 0, 200, dtype=torch.float64))
     assert figures["rmse"] == pytest.approx((299 / 200) ** 0.5)
     assert figures["worst_share"] == pytest.approx(101 / 299)  # the worst 1%: two poses of 200
     assert figures["rmse_without_worst"] == pytest.approx(1.0) and figures["median_pose_rms"] == pytest.approx(1.0)
