@@ -74,8 +74,9 @@ def _band(x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
 def tail_figures(err: torch.Tensor, radius: torch.Tensor, angle: torch.Tensor) -> dict:
     """RMSE, its tail and its bands from per-pose squared errors ``err [n]``, ``radius [n]``
     (``|t| / translation_radius``) and ``angle [n]`` (``|angle| / max_angle``)."""
-    srt = err.sort(descending=True).values
+    srt, order = err.sort(descending=True)
     k = max(1, round(WORST * err.numel()))
+    worst = order[:k]
 
     def rmse(sel):
         return {"n": int(sel.sum()), "rmse": float(err[sel].mean().sqrt()) if sel.any() else None}
@@ -85,7 +86,9 @@ def tail_figures(err: torch.Tensor, radius: torch.Tensor, angle: torch.Tensor) -
                   for alo, ahi in ANGLE_BANDS for lo, hi in BANDS})
     return {"rmse": float(err.mean().sqrt()), "worst_share": float(srt[:k].sum() / srt.sum()),
             "rmse_without_worst": float(srt[k:].mean().sqrt()), "median_pose_rms": float(err.median().sqrt()),
-            "bands": bands}
+            "bands": bands,  # where the worst 1% lie: the outer shell (|t| >= 0.95 r), large angles (>= 0.8 max)
+            "worst_in_outer_shell": float((radius[worst] >= BANDS[-1][0]).double().mean()),
+            "worst_at_large_angle": float((angle[worst] >= ANGLE_BANDS[-1][0]).double().mean())}
 
 
 def _sd(values: list[float]) -> float | None:
@@ -194,7 +197,8 @@ def main(argv=None) -> int:
         scored.append({"seed": s, "objective": o, "own_test_rmse": r["test_rmse"], "rescored_own_test_rmse": rescored,
                        "cross_test_rmse": cross, "common": figures})
         print(f"s{s} {o:<7} own {rescored:.3e} | common {figures['rmse']:.3e}, worst 1% share "
-              f"{figures['worst_share']:.2f}, without them {figures['rmse_without_worst']:.3e}, median "
+              f"{figures['worst_share']:.2f} (outer shell {figures['worst_in_outer_shell']:.2f}, large angle "
+              f"{figures['worst_at_large_angle']:.2f}), without them {figures['rmse_without_worst']:.3e}, median "
               f"{figures['median_pose_rms']:.2e} | bands "
               + ", ".join(f"{b} {v['rmse']:.2e}" for b, v in figures["bands"].items() if "," not in b), flush=True)
 

@@ -232,6 +232,8 @@ def test_accuracy_tails_rescores_the_runs_of_accuracy_py(tmp_path):
     assert figures["rmse"] == pytest.approx((299 / 200) ** 0.5)
     assert figures["worst_share"] == pytest.approx(101 / 299)  # the worst 1%: two poses of 200
     assert figures["rmse_without_worst"] == pytest.approx(1.0) and figures["median_pose_rms"] == pytest.approx(1.0)
+    # the worst two: pose 0 (radius 0, angle 1) and one of the rest (ties): never in the outer shell
+    assert figures["worst_at_large_angle"] >= 0.5 and figures["worst_in_outer_shell"] <= 0.5
 
 
 @pytest.mark.parametrize("script", ["accuracy.py", "accuracy_vs_data.py", "render.py"])
