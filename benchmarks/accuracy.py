@@ -233,6 +233,17 @@ def write(path: str, meta: dict, runs: list[dict], figure: bool = True) -> None:
     print(f"wrote {path}")
 
 
+def read_results(path: str, parser: argparse.ArgumentParser, flag: str) -> dict:
+    """A results file of this benchmark (keys ``meta`` and ``runs``), or ``parser.error`` naming ``flag``."""
+    try:
+        part = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        parser.error(f"{flag}: cannot read {path}: {err}")
+    if not isinstance(part, dict) or not {"meta", "runs"} <= part.keys():
+        parser.error(f"{flag}: {path} is not a results file of accuracy.py (expected keys 'meta' and 'runs')")
+    return part
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny cube, data, network and budget")
@@ -263,13 +274,7 @@ def main(argv=None) -> int:
     if args.combine:
         parts = []
         for f in args.combine:
-            try:
-                part = json.loads(Path(f).read_text())
-            except (OSError, ValueError) as err:
-                parser.error(f"--combine: cannot read {f}: {err}")
-            if not isinstance(part, dict) or not {"meta", "runs"} <= part.keys():
-                parser.error(f"--combine: {f} is not a results file of this benchmark (expected keys 'meta' and 'runs')")
-            parts.append(part)
+            parts.append(read_results(f, parser, "--combine"))
         views = {p["meta"].get("view", "wall-clock") for p in parts}  # files from before the views had none
         if len(views) != 1:
             parser.error(f"--combine: the files mix views {sorted(views)}")

@@ -132,17 +132,15 @@ def main(argv=None) -> int:
         parser.error(f"--n-common: expected at least 100 poses (the worst 1% is one pose or more), got {args.n_common}")
     if args.common_seed < 0 or args.common_seed >= 1000:
         parser.error(f"--common-seed: expected 0 <= seed < 1000 (the runs draw with 1000 + seed), got {args.common_seed}")
+    if not (0 < args.rtol < 1):
+        parser.error(f"--rtol: expected a number in (0, 1), got {args.rtol}")
     folder = Path(args.checkpoint_dir)
     if not folder.is_dir():
         parser.error(f"--checkpoint-dir: {folder} is not a folder")
+    acc = runpy.run_path(str(HERE / "accuracy.py"))
     metas, runs = [], []
     for f in args.results:
-        try:
-            part = json.loads(Path(f).read_text())
-        except (OSError, ValueError) as err:
-            parser.error(f"--results: cannot read {f}: {err}")
-        if not isinstance(part, dict) or not {"meta", "runs"} <= part.keys():
-            parser.error(f"--results: {f} is not a results file of accuracy.py (expected keys 'meta' and 'runs')")
+        part = acc["read_results"](f, parser, "--results")
         if part["meta"].get("view") != "converged":
             parser.error(f"--results: {f} is a {part['meta'].get('view', 'wall-clock')} run; only converged runs "
                          "leave checkpoints")
@@ -166,7 +164,6 @@ def main(argv=None) -> int:
         parser.error(f"--checkpoint-dir: no checkpoint for {', '.join(absent)} (choose --seeds)")
 
     torch.set_num_threads(args.threads)
-    acc = runpy.run_path(str(HERE / "accuracy.py"))
     cube = acc["benchmark_cube"](args.quick)
     seeds = sorted({s for s, _ in keys})
     t0 = time.perf_counter()
