@@ -54,6 +54,7 @@ import sys
 import time
 from pathlib import Path
 
+import attrs
 import torch
 
 from manifoldtrain.data import generate_jets, split_index
@@ -94,11 +95,26 @@ def test_set(cube, n_train: int, n_test: int, seed: int, order: int = 2, progres
                          index=split_index(n_train + n_test, n_test, seed)[1]).to("cpu")
 
 
+def training_cube(cube: Cube, margin: float) -> Cube:
+    """The cube the training poses are drawn from: ``cube`` with its pose domain widened by
+    ``margin`` (``max_angle`` and ``translation_radius`` times ``1 + margin``; ``cube`` itself
+    for 0). Its ``sample`` draws the same random numbers, so each training pose is the pose of
+    the unwidened draw with its rotation angle and translation scaled by ``1 + margin``."""
+    if margin == 0:
+        return cube
+    return attrs.evolve(cube, max_angle=cube.max_angle * (1 + margin),
+                        translation_radius=cube.translation_radius * (1 + margin))
+
+
 def run(cube, n_train, n_test, hidden, seeds, budgets, objectives=tuple(OBJECTIVES), batch_size=64, progress=False,
-        checkpoint_dir=None, device="cpu", d2_weight=D2_WEIGHT) -> list[dict]:
+        checkpoint_dir=None, device="cpu", d2_weight=D2_WEIGHT, train_margin=0.0) -> list[dict]:
     """Train each objective for each seed; ``budgets[name]`` is ``(epochs, seconds or None)``.
 
     ``hidden``: the MLP's hidden widths; ``d2_weight``: the weight of every second-order term.
+
+    ``train_margin``: the training poses come from :func:`training_cube` (a pose domain
+    ``1 + train_margin`` times as wide, the same number of samples), the test poses from ``cube``
+    as without it (the same test set): every objective trains on the same widened data.
 
     ``device``: where the data are rendered and the network trains (the same poses
     and seeds on every device; the jets agree to float64 rounding before they are stored in
@@ -116,12 +132,19 @@ def run(cube, n_train, n_test, hidden, seeds, budgets, objectives=tuple(OBJECTIV
         # value run needs 0.4 GB, not 11 GB); the test set at order 2 always, for the derivative
         # errors every run reports: the same samples, rendered alone (generate_jets' index).
         order = max(built[name].max_order for name in objectives)
-        data = generate_jets(cube, n_train + n_test, seed=1000 + seed, order=order, progress=progress,
-                             device=device).to("cpu")
-        train, test = data.split(n_test, seed=seed)
-        del data
-        if order < 2:
+        if train_margin:
+            # The training side of the same split, drawn from the widened domain, rendered alone.
+            train = generate_jets(training_cube(cube, train_margin), n_train + n_test, seed=1000 + seed, order=order,
+                                  progress=progress, device=device,
+                                  index=split_index(n_train + n_test, n_test, seed)[0]).to("cpu")
             test = test_set(cube, n_train, n_test, seed, progress=progress, device=device)
+        else:
+            data = generate_jets(cube, n_train + n_test, seed=1000 + seed, order=order, progress=progress,
+                                 device=device).to("cpu")
+            train, test = data.split(n_test, seed=seed)
+            del data
+            if order < 2:
+                test = test_set(cube, n_train, n_test, seed, progress=progress, device=device)
         for name in objectives:
             epochs, seconds = budgets[name]
             model = build_model(MLPConfig(hidden=hidden), train.inputs.value, train.targets.value, seed=seed).to(device)
@@ -269,6 +292,9 @@ def main(argv=None) -> int:
                              "e.g. six layers: 256 256 256 256 256 256")
     parser.add_argument("--d2-weight", type=float, default=D2_WEIGHT,
                         help=f"weight of every second-order term (default {D2_WEIGHT}, Objective.second_order's)")
+    parser.add_argument("--train-margin", type=float, default=0.0, metavar="M",
+                        help="draw the training poses from a pose domain 1 + M times as wide (rotation angle and "
+                             "translation radius), the test poses as without it (default 0)")
     args = parser.parse_args(argv)
     device = args.device
     if args.combine:
@@ -278,7 +304,8 @@ def main(argv=None) -> int:
         views = {p["meta"].get("view", "wall-clock") for p in parts}  # files from before the views had none
         if len(views) != 1:
             parser.error(f"--combine: the files mix views {sorted(views)}")
-        for key, default in (("hidden", None), ("d2_weight", D2_WEIGHT), ("n_train", None), ("n_test", None)):
+        for key, default in (("hidden", None), ("d2_weight", D2_WEIGHT), ("n_train", None), ("n_test", None),
+                             ("train_margin", 0.0)):
             values = {json.dumps(p["meta"].get(key, default)) for p in parts}  # no d2_weight: before it could change
             if len(values) != 1:
                 parser.error(f"--combine: the files mix {key} {sorted(values)}")
@@ -307,6 +334,12 @@ def main(argv=None) -> int:
             parser.error(f"--hidden: {str(err).removeprefix('hidden: ')}")
     if not (args.d2_weight > 0 and args.d2_weight < float("inf")):
         parser.error(f"--d2-weight must be a positive finite number, got {args.d2_weight}")
+    if not 0 <= args.train_margin <= 1:  # NaN fails too
+        parser.error(f"--train-margin must be in [0, 1], got {args.train_margin}")
+    try:  # the widened cube's own checks (max_angle at most pi, poses in front of the camera)
+        training_cube(cube, args.train_margin)
+    except ValueError as err:
+        parser.error(f"--train-margin: {err}")
     n_train = n_train if args.n_train is None else args.n_train
     n_test = n_test if args.n_test is None else args.n_test
     if n_train < 1 or n_test < 1:
@@ -319,7 +352,8 @@ def main(argv=None) -> int:
         view = "wall-clock"
         seconds = 1.0 if args.quick else args.seconds
         budgets = {name: (10**7, seconds) for name in OBJECTIVES}
-    print(f"cube, {n_train} training / {n_test} test samples, MLP {list(hidden)} tanh, {view} view, budgets "
+    margin = f" (training poses from a domain {1 + args.train_margin:g}x as wide)" if args.train_margin else ""
+    print(f"cube, {n_train} training / {n_test} test samples{margin}, MLP {list(hidden)} tanh, {view} view, budgets "
           f"{ {k: (f'{s:g} s' if s else f'{e} epochs') for k, (e, s) in budgets.items() if k in args.objectives} }, "
           f"seeds {seeds}")
     if args.checkpoint_dir is not None and view != "converged":
@@ -328,13 +362,14 @@ def main(argv=None) -> int:
     if folder is not None and folder.exists() and not folder.is_dir():
         parser.error(f"--checkpoint-dir: {args.checkpoint_dir} exists and is not a folder")
     runs = run(cube, n_train, n_test, hidden, seeds, budgets, objectives=args.objectives,
-               checkpoint_dir=args.checkpoint_dir, device=device, d2_weight=args.d2_weight)
+               checkpoint_dir=args.checkpoint_dir, device=device, d2_weight=args.d2_weight,
+               train_margin=args.train_margin)
     report(summarize(runs))
     if args.out:
         meta = {"command": command_line(argv, __file__),
                 "view": view, "n_train": n_train, "n_test": n_test, "hidden": list(hidden), "seeds": seeds,
                 "budgets": {k: {"epochs": e, "seconds": s} for k, (e, s) in budgets.items() if k in args.objectives},
-                "d2_weight": args.d2_weight,
+                "d2_weight": args.d2_weight, "train_margin": args.train_margin,
                 "objectives": {k: list(v.names) + [f"weights {[t.weight for t in v.terms]}"]
                                for k, v in build_objectives(args.d2_weight).items() if k in args.objectives},
                 **machine_info(device)}

@@ -328,6 +328,42 @@ def test_accuracy_benchmark_network_and_d2_weight_are_settings(tmp_path, capsys)
         assert message in capsys.readouterr().err
 
 
+def test_accuracy_benchmark_train_margin_widens_the_training_poses_only(tmp_path, capsys):
+    """--train-margin M: each training pose is the unwidened run's pose with its rotation angle
+    and translation scaled by 1 + M; the test set is the unwidened run's, to the bit."""
+    mod = runpy.run_path(str(ROOT / "benchmarks" / "accuracy.py"))
+    cube = mod["benchmark_cube"](quick=True)
+    assert mod["training_cube"](cube, 0.0) is cube
+    seen = []
+
+    class Spy(mod["Trainer"]):
+        def __init__(self, model, objective, train, test, *args, **kwargs):
+            seen.append((train.points.clone(), test.points.clone(), test.inputs.value.clone()))
+            super().__init__(model, objective, train, test, *args, **kwargs)
+
+    mod["run"].__globals__["Trainer"] = Spy
+    try:
+        for margin in ("0", "0.5"):
+            out = tmp_path / f"m{margin}.json"
+            assert mod["main"](["--quick", "--epochs", "1", "1", "1", "--objectives", "second", "--no-figure",
+                                "--train-margin", margin, "--out", str(out)]) == 0
+        assert json.loads(out.read_text())["meta"]["train_margin"] == 0.5
+    finally:
+        mod["run"].__globals__["Trainer"] = mod["Trainer"]
+    (train0, test0, images0), (train1, test1, images1) = seen[0], seen[1]
+    assert torch.equal(test0, test1) and torch.equal(images0, images1)
+    for part in (slice(0, 3), slice(3, 6)):  # rotation vector, translation: same directions, 1.5x the size
+        torch.testing.assert_close(train1[:, part], 1.5 * train0[:, part], rtol=1e-6, atol=1e-7)
+    capsys.readouterr()
+    with pytest.raises(SystemExit):  # another training domain is another experiment
+        mod["main"](["--combine", str(tmp_path / "m0.json"), str(out)])
+    assert "--combine: the files mix train_margin" in capsys.readouterr().err
+    for bad in ("-0.1", "nan", "2"):
+        with pytest.raises(SystemExit):
+            mod["main"](["--quick", "--train-margin", bad])
+        assert "--train-margin must be in [0, 1]" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "content, message",
     [(None, r"--combine: cannot read \S*part\.json"), ("{", r"--combine: cannot read \S*part\.json"),
