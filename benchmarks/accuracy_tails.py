@@ -147,11 +147,12 @@ def main(argv=None) -> int:
                          "leave checkpoints")
         metas.append(part["meta"])
         runs += part["runs"]
-    for key in ("n_train", "n_test", "hidden"):
-        values = {json.dumps(m.get(key)) for m in metas}
+    for key, default in (("n_train", None), ("n_test", None), ("hidden", None), ("train_margin", 0.0)):
+        values = {json.dumps(m.get(key, default)) for m in metas}  # no train_margin: before it could change
         if len(values) != 1:
             parser.error(f"--results: the files mix {key} {sorted(values)}")
     n_train, n_test, hidden = metas[0]["n_train"], metas[0]["n_test"], metas[0]["hidden"]
+    margin = metas[0].get("train_margin", 0.0)  # the test poses are the unwidened ones either way
     if args.seeds is not None:
         missing = sorted(set(args.seeds) - {r["seed"] for r in runs})
         if missing:
@@ -223,7 +224,7 @@ def main(argv=None) -> int:
     if args.out:
         write_json(args.out, {"meta": {"command": command_line(argv, __file__), "results": list(args.results),
                                        "n_train": n_train, "n_test": n_test, "hidden": hidden,
-                                       "n_common": args.n_common, "common_seed": args.common_seed,
+                                       "train_margin": margin, "n_common": args.n_common, "common_seed": args.common_seed,
                                        "bands": [list(b) for b in BANDS],
                                        "angle_bands": [list(b) for b in ANGLE_BANDS], "worst": WORST,
                                        "seconds": time.perf_counter() - t0, **machine_info()},

@@ -199,7 +199,7 @@ def test_accuracy_summary_reports_the_sample_sd_over_seeds():
     assert summarize(runs[:2])["value"]["test_rmse"][1] == 0.0  # one seed: no spread
 
 
-def test_accuracy_tails_rescores_the_runs_of_accuracy_py(tmp_path):
+def test_accuracy_tails_rescores_the_runs_of_accuracy_py(tmp_path, capsys):
     """accuracy_tails.py loads the networks accuracy.py left, reproduces their recorded test
     RMSE, and its tail figures are those of the per-pose errors."""
     acc = runpy.run_path(str(ROOT / "benchmarks" / "accuracy.py"))
@@ -222,6 +222,19 @@ def test_accuracy_tails_rescores_the_runs_of_accuracy_py(tmp_path):
     assert result["ratios"]["own"]["per_seed"] == [pytest.approx(runs["value"]["test_rmse"] / runs["second"]["test_rmse"])]
     assert result["ratios"]["common"]["per_seed"] == [
         pytest.approx(nets["value"]["common"]["rmse"] / nets["second"]["common"]["rmse"])]
+    # a widened training domain: the same test set re-scored; never mixed with unwidened runs
+    ck2, res2 = tmp_path / "ck2", tmp_path / "q2.json"
+    assert acc["main"](["--quick", "--epochs", "4", "4", "3", "--objectives", "value", "--threads", "1",
+                        "--train-margin", "0.2", "--checkpoint-dir", str(ck2), "--no-figure", "--out", str(res2)]) == 0
+    assert tails["main"](["--quick", "--results", str(res2), "--checkpoint-dir", str(ck2), "--n-common", "200",
+                          "--out", str(tmp_path / "t2.json")]) == 0
+    widened = json.loads((tmp_path / "t2.json").read_text())
+    assert widened["meta"]["train_margin"] == 0.2
+    assert widened["networks"][0]["rescored_own_test_rmse"] == pytest.approx(
+        json.loads(res2.read_text())["runs"][0]["test_rmse"], rel=1e-4)
+    with pytest.raises(SystemExit):
+        tails["main"](["--quick", "--results", str(res), str(res2), "--checkpoint-dir", str(ck)])
+    assert "--results: the files mix train_margin" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # its own output is not replaced
         tails["main"](argv + ["--out", str(out)])
     with pytest.raises(SystemExit, match="does not fit this data"):  # the paper's cube: not these networks
