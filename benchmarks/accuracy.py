@@ -39,9 +39,11 @@ Usage::
     # issue 24, item 4: a deeper network, another weight of the second-order term
     python benchmarks/accuracy.py --epochs 1000 1000 800 --hidden 256 256 256 256 256 256 --out ...
     python benchmarks/accuracy.py --epochs 1000 1000 800 --objectives second --d2-weight 0.1 --out ...
+    # training poses from a pose domain 10% wider than the test poses (the same test set)
+    python benchmarks/accuracy.py --epochs 1000 1000 800 --train-margin 0.1 --out ...
 
-``--hidden`` and ``--d2-weight`` are recorded in the results' ``meta``; ``--combine`` refuses
-files that differ in them (or in the data sizes).
+``--hidden``, ``--d2-weight`` and ``--train-margin`` are recorded in the results' ``meta``;
+``--combine`` refuses files that differ in them (or in the data sizes).
 """
 
 from __future__ import annotations
