@@ -269,6 +269,19 @@ def read_results(path: str, parser: argparse.ArgumentParser, flag: str) -> dict:
     return part
 
 
+#: The settings that make runs one experiment, with their value in files written before the
+#: setting existed: results that differ in one are not seeds of the same experiment.
+SETUP = (("hidden", None), ("d2_weight", D2_WEIGHT), ("n_train", None), ("n_test", None), ("train_margin", 0.0))
+
+
+def check_same_setup(metas: list[dict], parser: argparse.ArgumentParser, flag: str) -> None:
+    """``parser.error`` naming ``flag`` where the results' ``meta`` differ in a :data:`SETUP` key."""
+    for key, default in SETUP:
+        values = {json.dumps(m.get(key, default)) for m in metas}
+        if len(values) != 1:
+            parser.error(f"{flag}: the files mix {key} {sorted(values)}")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny cube, data, network and budget")
@@ -306,11 +319,7 @@ def main(argv=None) -> int:
         views = {p["meta"].get("view", "wall-clock") for p in parts}  # files from before the views had none
         if len(views) != 1:
             parser.error(f"--combine: the files mix views {sorted(views)}")
-        for key, default in (("hidden", None), ("d2_weight", D2_WEIGHT), ("n_train", None), ("n_test", None),
-                             ("train_margin", 0.0)):
-            values = {json.dumps(p["meta"].get(key, default)) for p in parts}  # no d2_weight: before it could change
-            if len(values) != 1:
-                parser.error(f"--combine: the files mix {key} {sorted(values)}")
+        check_same_setup([p["meta"] for p in parts], parser, "--combine")
         runs = sorted((r for p in parts for r in p["runs"]),
                       key=lambda r: (r["seed"], list(OBJECTIVES).index(r["objective"])))
         keys = [(r["seed"], r["objective"]) for r in runs]

@@ -37,7 +37,6 @@ Scoring is forward passes only: about 10 s for eight networks and 5000 poses on 
 from __future__ import annotations
 
 import argparse
-import json
 import runpy
 import statistics
 import time
@@ -147,10 +146,7 @@ def main(argv=None) -> int:
                          "leave checkpoints")
         metas.append(part["meta"])
         runs += part["runs"]
-    for key, default in (("n_train", None), ("n_test", None), ("hidden", None), ("train_margin", 0.0)):
-        values = {json.dumps(m.get(key, default)) for m in metas}  # no train_margin: before it could change
-        if len(values) != 1:
-            parser.error(f"--results: the files mix {key} {sorted(values)}")
+    acc["check_same_setup"](metas, parser, "--results")
     n_train, n_test, hidden = metas[0]["n_train"], metas[0]["n_test"], metas[0]["hidden"]
     margin = metas[0].get("train_margin", 0.0)  # the test poses are the unwidened ones either way
     if args.seeds is not None:
